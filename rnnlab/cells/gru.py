@@ -1,0 +1,74 @@
+"""Gated recurrent unit (Cho et al. 2014), as torch.nn.GRU and flax.linen.GRUCell.
+
+    r, z = sigmoid(x_t W_x[r,z] + h_{t-1} W_h[r,z] + b[r,z])      gate order r, z, n
+    reset_after=True  (default; PyTorch, cuDNN, Flax):
+        n = tanh(x_t W_x[n] + b[n] + r * (h_{t-1} W_h[n] + b_hn))
+    reset_after=False (Cho et al. 2014, "reset before"):
+        n = tanh(x_t W_x[n] + b[n] + (r * h_{t-1}) W_h[n] + b_hn)
+    h_t = (1 - z) * n + z * h_{t-1}
+
+Biases: ``b_G`` holds PyTorch's b_ih plus the r,z parts of b_hh (summed, they
+only ever appear together); ``b_hn_H`` is b_hh's n part, which r multiplies.
+Carry: h_BxH.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rnnlab.cells._common import (
+    Array, Params, dense_precompute, init_gate_blocks, initializer, recurrent_input, split_gates,
+)
+
+N_GATES = 3
+
+
+def init(
+    key: Array,
+    d_in: int,
+    d_h: int,
+    *,
+    input_init: str = "lecun_normal",
+    recurrent_init: str = "orthogonal",
+    bias_init: str = "zeros",
+    dtype=jnp.float32,
+) -> Params:
+    kx, kh, kb, kn = jax.random.split(key, 4)
+    return {
+        "w_x_DxG": init_gate_blocks(kx, input_init, d_in, d_h, N_GATES, dtype),
+        "w_h_HxG": init_gate_blocks(kh, recurrent_init, d_h, d_h, N_GATES, dtype),
+        "b_G": initializer(bias_init, d_h)(kb, (N_GATES * d_h,), dtype),
+        "b_hn_H": initializer(bias_init, d_h)(kn, (d_h,), dtype),
+    }
+
+
+def initial_carry(batch: int, d_h: int) -> Array:
+    return jnp.zeros((batch, d_h), jnp.float32)
+
+
+precompute = dense_precompute
+
+
+def step(
+    params: Params,
+    carry: Array,
+    xp_BxG: Array,
+    h_mask_BxH: Array | None = None,
+    *,
+    reset_after: bool = True,
+) -> tuple[Array, Array]:
+    h = carry
+    w_h, d_h = params["w_h_HxG"], h.shape[-1]
+    h_in = recurrent_input(h, h_mask_BxH, w_h.dtype)
+    x_r, x_z, x_n = split_gates(xp_BxG, N_GATES)
+    if reset_after:  # one GEMM for all three gates
+        h_r, h_z, h_n = split_gates(h_in @ w_h, N_GATES)
+        r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + r * (h_n + params["b_hn_H"]))
+    else:  # r gates h before the n-gate matmul, so that matmul waits for r
+        h_r, h_z = split_gates(h_in @ w_h[:, : 2 * d_h], 2)
+        r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + (r * h_in) @ w_h[:, 2 * d_h :] + params["b_hn_H"])
+    new_h = (1.0 - z) * n + z * h
+    return new_h.astype(h.dtype), new_h

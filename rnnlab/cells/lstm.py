@@ -1,0 +1,64 @@
+"""Long short-term memory (Hochreiter & Schmidhuber 1997, with the forget gate of
+Gers et al. 2000), as torch.nn.LSTM and flax.linen.LSTMCell.
+
+    i, f, g, o = split(x_t W_x + h_{t-1} W_h + b)      gate order i, f, g, o
+    c_t = sigmoid(f) * c_{t-1} + sigmoid(i) * tanh(g)
+    h_t = sigmoid(o) * tanh(c_t)
+
+One bias (PyTorch's ``b_ih + b_hh``). The forget-gate bias starts at 1.0 by
+default (Jozefowicz et al. 2015: it closes most of the LSTM-GRU gap); pass
+``forget_bias=0.0`` for PyTorch/Flax behaviour.
+Carry: (c_BxH, h_BxH), the Flax order.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from rnnlab.cells._common import (
+    Array, Params, dense_precompute, init_gate_blocks, initializer, recurrent_input, split_gates,
+)
+
+N_GATES = 4
+
+
+def init(
+    key: Array,
+    d_in: int,
+    d_h: int,
+    *,
+    input_init: str = "lecun_normal",
+    recurrent_init: str = "orthogonal",
+    bias_init: str = "zeros",
+    forget_bias: float = 1.0,
+    dtype=jnp.float32,
+) -> Params:
+    kx, kh, kb = jax.random.split(key, 3)
+    b = initializer(bias_init, d_h)(kb, (N_GATES * d_h,), dtype)
+    b = b.at[d_h : 2 * d_h].add(forget_bias)
+    return {
+        "w_x_DxG": init_gate_blocks(kx, input_init, d_in, d_h, N_GATES, dtype),
+        "w_h_HxG": init_gate_blocks(kh, recurrent_init, d_h, d_h, N_GATES, dtype),
+        "b_G": b,
+    }
+
+
+def initial_carry(batch: int, d_h: int) -> tuple[Array, Array]:
+    z = jnp.zeros((batch, d_h), jnp.float32)
+    return (z, z)
+
+
+precompute = dense_precompute
+
+
+def step(
+    params: Params, carry: tuple[Array, Array], xp_BxG: Array, h_mask_BxH: Array | None = None
+) -> tuple[tuple[Array, Array], Array]:
+    c, h = carry
+    w_h = params["w_h_HxG"]
+    gates = xp_BxG + recurrent_input(h, h_mask_BxH, w_h.dtype) @ w_h
+    i, f, g, o = split_gates(gates, N_GATES)
+    new_c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)  # float32 when c is
+    new_h = jax.nn.sigmoid(o) * jnp.tanh(new_c)
+    return (new_c.astype(c.dtype), new_h.astype(h.dtype)), new_h
