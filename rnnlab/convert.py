@@ -14,7 +14,8 @@ torch is not a dependency: state dicts come back as numpy arrays; load them with
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np

@@ -103,7 +103,7 @@ class Stack:
         keys = jax.random.split(key, len(self.directions))
         return {
             d: self.cell.init(k, self.layer_d_in(layer), self.d_h, dtype=dtype)
-            for d, k in zip(self.directions, keys)
+            for d, k in zip(self.directions, keys, strict=True)
         }
 
     def init(self, key: Array, dtype=jnp.float32) -> Params:

@@ -83,6 +83,10 @@ def run(
     cell = cells_lib.get(cell)
     w_x = params.get("w_x_DxG") if isinstance(params, dict) else None
     check_inputs(xs_TxBxD, lengths_B, reset_TxB, None if w_x is None else w_x.shape[0])
+    # The carry is at least float32 and at least as wide as the parameters: a
+    # float64 model keeps a float64 carry, a bfloat16 compute policy a float32 one.
+    param_dtype = jnp.result_type(*[a.dtype for a in jax.tree.leaves(params)] or [jnp.float32])
+    carry0 = jax.tree.map(lambda c: c.astype(jnp.promote_types(c.dtype, param_dtype)), carry0)
     if compute_dtype is not None:
         params, xs_TxBxD = _cast_floats((params, xs_TxBxD), compute_dtype)
     xp_TxBxG = cell.precompute(params, xs_TxBxD)  # hoisted: one matmul for all t
@@ -102,6 +106,8 @@ def run(
             carry = jax.tree.map(lambda c0, c: jnp.where(reset_B[:, None], c0, c), carry0, carry)
         new_carry, h_BxH = cell.step(params, carry, xp_BxG, h_mask_BxH)
         new_carry = jax.tree.map(lambda n, o: n.astype(o.dtype), new_carry, carry)
+        if compute_dtype is not None:
+            h_BxH = h_BxH.astype(compute_dtype)
         if valid_B is not None:
             new_carry = jax.tree.map(lambda n, o: jnp.where(valid_B[:, None], n, o), new_carry, carry)
             h_BxH = jnp.where(valid_B[:, None], h_BxH, jnp.zeros_like(h_BxH))

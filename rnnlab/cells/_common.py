@@ -17,7 +17,8 @@ Conventions fixed for every cell in this package (tested against PyTorch/Flax):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

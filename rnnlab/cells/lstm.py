@@ -17,7 +17,13 @@ import jax
 import jax.numpy as jnp
 
 from rnnlab.cells._common import (
-    Array, Params, dense_precompute, init_gate_blocks, initializer, recurrent_input, split_gates,
+    Array,
+    Params,
+    dense_precompute,
+    init_gate_blocks,
+    initializer,
+    recurrent_input,
+    split_gates,
 )
 
 N_GATES = 4

@@ -1,0 +1,171 @@
+"""Synthetic long-range tasks with known baselines: the adding problem, the
+copying memory task (both in the form of Arjovsky et al. 2016) and the temporal
+order task (Hochreiter & Schmidhuber 1997, experiment 6a).
+
+Every batch is a pure function of ``(seed, step)`` and the task's size
+arguments: a numpy Generator is seeded by (task id, seed, step), so resuming at
+step s reproduces the same batches, whatever came before, and two tasks with the
+same seed draw independent streams.
+
+Arrays are numpy, time-major (shape legend as in ``rnnlab.cells._common``)::
+
+    xs_TxBxD    float32 inputs
+    targets_TxB a target per step: float32 (adding) or int32 class ids
+    mask_TxB    float32, 1.0 where the step's loss counts, else 0.0
+
+A loss over a batch is ``sum(mask * loss_TxB) / sum(mask)``; each task's
+``*_baseline`` is that loss for the best memoryless predictor.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "Batch", "TASKS", "TEMPORAL_ORDER_CLASSES", "TEMPORAL_ORDER_SYMBOLS",
+    "adding_baseline", "adding_problem", "copy_memory", "copy_memory_baseline",
+    "temporal_order", "temporal_order_baseline",
+]
+
+
+class Batch(NamedTuple):
+    xs_TxBxD: np.ndarray
+    targets_TxB: np.ndarray
+    mask_TxB: np.ndarray
+
+
+# Folded into every seed so tasks sharing a seed draw independent streams.
+_TASK_IDS = {"adding": 1, "copy": 2, "temporal_order": 3}
+
+
+def _rng(task: str, seed: int, step: int) -> np.random.Generator:
+    if seed < 0 or step < 0:
+        raise ValueError(f"seed and step must be >= 0, got seed={seed}, step={step}")
+    return np.random.default_rng(np.random.SeedSequence([_TASK_IDS[task], int(seed), int(step)]))
+
+
+def _last_step_mask(length: int, batch_size: int) -> np.ndarray:
+    mask = np.zeros((length, batch_size), np.float32)
+    mask[-1] = 1.0
+    return mask
+
+
+# --------------------------------------------------------------------------- adding problem
+
+
+def adding_problem(seed: int, step: int, *, batch_size: int, length: int) -> Batch:
+    """Adding problem, Arjovsky et al. (2016) form.
+
+    xs_TxBx2: channel 0 values ~ U[0, 1); channel 1 a marker with exactly two
+    1s, one uniformly in the first half [0, T//2) and one in the second half
+    [T//2, T). Target: the sum of the two marked values, at the last step
+    (``targets_TxB[-1]``; zeros elsewhere, where the mask is 0).
+    """
+    if length < 2:
+        raise ValueError(f"length must be >= 2 (one marker per half), got {length}")
+    rng = _rng("adding", seed, step)
+    values_TxB = rng.random((length, batch_size), dtype=np.float32)
+    half = length // 2
+    first_B = rng.integers(0, half, batch_size)
+    second_B = rng.integers(half, length, batch_size)
+    marker_TxB = np.zeros((length, batch_size), np.float32)
+    cols = np.arange(batch_size)
+    marker_TxB[first_B, cols] = 1.0
+    marker_TxB[second_B, cols] = 1.0
+    targets_TxB = np.zeros((length, batch_size), np.float32)
+    targets_TxB[-1] = values_TxB[first_B, cols] + values_TxB[second_B, cols]
+    xs_TxBx2 = np.stack([values_TxB, marker_TxB], axis=-1)
+    return Batch(xs_TxBx2, targets_TxB, _last_step_mask(length, batch_size))
+
+
+def adding_baseline() -> float:
+    """MSE of always predicting 1, the target's mean: Var(U1 + U2) = 2/12 = 1/6."""
+    return 1.0 / 6.0
+
+
+# --------------------------------------------------------------------------- copying memory
+
+
+def copy_memory(
+    seed: int, step: int, *, batch_size: int, delay: int, n_copy: int = 10, n_symbols: int = 8
+) -> Batch:
+    """Copying memory task, Arjovsky et al. (2016).
+
+    Input tokens (length delay + 2 * n_copy): ``n_copy`` symbols drawn uniformly
+    from 1..n_symbols, then ``delay - 1`` blanks (0), the delimiter (9), then
+    ``n_copy`` blanks. Target tokens: blanks for the first delay + n_copy steps,
+    then the ``n_copy`` symbols. xs is the one-hot of the input tokens over
+    n_symbols + 2 classes (0 blank, 1..n_symbols, n_symbols + 1 delimiter; 10
+    classes by default). Every step counts (cross-entropy averaged over all
+    delay + 2 * n_copy steps, as in the paper).
+    """
+    if delay < 1:
+        raise ValueError(f"delay must be >= 1 (the delimiter takes one step), got {delay}")
+    if n_symbols < 1 or n_copy < 1:
+        raise ValueError(f"n_symbols and n_copy must be >= 1, got {n_symbols}, {n_copy}")
+    delimiter = n_symbols + 1  # 9 by default
+    length = delay + 2 * n_copy
+    rng = _rng("copy", seed, step)
+    data_KxB = rng.integers(1, n_symbols + 1, (n_copy, batch_size)).astype(np.int32)
+    tokens_TxB = np.zeros((length, batch_size), np.int32)
+    tokens_TxB[:n_copy] = data_KxB
+    tokens_TxB[n_copy + delay - 1] = delimiter
+    targets_TxB = np.zeros((length, batch_size), np.int32)
+    targets_TxB[-n_copy:] = data_KxB
+    xs_TxBxD = np.eye(n_symbols + 2, dtype=np.float32)[tokens_TxB]
+    return Batch(xs_TxBxD, targets_TxB, np.ones((length, batch_size), np.float32))
+
+
+def copy_memory_baseline(delay: int, n_copy: int = 10, n_symbols: int = 8) -> float:
+    """Cross-entropy (nats per step) of the memoryless strategy: blanks with
+    certainty until the last n_copy steps, then uniform over the n_symbols:
+    n_copy * log(n_symbols) / (delay + 2 * n_copy)."""
+    return n_copy * math.log(n_symbols) / (delay + 2 * n_copy)
+
+
+# --------------------------------------------------------------------------- temporal order
+
+
+TEMPORAL_ORDER_SYMBOLS = ("a", "b", "c", "d", "B", "E", "X", "Y")  # one-hot index = position here
+_DISTRACTORS = 4  # a, b, c, d
+_B, _E, _X, _Y = 4, 5, 6, 7
+TEMPORAL_ORDER_CLASSES = ("XX", "XY", "YX", "YY")  # H&S's Q, R, S, U
+
+
+def temporal_order(seed: int, step: int, *, batch_size: int, length: int = 100) -> Batch:
+    """Temporal order task, Hochreiter & Schmidhuber (1997), experiment 6a.
+
+    A sequence starts with E, ends with the trigger B, and is otherwise random
+    distractors from {a, b, c, d}, except at t1 and t2 where X or Y stands. The
+    class (at the last step) is the order: XX=0, XY=1, YX=2, YY=3. As in the
+    paper for length 100: t1 in [10, 20], t2 in [50, 60]; for other lengths the
+    windows scale with it (t1 in [0.1T, 0.2T], t2 in [0.5T, 0.6T]). The paper
+    draws each length in [100, 110]; here a batch has one fixed length.
+    xs_TxBx8 one-hot over ``TEMPORAL_ORDER_SYMBOLS``.
+    """
+    if length < 10:
+        raise ValueError(f"length must be >= 10, got {length}")
+    rng = _rng("temporal_order", seed, step)
+    tokens_TxB = rng.integers(0, _DISTRACTORS, (length, batch_size)).astype(np.int32)
+    tokens_TxB[0], tokens_TxB[-1] = _E, _B
+    t1_B = rng.integers(round(0.1 * length), round(0.2 * length) + 1, batch_size)
+    t2_B = rng.integers(round(0.5 * length), round(0.6 * length) + 1, batch_size)
+    is_y_2xB = rng.integers(0, 2, (2, batch_size))  # 0: X, 1: Y
+    cols = np.arange(batch_size)
+    tokens_TxB[t1_B, cols] = _X + is_y_2xB[0]
+    tokens_TxB[t2_B, cols] = _X + is_y_2xB[1]
+    targets_TxB = np.zeros((length, batch_size), np.int32)
+    targets_TxB[-1] = 2 * is_y_2xB[0] + is_y_2xB[1]
+    xs_TxBxD = np.eye(len(TEMPORAL_ORDER_SYMBOLS), dtype=np.float32)[tokens_TxB]
+    return Batch(xs_TxBxD, targets_TxB, _last_step_mask(length, batch_size))
+
+
+def temporal_order_baseline() -> float:
+    """Cross-entropy of chance: the four classes are equally likely, log 4 nats."""
+    return math.log(4.0)
+
+
+TASKS = {"adding": adding_problem, "copy": copy_memory, "temporal_order": temporal_order}
