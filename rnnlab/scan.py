@@ -118,3 +118,9 @@ def run(
     return jax.lax.scan(
         body, carry0, (xp_TxBxG, reset_TxB, valid_TxB), reverse=reverse, unroll=unroll
     )
+
+
+def loop(fn, carry, xs=None, length: int | None = None, unroll: int = 1):
+    """``jax.lax.scan`` for loops that are not a cell over a sequence (the token
+    loop of generation, beam search): kept here so every scan lives in one module."""
+    return jax.lax.scan(fn, carry, xs, length=length, unroll=unroll)

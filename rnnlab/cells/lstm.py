@@ -51,8 +51,8 @@ def init(
 
 
 def initial_carry(batch: int, d_h: int) -> tuple[Array, Array]:
-    z = jnp.zeros((batch, d_h), jnp.float32)
-    return (z, z)
+    # two distinct buffers: a donated carry must not alias itself
+    return (jnp.zeros((batch, d_h), jnp.float32), jnp.zeros((batch, d_h), jnp.float32))
 
 
 precompute = dense_precompute

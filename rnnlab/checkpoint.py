@@ -1,0 +1,146 @@
+"""Orbax checkpoints in a run's workdir.
+
+    workdir/checkpoints/<step>/   the latest ``keep`` saves (periodic, at evals, at the end)
+    workdir/best/<step>/          the one with the best validation loss so far
+
+Each save holds ``state`` (params, optimizer state, TBPTT carries, step: arrays)
+and ``meta`` (JSON: learning-rate schedule state, best validation, data
+position): no pickle. Orbax writes into a temporary folder and renames it when
+complete, so a kill mid-save leaves the previous checkpoints intact; a
+checkpoint that is unreadable anyway (disk trouble, a hand-edited file) is
+skipped on resume for the previous one, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+# Orbax logs every save at INFO through absl; our progress lines say what matters.
+logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+def _manager(path: str, keep: int, async_save: bool) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        path,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, enable_async_checkpointing=async_save
+        ),
+    )
+
+
+def _abstract(tree: Any) -> Any:
+    return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+    def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
+        self.workdir = os.path.abspath(workdir)
+        self.latest = _manager(os.path.join(self.workdir, "checkpoints"), keep, async_save)
+        self.best = _manager(os.path.join(self.workdir, "best"), 1, async_save)
+
+    def save(self, step: int, state: Any, meta: dict, *, best: bool = False) -> None:
+        """Save asynchronously (returns once arrays are copied off the device)."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
+        manager = self.best if best else self.latest
+        if step in manager.all_steps():
+            return  # already saved at this step (e.g. an eval and a periodic save coincide)
+        manager.save(step, args=args)
+
+    def restore_latest(self, like_state: Any, *, from_best: bool = False) -> tuple[int, Any, dict] | None:
+        """(step, state, meta) of the newest readable checkpoint, or None."""
+        manager = self.best if from_best else self.latest
+        steps = sorted(manager.all_steps(), reverse=True)
+        for i, step in enumerate(steps):
+            try:
+                restored = manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(_abstract(like_state)), meta=ocp.args.JsonRestore()
+                    ),
+                )
+                return step, restored.state, dict(restored.meta)
+            except Exception as e:  # noqa: BLE001 - any failure to read means "not a good checkpoint"
+                nxt = f"falling back to step {steps[i + 1]}" if i + 1 < len(steps) else "no older checkpoint left"
+                print(
+                    f"WARNING: checkpoint at step {step} in {manager.directory} is unreadable "
+                    f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); {nxt}",
+                    file=sys.stderr, flush=True,
+                )
+        return None
+
+    def wait(self) -> None:
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        self.wait()
+        self.latest.close()
+        self.best.close()
+
+
+def load_params(path: str, like_params: Any) -> Any:
+    """Parameters from a workdir (its best checkpoint, else its latest) or from one
+    checkpoint folder, for warm starts (``--config.init_from``) and inference.
+    Shapes must match ``like_params``; the error names the first mismatch."""
+    path = os.path.abspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"init_from: {path} does not exist; pass a run's workdir or a checkpoint folder")
+    candidates = []
+    for sub in ("best", "checkpoints"):
+        d = os.path.join(path, sub)
+        if os.path.isdir(d):
+            steps = sorted((int(s) for s in os.listdir(d) if s.isdigit()), reverse=True)
+            candidates += [os.path.join(d, str(s)) for s in steps]
+    if not candidates:
+        candidates = [path]
+    last_error = None
+    for ckpt in candidates:
+        try:
+            with ocp.StandardCheckpointer() as reader:
+                meta = reader.metadata(os.path.join(ckpt, "state"))
+                tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+                saved = _shapes(tree["params"])
+                wanted = _shapes(like_params)
+                if saved != wanted:
+                    diff = next((k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)), "?")
+                    raise ValueError(
+                        f"checkpoint {ckpt} holds parameters of another model: at {diff} it has "
+                        f"{saved.get(diff)}, this config needs {wanted.get(diff)}"
+                    )
+                full = reader.restore(os.path.join(ckpt, "state"))
+            return jax.tree.map(lambda like, a: jax.numpy.asarray(a, like.dtype), like_params, full["params"])
+        except ValueError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            last_error = e
+            print(f"WARNING: cannot read {ckpt} ({type(e).__name__}); trying an older one", file=sys.stderr)
+    raise FileNotFoundError(f"no readable checkpoint under {path}: {last_error}")
+
+
+def _shapes(tree: Any) -> dict[str, tuple]:
+    return {jax.tree_util.keystr(p): tuple(getattr(v, "shape", ())) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def load_for_inference(workdir: str):
+    """(config, model, params, vocab) of a trained language-model run."""
+    import ml_collections
+
+    from rnnlab.data.text import Vocab
+    from rnnlab.models import lm
+
+    cfg_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"workdir: {cfg_path} not found; is {workdir} a training run's workdir?")
+    with open(cfg_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    vocab = Vocab.load(os.path.join(workdir, "vocab.json"))
+    model = lm.build(config.model, len(vocab.itos))
+    like = jax.eval_shape(model.init, jax.random.key(0))
+    return config, model, load_params(workdir, like), vocab

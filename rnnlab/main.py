@@ -1,0 +1,29 @@
+"""Entry point: the ONLY absl flags are --config (an ml_collections config file,
+with an optional ':arg') and --workdir. Fields are overridden with dotted
+flags, e.g. --config.optim.lr=3e-4; a mistyped key is an error (lock_config).
+
+  python -m rnnlab.main --config=experiments/language_modelling.py:smoke --workdir=/tmp/run
+"""
+
+from __future__ import annotations
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, config.json. "
+                               "The same workdir resumes the run.")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # JAX's backend probing is noise to users
+    from rnnlab import train
+
+    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)

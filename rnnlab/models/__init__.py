@@ -1,0 +1,1 @@
+"""Models built on recurrent stacks: language model (lm.py)."""

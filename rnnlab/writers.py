@@ -1,0 +1,102 @@
+"""Metrics out: JSONL (the source of truth), TensorBoard event files (tensorboardX,
+no TensorFlow), and console progress lines with throughput and ETA."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Mapping
+
+
+def _jsonable(v: Any) -> Any:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return v
+    if isinstance(v, (bool, int)) and not isinstance(v, bool):
+        return int(v)
+    return f if math.isfinite(f) else str(f)  # JSON has no NaN/Inf
+
+
+class MetricWriter:
+    """Appends one JSON object per call to ``metrics.jsonl``; mirrors scalars to
+    TensorBoard. On resume, lines past the restored step are dropped so the file
+    stays a clean history of the run that continues."""
+
+    def __init__(self, workdir: str, tensorboard: bool = True):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=30)
+
+    def truncate_after(self, step: int) -> None:
+        if not os.path.exists(self.path):
+            return
+        with open(self.path) as f:
+            keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(keep)
+        os.replace(tmp, self.path)
+
+    def write(self, step: int, metrics: Mapping[str, Any], kind: str = "train") -> None:
+        row = {"step": int(step), "kind": kind, "time": time.time()}
+        row.update({k: _jsonable(v) for k, v in metrics.items()})
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(row[k], float):
+                    self._tb.add_scalar(f"{kind}/{k}", row[k], step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [json.loads(ln) for ln in f if ln.strip()]
+    return [r for r in rows if kind is None or r.get("kind") == kind]
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+class Progress:
+    """Console lines: step/total, metrics, tokens per second, ETA. Throughput is
+    measured between calls, so compilation time is excluded after the first."""
+
+    def __init__(self, total_steps: int, start_step: int = 0, stream=None):
+        self.total, self.stream = total_steps, stream or sys.stdout
+        self._t0, self._step0 = time.time(), start_step
+        self._last_t, self._last_step = self._t0, start_step
+
+    def line(self, step: int, metrics: Mapping[str, Any], tokens_per_step: int) -> str:
+        now = time.time()
+        dt, ds = now - self._last_t, step - self._last_step
+        rate = ds / dt if dt > 0 and ds > 0 else 0.0
+        self._last_t, self._last_step = now, step
+        eta = (self.total - step) / rate if rate else float("nan")
+        parts = [f"step {step}/{self.total}"]
+        parts += [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()]
+        parts.append(f"{rate * tokens_per_step:,.0f} tok/s")
+        parts.append(f"ETA {_duration(eta) if rate else '?'}")
+        text = " | ".join(parts)
+        print(text, file=self.stream, flush=True)
+        return text
+
+    def elapsed(self) -> float:
+        return time.time() - self._t0
