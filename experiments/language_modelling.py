@@ -128,7 +128,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.optim.update(name="adam", lr=3e-3, clip_norm=1.0, schedule="cosine")
         c.train.update(num_steps=1200, log_every=50, eval_every=400)
     elif variant == "smoke":
-        c.data.update(batch_size=4, seq_len=16, cache_dir="")
+        c.data.update(batch_size=4, seq_len=16, eval_batch_size=64, cache_dir="")
         c.model.update(d_embed=8, d_hidden=16)
         c.train.update(num_steps=20, log_every=5, eval_every=10, tensorboard=False)
         c.generate.length = 20

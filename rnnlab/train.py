@@ -98,7 +98,7 @@ class LRSchedule:
 
 
 def _tree_norm(tree) -> jax.Array:
-    return optax.global_norm(tree)
+    return optax.tree.norm(tree)
 
 
 def _token_nll(logits_BxTxV, y_BxT):
@@ -302,10 +302,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def check(step: int, m: dict) -> dict:
         m = {k: float(v) for k, v in m.items()}
-        if not (math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"])):
+        # the loss is of the params before the update; param_norm is of the state we would save
+        if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
             checkpointer.wait()
             raise NonFiniteError(
-                f"non-finite training loss at step {step} (loss={m['loss']}, grad_norm={m['grad_norm']}); "
+                f"non-finite training loss at step {step} (loss={m['loss']}, grad_norm={m['grad_norm']}, "
+                f"param_norm={m['param_norm']}); "
                 f"stopped without saving: the checkpoints in {workdir} are from before it. "
                 "Lower optim.lr or set optim.clip_norm."
             )
@@ -335,8 +337,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                        config.data.seq_len), level)
             improved = schedule.observe_validation(val["nll"])
             writer.write(step, {**val, "lr": schedule.lr(step)}, kind="valid")
-            print(f"validation at step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in val.items()) +
-                  (" (best)" if improved else f" (best {schedule.state['best_val']:.4f}; lr -> {schedule.lr(step):.4g})"),
+            print(f"validation at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in val.items()) +
+                  (" (best)" if improved else f" (best {schedule.state['best_val']:.4g}; lr -> {schedule.lr(step):.4g})"),
                   flush=True)
             if improved:
                 checkpointer.save(step, host_copy(state), meta(), best=True)
