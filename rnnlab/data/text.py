@@ -196,6 +196,7 @@ def _load_folder(folder: Path, splits: Mapping[str, str] | None, errors: str) ->
             f"{folder} gives only a train split; add valid.txt/test.txt, map them with splits=, "
             "or pass the train file itself to cut it by fractions"
         )
+    _check_all_splits(specs, f"{folder} (holds {present})", "'valid.txt[:N]'")
     files: dict[str, str] = {}  # read each file once even when several splits slice it
     docs: dict[str, list[str]] = {}
     for split, spec in specs.items():
@@ -203,8 +204,6 @@ def _load_folder(folder: Path, splits: Mapping[str, str] | None, errors: str) ->
         if name not in files:
             files[name] = read_text(folder / name, errors=errors)
         docs[split] = [_slice_lines(files[name], line_slice)]
-    for split in SPLITS:
-        docs.setdefault(split, [])
     return {split: docs[split] for split in SPLITS}
 
 
@@ -229,15 +228,7 @@ def _load_hf(
     if local.is_dir() and _is_saved_hf_dataset(local):
         loaded = datasets.load_from_disk(str(local))
     else:
-        ds_name, config = _parse_hf_name(name, hf_config)
-        try:
-            loaded = datasets.load_dataset(ds_name, config, data_files=data_files)
-        except FileNotFoundError as e:
-            raise FileNotFoundError(
-                f"Hugging Face dataset {ds_name!r} (config {config!r}) could not be loaded: {e}. "
-                "Without hub access it must be in the local datasets cache (HF_DATASETS_CACHE); or save "
-                "it once with ds.save_to_disk(PATH) and pass 'hf:PATH'"
-            ) from e
+        loaded = _hf_load_dataset(*_parse_hf_name(name, hf_config), data_files)
     if isinstance(loaded, datasets.Dataset):
         loaded = datasets.DatasetDict({"train": loaded})
     rows_by_split: dict[str, list[str]] = {}
@@ -271,7 +262,21 @@ def _load_hf(
 
     if set(rows_by_split) == {"train"}:
         return _split_by_fractions(as_documents(rows_by_split["train"]), fractions)
-    return {split: as_documents(rows_by_split.get(split, [])) for split in SPLITS}
+    _check_all_splits(rows_by_split, f"the dataset (splits {list(loaded)})", "'validation[:N]'")
+    return {split: as_documents(rows_by_split[split]) for split in SPLITS}
+
+
+def _hf_load_dataset(ds_name: str, config: str | None, data_files):
+    import datasets
+
+    try:
+        return datasets.load_dataset(ds_name, config, data_files=data_files)
+    except OSError as e:  # FileNotFoundError, ConnectionError (no hub), ...
+        raise FileNotFoundError(
+            f"Hugging Face dataset {ds_name!r} (config {config!r}) could not be loaded: {e}. Without hub "
+            "access it must already be in the local datasets cache (HF_DATASETS_CACHE; set HF_HUB_OFFLINE=1 "
+            "to skip the network retries); or save it once with ds.save_to_disk(PATH) and pass 'hf:PATH'"
+        ) from e
 
 
 def _parse_hf_name(name: str, hf_config: str | None) -> tuple[str, str | None]:
@@ -341,6 +346,15 @@ def _check_split_names(specs: Mapping[str, str]) -> None:
     unknown = set(specs) - set(SPLITS)
     if unknown:
         raise ValueError(f"splits has unknown keys {sorted(unknown)}; use {list(SPLITS)}")
+
+
+def _check_all_splits(specs: Mapping[str, str], where: str, example: str) -> None:
+    missing = [split for split in SPLITS if split not in specs]
+    if missing:
+        raise ValueError(
+            f"{where} gives no {' and no '.join(missing)} split; map each to a file or split with an "
+            f"optional line/row slice, e.g. splits={{'{missing[0]}': {example}, ...}}"
+        )
 
 
 def _check_nonempty(docs: Mapping[str, list[str]], fractions: Sequence[float], where: str) -> None:
@@ -425,6 +439,7 @@ class Vocab:
             raise ValueError("vocabulary is empty; build it from a non-empty text")
         self.unk = unk
         self.unk_id: int | None = self.stoi.get(unk) if unk is not None else None
+        self._table: np.ndarray | None = None  # char lookup table, built on first encode
 
     @classmethod
     def from_texts(
@@ -448,20 +463,28 @@ class Vocab:
         max_size: at most this many tokens, specials included; min_count: drop
           tokens seen fewer times. Cut tokens encode to '<unk>', which must
           then be in the vocabulary.
-        Cost: one pass of C-speed counting over the text (~1 s per 100 MB of chars).
+        Cost: one pass of C-speed counting (~3 s per 100 MB of characters, ~5 s of words).
         """
         if order not in ("frequency", "first_seen"):
             raise ValueError(f"order must be 'frequency' or 'first_seen', got {order!r}")
+        if level not in ("char", "word"):
+            raise ValueError(f"level must be 'char' or 'word', got {level!r}")
         if specials is None:
             specials = () if order == "first_seen" else ((UNK, EOS) if level == "word" else (UNK,))
         counts: collections.Counter[str] = collections.Counter()
         first_seen: dict[str, None] = {}  # dicts keep insertion order: the first-appearance order
-        if level not in ("char", "word"):
-            raise ValueError(f"level must be 'char' or 'word', got {level!r}")
         for text in texts:
-            # Characters: iterate the str itself (C speed, no list of 100M one-char strings).
-            for chunk in [text] if level == "char" else _line_chunks(text):
-                tokens = chunk if level == "char" else tokenize(chunk, "word")
+            if level == "char":
+                # Characters: a bincount over code points (~2x faster than Counter on a str, and
+                # no list of 100M one-char strings); dict.fromkeys(str) keeps first appearances.
+                codes_N = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+                hist = np.bincount(codes_N) if codes_N.size else np.zeros(0, np.int64)
+                counts.update({chr(c): int(hist[c]) for c in np.flatnonzero(hist)})
+                if order == "first_seen":
+                    first_seen.update(dict.fromkeys(text))
+                continue
+            for chunk in _line_chunks(text):
+                tokens = tokenize(chunk, "word")
                 counts.update(tokens)
                 if order == "first_seen":
                     first_seen.update(dict.fromkeys(tokens))
@@ -529,7 +552,7 @@ class Vocab:
     def _char_table(self) -> np.ndarray:
         """Lookup table code point -> id (-1 or unk for unknowns), built once; its
         last slot stands for every code point past the largest in the vocabulary."""
-        if getattr(self, "_table", None) is None:
+        if self._table is None:
             singles = {ord(t): i for t, i in self.stoi.items() if len(t) == 1}
             table = np.full(max(singles, default=0) + 2, -1 if self.unk_id is None else self.unk_id, np.int32)
             for code, i in singles.items():
@@ -794,10 +817,8 @@ def _hf_identity(name: str, data_files, hf_config) -> dict:
         local_files = [_stat(Path(f)) for f in flat]
     # A hub dataset in the local cache: its arrow fingerprints identify the content (loading is a
     # memory map, cheap).
-    import datasets
-
     ds_name, config = _parse_hf_name(name, hf_config)
-    loaded = datasets.load_dataset(ds_name, config, data_files=data_files)
+    loaded = _hf_load_dataset(ds_name, config, data_files)
     fingerprints = {k: v._fingerprint for k, v in loaded.items()} if isinstance(loaded, Mapping) else loaded._fingerprint
     return {"hf": name, "config": config, "data_files": local_files, "fingerprints": fingerprints}
 
