@@ -64,11 +64,11 @@ def base_config() -> ml_collections.ConfigDict:
     m.d_hidden = 256
     m.num_layers = 1
     m.tie = False  # tie the softmax to the embedding (projection added if widths differ)
+    m.dropout_kind = "standard"  # of the three dropouts below: 'standard' | 'variational' (locked)
+    m.input_dropout = 0.0  # on the embeddings
     m.dropout = 0.0  # between layers
-    m.dropout_kind = "standard"  # 'standard' | 'variational'
-    m.input_dropout = 0.0  # locked dropout on the embeddings
-    m.recurrent_dropout = 0.0  # one mask per sequence on h (Gal & Ghahramani 2016)
     m.output_dropout = 0.0  # on the last layer's output
+    m.recurrent_dropout = 0.0  # one mask per sequence on h (Gal & Ghahramani 2016)
     m.embed_dropout = 0.0  # drop whole words (AWD-LSTM)
     m.weight_drop = 0.0  # DropConnect on W_h (AWD-LSTM)
     m.init_scale = 0.0  # >0: every weight U(-s, s) (Zaremba et al. 2014)
@@ -152,7 +152,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         else:
             c.data.update(batch_size=20, seq_len=35, eval_batch_size=10)
             c.model.update(d_embed=200, d_hidden=200, num_layers=2, dropout=0.2, output_dropout=0.2,
-                           input_dropout=0.0, cell_options="forget_bias=0.0,input_init='pytorch',"
+                           input_dropout=0.2, cell_options="forget_bias=0.0,input_init='pytorch',"
                            "recurrent_init='pytorch',bias_init='pytorch'")
             c.optim.update(name="sgd", lr=20.0, clip_norm=0.25, schedule="plateau", plateau_factor=4.0)
             c.train.update(num_epochs=40, log_every=200)

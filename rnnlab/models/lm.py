@@ -28,7 +28,9 @@ class LM:
     d_embed: int
     stack: Stack
     tie: bool = False
+    input_dropout: float = 0.0  # on the embeddings entering the stack
     output_dropout: float = 0.0  # on the stack output, before the softmax
+    dropout_kind: str = "standard"  # of input/output dropout: 'standard' (PyTorch example) or 'variational'
     embed_dropout: float = 0.0  # drops whole words (rows of the embedding)
     weight_drop: float = 0.0  # DropConnect on each layer's recurrent matrix
     init_scale: float = 0.0  # >0: every weight U(-s, s) (Zaremba et al. 2014)
@@ -84,6 +86,8 @@ class LM:
             keep_V = jax.random.bernoulli(key("embed"), 1 - self.embed_dropout, (self.vocab_size, 1))
             emb = emb * keep_V / (1 - self.embed_dropout)
         x_TxBxE = jnp.take(emb, tokens_BxT.T, axis=0)
+        if train and self.input_dropout:
+            x_TxBxE = self._dropout(key("in"), self.input_dropout, x_TxBxE)
         stack_params = params["stack"]
         if train and self.weight_drop:
             stack_params = _weight_drop(stack_params, self.weight_drop, key("weight_drop"))
@@ -93,9 +97,14 @@ class LM:
             rng=None if rng is None else key("stack"), train=train,
         )
         if train and self.output_dropout:
-            keep = jax.random.bernoulli(key("out"), 1 - self.output_dropout, ys_TxBxO.shape)
-            ys_TxBxO = ys_TxBxO * keep / (1 - self.output_dropout)
+            ys_TxBxO = self._dropout(key("out"), self.output_dropout, ys_TxBxO)
         return self.logits(params, jnp.swapaxes(ys_TxBxO, 0, 1)), carries
+
+    def _dropout(self, key: Array, rate: float, x_TxBxD: Array) -> Array:
+        """A new mask per element ('standard') or one per sequence ('variational')."""
+        shape = x_TxBxD.shape if self.dropout_kind == "standard" else (1,) + x_TxBxD.shape[1:]
+        keep = jax.random.bernoulli(key, 1 - rate, shape)
+        return x_TxBxD * keep.astype(x_TxBxD.dtype) / (1 - rate)
 
     def logits(self, params: Params, ys_BxTxO: Array) -> Array:
         if self.tie:
@@ -124,11 +133,11 @@ def build(model_cfg: Any, vocab_size: int) -> LM:
     stack = Stack(
         cell, model_cfg.d_embed, model_cfg.d_hidden, num_layers=model_cfg.num_layers,
         dropout=model_cfg.dropout, dropout_kind=model_cfg.dropout_kind,
-        input_dropout=model_cfg.input_dropout, recurrent_dropout=model_cfg.recurrent_dropout,
-        unroll=model_cfg.unroll, remat=model_cfg.remat,
+        recurrent_dropout=model_cfg.recurrent_dropout, unroll=model_cfg.unroll, remat=model_cfg.remat,
     )
     return LM(
-        vocab_size, model_cfg.d_embed, stack, tie=model_cfg.tie, output_dropout=model_cfg.output_dropout,
+        vocab_size, model_cfg.d_embed, stack, tie=model_cfg.tie, input_dropout=model_cfg.input_dropout,
+        output_dropout=model_cfg.output_dropout, dropout_kind=model_cfg.dropout_kind,
         embed_dropout=model_cfg.embed_dropout, weight_drop=model_cfg.weight_drop,
         init_scale=model_cfg.init_scale,
     )
