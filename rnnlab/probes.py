@@ -85,7 +85,7 @@ def _output_fn(model: Any) -> Callable[[Carry], Array]:
     def output(carry: Carry) -> Array:
         if output_of is not None:
             return output_of(carry)
-        if isinstance(carry, jax.Array):
+        if jax.tree_util.treedef_is_leaf(jax.tree.structure(carry)):
             return carry
         raise ValueError(
             f"model {model!r}: its carry is not a single array, so the probes need to know which part "
@@ -103,8 +103,8 @@ def _cell_recurrence(model: Any) -> _Recurrence:
     output = _output_fn(model)
 
     def step(params, carry, xp_t, eps):
-        carry, _ = model.step(params, carry, xp_t)  # the contract's h is recomputed from the carry below
-        carry = _add(carry, eps)
+        new, _ = model.step(params, carry, xp_t)  # the contract's h is recomputed from the carry below
+        carry = _add(jax.tree.map(lambda n, o: n.astype(o.dtype), new, carry), eps)  # the carry keeps its dtype
         return carry, output(carry)
 
     def initial_carry(batch: int, d_h: int | None) -> Carry:
@@ -116,7 +116,7 @@ def _cell_recurrence(model: Any) -> _Recurrence:
         leaves, treedef = jax.tree.flatten(carry)
         if names is not None and len(names) == len(leaves):
             return jax.tree.unflatten(treedef, list(names))
-        if isinstance(carry, jax.Array):
+        if jax.tree_util.treedef_is_leaf(treedef):  # a single array (or its ShapeDtypeStruct)
             return "h"
         return jax.tree_util.tree_map_with_path(lambda path, _: "carry" + jax.tree_util.keystr(path), carry)
 
@@ -256,11 +256,13 @@ def grad_norms_through_time(
 ) -> GradNorms:
     """||dL/dcarry_t|| for every t from ONE backward pass.
 
-    A zero perturbation eps_t is added to the carry after every step (every
-    component: LSTM c and h; every layer of a Stack); dL/deps_t = dL/dcarry_t,
-    the total derivative through the readout at t and all later steps. Each
-    carry component is a state variable of its own: dL/dc_t is taken with h_t
-    held fixed.
+    A zero perturbation eps_t is added to the carry that each step returns
+    (every component: LSTM c and h; every layer of a Stack, right after that
+    layer's step); dL/deps_t = dL/dcarry_t is the total derivative w.r.t. that
+    value: through the readout at t, the layers above at step t, and all later
+    steps. Components are separate values: the LSTM's h_t is computed from c_t
+    inside step t, before the perturbation, so dL/dc_t counts c_t's paths into
+    later steps only (as in BPTT with the carry (c, h) as the state).
 
     The loss reads h_t out linearly, y_t = h_t @ readout_HxO (default: a fixed
     random projection N(0, 1/H), H x n_out, drawn from ``key``), then
@@ -305,15 +307,15 @@ def grad_norms_through_time(
 
 class JacobianProducts(NamedTuple):
     lags_K: Array  # k = 1..K
-    spectral_norms_KxB: Array  # ||d carry_{T-1} / d carry_{T-1-k}||_2 per example
-    singular_values_KxBxC: Array  # of the same matrices, descending (C: block size when ``component`` is set)
+    spectral_norms_KxB: Array  # ||d carry_{T-1} / d carry_{T-1-k}||_2 per example (whole carry)
+    singular_values_KxBxC: Array  # of the same matrices, descending
+    block_norms_KxB: dict[str, Array]  # component -> spectral norm of its diagonal block, e.g. ||dh_{T-1}/dh_{T-1-k}||
     step_norms_TxB: Array  # ||J_t||_2, J_t = d carry_t / d carry_{t-1}
-    step_jacobians_TxBxCxC: Array  # J_t per example (full carry)
-    products_KxBxCxC: Array  # J_{T-1} ... J_{T-k} per example (full carry)
-    components: dict[str, tuple[int, int]]  # name -> [start, stop) in the flattened carry (C axis)
+    step_jacobians_TxBxCxC: Array  # J_t per example
+    products_KxBxCxC: Array  # J_{T-1} ... J_{T-k} per example
+    components: dict[str, tuple[int, int]]  # component -> [start, stop) in the flattened carry (C axis)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "d_h", "max_lag", "component"))
 def jacobian_products(
     model: Any,
     params: Params,
@@ -322,7 +324,6 @@ def jacobian_products(
     carry0: Carry | None = None,
     d_h: int | None = None,
     max_lag: int | None = None,
-    component: str | None = None,
 ) -> JacobianProducts:
     """Step Jacobians J_t = d carry_t / d carry_{t-1} (per example, forward-mode
     through one step of the contract at the carries the forward pass visits),
@@ -330,12 +331,23 @@ def jacobian_products(
     (K = ``max_lag`` or T; lag T is the derivative w.r.t. the initial carry), and
     the products' singular values.
 
-    ``component`` (e.g. 'h', or 'layer_0/c' for a Stack) restricts the norms and
-    singular values to that component's diagonal block of the product:
-    d h_{T-1} / d h_{T-1-k} with the other components held fixed. The matrices
-    are always those of the whole carry; ``components`` gives each block's
-    columns. Memory: T x B x C^2 numbers.
+    The carry is flattened per example in its tree order (LSTM: c then h; a
+    Stack: layer by layer); ``components`` names the blocks. ``block_norms_KxB``
+    holds each component's diagonal block, e.g. 'h': d h_{T-1} / d h_{T-1-k}
+    with the other components held fixed. Memory: T x B x C^2 numbers.
     """
+    rec = _recurrence(model)
+    example = jax.eval_shape(lambda: jax.tree.map(lambda c: c[0], _start(rec, xs_TxBxD, carry0, d_h)))
+    components, start = {}, 0  # static Python ints, so built outside the jitted part
+    for name, leaf in zip(_component_names(rec, example), jax.tree.leaves(example), strict=True):
+        components[name] = (start, start + leaf.size)
+        start += leaf.size
+    jp = _jacobian_products(model, params, xs_TxBxD, carry0, d_h, max_lag, tuple(components.items()))
+    return jp._replace(components=components)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4, 5, 6))
+def _jacobian_products(model, params, xs_TxBxD, carry0, d_h, max_lag, components) -> JacobianProducts:
     rec = _recurrence(model)
     carry0 = _start(rec, xs_TxBxD, carry0, d_h)
     n_steps = xs_TxBxD.shape[0]
@@ -363,25 +375,19 @@ def jacobian_products(
     recent_KxBxCxC = step_jac[::-1][:n_lags]
     products = jax.lax.associative_scan(jnp.matmul, recent_KxBxCxC, axis=0)
 
-    components, start = {}, 0
-    for name, leaf in zip(_component_names(rec, example0), jax.tree.leaves(example0), strict=True):
-        components[name] = (start, start + leaf.size)
-        start += leaf.size
-    block = products
-    if component is not None:
-        if component not in components:
-            raise ValueError(f"component {component!r} not in the carry; components: {sorted(components)}")
-        lo, hi = components[component]
-        block = products[..., lo:hi, lo:hi]
-    sv = jnp.linalg.svd(block, compute_uv=False)
+    sv = jnp.linalg.svd(products, compute_uv=False)
+    block_norms = {
+        name: jnp.linalg.norm(products[..., lo:hi, lo:hi], ord=2, axis=(-2, -1)) for name, (lo, hi) in components
+    }
     return JacobianProducts(
-        lags_K=jnp.arange(1, n_lags + 1),
+        lags_K=jnp.arange(1, n_lags + 1, dtype=jnp.int32),
         spectral_norms_KxB=sv[..., 0],
         singular_values_KxBxC=sv,
+        block_norms_KxB=block_norms,
         step_norms_TxB=jnp.linalg.norm(step_jac, ord=2, axis=(-2, -1)),
         step_jacobians_TxBxCxC=step_jac,
         products_KxBxCxC=products,
-        components=components,
+        components=None,  # filled in by jacobian_products
     )
 
 

@@ -16,7 +16,6 @@ import math
 import os
 import sys
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -8,7 +8,8 @@ import math
 import os
 import sys
 import time
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def _jsonable(v: Any) -> Any:

@@ -1,0 +1,109 @@
+"""Synthetic tasks: shapes, purity in (seed, step), structure and baselines."""
+
+import math
+
+import numpy as np
+import pytest
+
+from rnnlab.data import synthetic
+
+SMALL = {
+    "adding": dict(batch_size=4, length=30),
+    "copy": dict(batch_size=4, delay=15),
+    "temporal_order": dict(batch_size=4, length=100),
+}
+
+
+@pytest.mark.parametrize("task", sorted(SMALL))
+def test_batches_are_a_pure_function_of_seed_and_step(task):
+    fn, kw = synthetic.TASKS[task], SMALL[task]
+    a, again = fn(0, 5, **kw), fn(0, 5, **kw)
+    for x, y in zip(a, again, strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a.xs_TxBxD, fn(0, 6, **kw).xs_TxBxD)
+    assert not np.array_equal(a.xs_TxBxD, fn(1, 5, **kw).xs_TxBxD)
+
+
+@pytest.mark.parametrize(
+    "task, shape_x, target_dtype",
+    [("adding", (30, 4, 2), np.float32), ("copy", (35, 4, 10), np.int32), ("temporal_order", (100, 4, 8), np.int32)],
+)
+def test_shapes_and_dtypes(task, shape_x, target_dtype):
+    batch = synthetic.TASKS[task](3, 0, **SMALL[task])
+    assert batch.xs_TxBxD.shape == shape_x and batch.xs_TxBxD.dtype == np.float32
+    assert batch.targets_TxB.shape == shape_x[:2] and batch.targets_TxB.dtype == target_dtype
+    assert batch.mask_TxB.shape == shape_x[:2] and batch.mask_TxB.dtype == np.float32
+
+
+def test_adding_problem_markers_and_targets():
+    length = 31
+    b = synthetic.adding_problem(0, 0, batch_size=500, length=length)
+    values, marker = b.xs_TxBxD[..., 0], b.xs_TxBxD[..., 1]
+    assert np.all((values >= 0) & (values < 1))
+    assert set(np.unique(marker)) == {0.0, 1.0}
+    np.testing.assert_array_equal(marker[: length // 2].sum(0), 1.0)  # one in the first half
+    np.testing.assert_array_equal(marker[length // 2 :].sum(0), 1.0)  # one in the second half
+    np.testing.assert_allclose(b.targets_TxB[-1], (values * marker).sum(0), rtol=1e-6)
+    np.testing.assert_array_equal(b.mask_TxB[-1], 1.0)
+    assert b.mask_TxB[:-1].sum() == 0
+
+
+def test_adding_problem_baseline_predicting_one():
+    b = synthetic.adding_problem(1, 0, batch_size=20_000, length=10)
+    mse = np.sum(b.mask_TxB * (1.0 - b.targets_TxB) ** 2) / np.sum(b.mask_TxB)
+    assert abs(mse - 0.167) < 0.01
+    assert abs(synthetic.adding_baseline() - 1 / 6) < 1e-12
+    assert abs(mse - synthetic.adding_baseline()) < 0.01
+
+
+def test_copy_memory_structure():
+    delay, n_copy = 15, 10
+    b = synthetic.copy_memory(0, 0, batch_size=64, delay=delay)
+    tokens = b.xs_TxBxD.argmax(-1)
+    np.testing.assert_array_equal(b.xs_TxBxD.sum(-1), 1.0)  # one-hot
+    data = tokens[:n_copy]
+    assert data.min() >= 1 and data.max() <= 8
+    np.testing.assert_array_equal(tokens[n_copy + delay - 1], 9)  # the delimiter
+    rest = np.delete(tokens[n_copy:], delay - 1, axis=0)
+    np.testing.assert_array_equal(rest, 0)  # blanks: delay - 1 before, n_copy after the delimiter
+    np.testing.assert_array_equal(b.targets_TxB[-n_copy:], data)
+    np.testing.assert_array_equal(b.targets_TxB[:-n_copy], 0)
+    np.testing.assert_array_equal(b.mask_TxB, 1.0)
+
+
+@pytest.mark.parametrize("delay", [1, 15, 100])
+def test_copy_memory_baseline_strategy_achieves_the_formula(delay):
+    n_copy, n_symbols = 10, 8
+    b = synthetic.copy_memory(2, 3, batch_size=32, delay=delay)
+    length = delay + 2 * n_copy
+    # memoryless: blank with certainty until the last n_copy steps, then uniform over 1..8
+    probs_TxV = np.zeros((length, n_symbols + 2))
+    probs_TxV[:-n_copy, 0] = 1.0
+    probs_TxV[-n_copy:, 1 : n_symbols + 1] = 1.0 / n_symbols
+    p_TxB = probs_TxV[np.arange(length)[:, None], b.targets_TxB]
+    ce = np.sum(b.mask_TxB * -np.log(p_TxB)) / np.sum(b.mask_TxB)
+    expected = 10 * math.log(8) / (delay + 20)
+    np.testing.assert_allclose(ce, expected, rtol=1e-12)
+    np.testing.assert_allclose(synthetic.copy_memory_baseline(delay), expected, rtol=1e-12)
+
+
+def test_temporal_order_structure_and_classes():
+    length = 100
+    b = synthetic.temporal_order(0, 0, batch_size=4000, length=length)
+    tokens = b.xs_TxBxD.argmax(-1)
+    sym = synthetic.TEMPORAL_ORDER_SYMBOLS
+    assert np.all(tokens[0] == sym.index("E")) and np.all(tokens[-1] == sym.index("B"))
+    relevant = (tokens == sym.index("X")) | (tokens == sym.index("Y"))
+    np.testing.assert_array_equal(relevant.sum(0), 2)
+    t1, t2 = np.nonzero(relevant[:50].T)[1], 50 + np.nonzero(relevant[50:].T)[1]
+    assert t1.min() >= 10 and t1.max() <= 20 and t2.min() >= 50 and t2.max() <= 60
+    cols = np.arange(tokens.shape[1])
+    first_is_y = tokens[t1, cols] == sym.index("Y")
+    second_is_y = tokens[t2, cols] == sym.index("Y")
+    np.testing.assert_array_equal(b.targets_TxB[-1], 2 * first_is_y + second_is_y)
+    assert np.all(tokens[1:-1][~relevant[1:-1]] < 4)  # distractors a..d elsewhere
+    counts = np.bincount(b.targets_TxB[-1], minlength=4) / tokens.shape[1]
+    np.testing.assert_allclose(counts, 0.25, atol=0.03)
+    np.testing.assert_array_equal(b.mask_TxB[-1], 1.0)
+    assert b.mask_TxB[:-1].sum() == 0
+    assert abs(synthetic.temporal_order_baseline() - math.log(4)) < 1e-12
