@@ -17,8 +17,8 @@ def _jsonable(v: Any) -> Any:
         f = float(v)
     except (TypeError, ValueError):
         return v
-    if isinstance(v, (bool, int)) and not isinstance(v, bool):
-        return int(v)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v
     return f if math.isfinite(f) else str(f)  # JSON has no NaN/Inf
 
 
@@ -51,7 +51,7 @@ class MetricWriter:
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
-            for k, v in metrics.items():
+            for k in metrics:
                 if isinstance(row[k], float):
                     self._tb.add_scalar(f"{kind}/{k}", row[k], step)
 
