@@ -33,6 +33,7 @@ SHARED = "../shared/data"
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.trainer = "rnnlab.train:train_and_evaluate"  # the loop rnnlab.main calls: module:function(config, workdir)
     c.seed = 0  # params init, dropout masks and random window offsets derive from it
     c.init_from = ""  # warm start: a workdir or checkpoint folder to take parameters from
 

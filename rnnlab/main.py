@@ -19,9 +19,18 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.set_verbosity(logging.WARNING)  # JAX's backend probing is noise to users
-    from rnnlab import train
+    trainer(_CONFIG.value.trainer)(_CONFIG.value, _WORKDIR.value)
 
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+def trainer(spec: str):
+    """'package.module:function' -> the function; every experiment config names its loop."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"config.trainer={spec!r} is not an importable 'module:function' ({e})") from e
 
 
 if __name__ == "__main__":
