@@ -1,0 +1,45 @@
+"""benchmarks/layers.py runs end to end on a tiny shape and writes its JSON.
+A smoke test only: no timing is asserted beyond 'positive'."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "layers.py"
+
+
+def test_layers_benchmark_quick(tmp_path):
+    out = tmp_path / "layers.json"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--repeats", "1", "--warmup", "1", "--gap-ms", "0",
+         "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "| shape (BxTxDxH) |" in proc.stdout  # the Markdown table
+    assert "rnnlab speed ratio vs torch" in proc.stdout
+
+    data = json.loads(out.read_text())
+    rows = data["results"]
+    got = {(r["cell"], r["impl"]) for r in rows}
+    assert got == {(c, i) for c in ("lstm", "gru") for i in ("rnnlab", "torch", "flax")}
+    for r in rows:
+        assert len(r["times_ms"]) == 1
+        assert r["median_ms"] > 0 and all(t > 0 for t in r["times_ms"])
+        assert r["first_call_ms"] > 0
+        if r["impl"] == "torch":
+            assert r["compile_ms"] is None
+        else:
+            assert r["compile_ms"] > 0
+        assert r["check"]["dx_rel_err"] <= 1e-3  # all three computed the same thing
+    assert {s["cell"] for s in data["summary"]} == {"lstm", "gru"}
+    for s in data["summary"]:
+        assert s["rnnlab_speed_ratio_vs_torch"] > 0 and s["rnnlab_speed_ratio_vs_flax"] > 0
