@@ -35,7 +35,8 @@ def check_inputs(xs_TxBxD: Any, lengths_B: Any = None, reset_TxB: Any = None, d_
         if not jnp.issubdtype(jnp.result_type(lengths_B), jnp.integer):
             raise ValueError(f"lengths_B must be integers, got dtype {jnp.result_type(lengths_B)}")
         if not isinstance(lengths_B, jax.core.Tracer):
-            lo, hi = int(np.min(lengths_B)), int(np.max(lengths_B))
+            concrete = np.asarray(lengths_B)  # np.min(jax_array) would call its traced .min() under jit
+            lo, hi = int(concrete.min()), int(concrete.max())
             if lo < 0 or hi > t:
                 raise ValueError(f"lengths_B must lie in [0, T={t}], got values in [{lo}, {hi}]")
     if reset_TxB is not None and np.shape(reset_TxB) != (t, b):

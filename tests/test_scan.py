@@ -124,3 +124,10 @@ def test_unknown_cell_lists_the_available_ones():
         cells.get("lstn")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['forgetbias'\]"):
         cells.get("lstm", forgetbias=1.0)
+
+
+def test_concrete_lengths_captured_inside_jit_are_accepted():
+    cell, params, xs, carry0 = _setup()
+    lengths = jnp.array([T, 4, 2])  # a concrete array closed over by the jitted function
+    carry, hs = jax.jit(lambda x: scan.run(cell, params, carry0, x, lengths_B=lengths))(xs)
+    _close(hs, scan.run(cell, params, carry0, xs, lengths_B=lengths)[1])
