@@ -131,3 +131,9 @@ def test_concrete_lengths_captured_inside_jit_are_accepted():
     lengths = jnp.array([T, 4, 2])  # a concrete array closed over by the jitted function
     carry, hs = jax.jit(lambda x: scan.run(cell, params, carry0, x, lengths_B=lengths))(xs)
     _close(hs, scan.run(cell, params, carry0, xs, lengths_B=lengths)[1])
+
+
+def test_cells_with_equal_settings_are_equal():
+    assert cells.get("elman") == cells.get("elman", nonlinearity="tanh")
+    assert hash(cells.get("lstm")) == hash(cells.get("lstm", forget_bias=1.0))
+    assert cells.get("lstm") != cells.get("lstm", forget_bias=0.0)

@@ -100,9 +100,7 @@ def get(name: str | Cell, **options) -> Cell:
     """The cell ``name`` with ``options`` bound, e.g. ``get('lstm', forget_bias=0.0)``,
     ``get('gru', reset_after=False)``, ``get('elman', nonlinearity='relu')``."""
     if isinstance(name, Cell):
-        if options:
-            name = Cell(name.name, tuple(sorted({**dict(name.options), **options}.items())))
-        return name
+        return get(name.name, **{**dict(name.options), **options})
     module = _module(name)
     known = {**_keyword_options(module.init), **_keyword_options(module.step)}
     if hasattr(module, "parallel"):
@@ -113,4 +111,5 @@ def get(name: str | Cell, **options) -> Cell:
         raise ValueError(
             f"unknown option(s) {unknown} for cell {name!r}; it accepts {sorted(known)}"
         )
-    return Cell(name, tuple(sorted(options.items())))
+    # defaults filled in: equal settings give equal (and equally hashed) Cells
+    return Cell(name, tuple(sorted({**known, **options}.items())))
