@@ -81,6 +81,20 @@ def init_gate_blocks(
     return jnp.concatenate([init(k, (d_rows, d_h), dtype) for k in keys], axis=1)
 
 
+def init_dense(
+    key: Array, d_in: int, d_h: int, n_gates: int, *, input_init: str, recurrent_init: str,
+    bias_init: str, dtype=jnp.float32,
+) -> dict[str, Array]:
+    """The parameters every dense-gated cell has: ``w_x_DxG``, ``w_h_HxG``, ``b_G``
+    (G = n_gates * H), each initialised gate block by gate block."""
+    kx, kh, kb = jax.random.split(key, 3)
+    return {
+        "w_x_DxG": init_gate_blocks(kx, input_init, d_in, d_h, n_gates, dtype),
+        "w_h_HxG": init_gate_blocks(kh, recurrent_init, d_h, d_h, n_gates, dtype),
+        "b_G": initializer(bias_init, d_h)(kb, (n_gates * d_h,), dtype),
+    }
+
+
 def split_gates(g_BxG: Array, n_gates: int) -> list[Array]:
     """Split gate pre-activations into ``n_gates`` blocks of H along the last axis."""
     return jnp.split(g_BxG, n_gates, axis=-1)

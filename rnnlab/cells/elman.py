@@ -11,7 +11,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnnlab.cells._common import Array, Params, dense_precompute, initializer, recurrent_input
+from rnnlab.cells._common import Array, Params, dense_precompute, init_dense, recurrent_input
 
 N_GATES = 1
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
@@ -27,12 +27,8 @@ def init(
     bias_init: str = "zeros",
     dtype=jnp.float32,
 ) -> Params:
-    kx, kh, kb = jax.random.split(key, 3)
-    return {
-        "w_x_DxG": initializer(input_init, d_h)(kx, (d_in, d_h), dtype),
-        "w_h_HxG": initializer(recurrent_init, d_h)(kh, (d_h, d_h), dtype),
-        "b_G": initializer(bias_init, d_h)(kb, (d_h,), dtype),
-    }
+    return init_dense(key, d_in, d_h, N_GATES, input_init=input_init, recurrent_init=recurrent_init,
+                      bias_init=bias_init, dtype=dtype)
 
 
 def initial_carry(batch: int, d_h: int) -> Array:

@@ -21,7 +21,7 @@ from rnnlab.cells._common import (
     Array,
     Params,
     dense_precompute,
-    init_gate_blocks,
+    init_dense,
     initializer,
     recurrent_input,
     split_gates,
@@ -40,13 +40,11 @@ def init(
     bias_init: str = "zeros",
     dtype=jnp.float32,
 ) -> Params:
-    kx, kh, kb, kn = jax.random.split(key, 4)
-    return {
-        "w_x_DxG": init_gate_blocks(kx, input_init, d_in, d_h, N_GATES, dtype),
-        "w_h_HxG": init_gate_blocks(kh, recurrent_init, d_h, d_h, N_GATES, dtype),
-        "b_G": initializer(bias_init, d_h)(kb, (N_GATES * d_h,), dtype),
-        "b_hn_H": initializer(bias_init, d_h)(kn, (d_h,), dtype),
-    }
+    k_dense, k_n = jax.random.split(key)
+    params = init_dense(k_dense, d_in, d_h, N_GATES, input_init=input_init, recurrent_init=recurrent_init,
+                        bias_init=bias_init, dtype=dtype)
+    params["b_hn_H"] = initializer(bias_init, d_h)(k_n, (d_h,), dtype)
+    return params
 
 
 def initial_carry(batch: int, d_h: int) -> Array:

@@ -20,8 +20,7 @@ from rnnlab.cells._common import (
     Array,
     Params,
     dense_precompute,
-    init_gate_blocks,
-    initializer,
+    init_dense,
     recurrent_input,
     split_gates,
 )
@@ -40,14 +39,10 @@ def init(
     forget_bias: float = 1.0,
     dtype=jnp.float32,
 ) -> Params:
-    kx, kh, kb = jax.random.split(key, 3)
-    b = initializer(bias_init, d_h)(kb, (N_GATES * d_h,), dtype)
-    b = b.at[d_h : 2 * d_h].add(forget_bias)
-    return {
-        "w_x_DxG": init_gate_blocks(kx, input_init, d_in, d_h, N_GATES, dtype),
-        "w_h_HxG": init_gate_blocks(kh, recurrent_init, d_h, d_h, N_GATES, dtype),
-        "b_G": b,
-    }
+    params = init_dense(key, d_in, d_h, N_GATES, input_init=input_init, recurrent_init=recurrent_init,
+                        bias_init=bias_init, dtype=dtype)
+    params["b_G"] = params["b_G"].at[d_h : 2 * d_h].add(forget_bias)  # gate order i, f, g, o
+    return params
 
 
 def initial_carry(batch: int, d_h: int) -> tuple[Array, Array]:
