@@ -40,6 +40,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from rnnlab import configs
+
 SHARED = "../shared/data"
 
 
@@ -121,19 +123,8 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _parse(arg: str) -> tuple[str, dict]:
-    variant, overrides = "default", {}
-    for item in filter(None, (s.strip() for s in (arg or "").split(","))):
-        if "=" in item:
-            k, v = item.split("=", 1)
-            overrides[k.strip()] = v.strip()
-        else:
-            variant = item
-    return variant, overrides
-
-
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
-    variant, overrides = _parse(arg)
+    variant, overrides = configs.parse_arg(arg)
     c = base_config()
     if variant == "default":
         c.model.update(d_embed=64, d_hidden=256, num_layers=1)
@@ -178,20 +169,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         )
     for k, v in overrides.items():  # ':cell=gru' -> model.cell; dotted keys go anywhere
         key = k if "." in k else {"cell": "model.cell", "seed": "seed"}.get(k, k)
-        _set(c, key, v)
+        configs.set_dotted(c, key, v)
     c.lock()
     return c
-
-
-def _set(c: ml_collections.ConfigDict, dotted: str, value: str) -> None:
-    *path, last = dotted.split(".")
-    node = c
-    for p in path:
-        node = node[p]
-    if last not in node:
-        raise KeyError(f"config has no key {dotted!r}")
-    old = node[last]
-    node[last] = type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true", "yes")
 
 
 def sweep(add):

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from rnnlab import checkpoint, train
+from rnnlab import checkpoint, configs, train
 from rnnlab.writers import read_metrics
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -34,7 +34,7 @@ def _config(tmp_path, **over):
     c.train.update(num_steps=24, eval_every=8, log_every=4, async_checkpoint=True, tensorboard=True)
     c.generate.length = 0
     for k, v in over.items():
-        lm_exp._set(c, k, str(v))
+        configs.set_dotted(c, k, str(v))
     c.lock()
     return c
 
