@@ -229,10 +229,7 @@ def check_and_write_config(config: ml_collections.ConfigDict, workdir: str) -> N
                 f"the config differs from the run in {workdir} ({shown}); resume with the same config, "
                 "use a new --workdir, or warm-start a new run with --config.init_from=" + workdir
             )
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(new, f, indent=2)
-    os.replace(tmp, path)
+    writers.write_json_atomic(path, new)
     with open(os.path.join(workdir, "command.txt"), "a") as f:
         f.write(" ".join(sys.argv) + "\n")
 
@@ -361,10 +358,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer.close()
     print("summary: " + json.dumps(summary), flush=True)
     if finished:
-        tmp = result_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(tmp, result_path)
+        writers.write_json_atomic(result_path, summary)
     if config.generate.length > 0:
         _print_sample(config, model, eval_params, vocab)
     return summary

@@ -60,6 +60,15 @@ class MetricWriter:
             self._tb.close()
 
 
+def write_json_atomic(path: str, obj) -> None:
+    """Write JSON to a temporary file and rename it over ``path``: a crash or kill
+    leaves either the old file or the new one, never half of one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
 def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):

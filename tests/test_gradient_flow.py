@@ -1,0 +1,130 @@
+"""The gradient-flow study: its smoke variant runs end to end through
+rnnlab.main and the report regenerates from the Orbax snapshots; a resumed run
+continues bitwise; the init option gives the requested spectral radius; NaN
+stops without saving."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rnnlab import cells, configs, train, train_tasks
+from rnnlab.layers import Stack
+from rnnlab.models import seq
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from experiments import gradient_flow as gf  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _smoke(**over):
+    c = gf.get_config("smoke")
+    c.unlock()
+    c.train.async_checkpoint = False
+    for k, v in over.items():
+        configs.set_dotted(c, k, str(v))
+    c.lock()
+    return c
+
+
+def test_smoke_runs_through_main_and_the_report_regenerates_from_its_checkpoints(tmp_path):
+    wd = tmp_path / "runs" / "smoke_lstm"
+    cmd = [sys.executable, "-m", "rnnlab.main", "--config=experiments/gradient_flow.py:smoke", f"--workdir={wd}"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "step 5/20" in out.stdout and "tok/s" in out.stdout and "ETA" in out.stdout
+    result = json.load(open(wd / "result.json"))
+    assert result["finished"] and result["step"] == 20 and result["eval_baseline"] == pytest.approx(1 / 6)
+    assert train_tasks.snapshot_steps(str(wd)) == [0, 10, 20]
+    rows = [json.loads(ln) for ln in open(wd / "metrics.jsonl")]
+    assert {"loss", "grad_norm", "param_norm", "update_norm", "clipped"} <= set(rows[0])
+    assert any(r["kind"] == "eval" for r in rows)
+
+    out_dir = tmp_path / "report"
+    rep = gf.report(str(tmp_path / "runs"), str(out_dir), batch_size=8, jacobian_batch=2)
+    for name in ("README.md", "report.json", "summary.csv", "curves.csv", "eval.csv",
+                 "grad_norms_T20.png", "grad_norms_T20.svg", "eval_loss_T20.png"):
+        assert (out_dir / name).stat().st_size > 0, name
+    t = json.load(open(out_dir / "report.json"))["trials"]["lstm_fb1_T20_clip"]
+    assert t == json.loads(json.dumps(rep["trials"]["lstm_fb1_T20_clip"]))
+    assert sorted(t["snapshots"], key=int) == ["0", "10", "20"]
+    s0 = t["snapshots"]["0"]
+    assert len(s0["norms_T"]) == 20 and all(v > 0 for v in s0["norms_T"])
+    assert 0 < s0["fit_all"]["rate"] < 2 and "rms" in s0["jacobian"] and "jacobian" not in t["snapshots"]["10"]
+    assert t["result"]["eval_loss"] == result["eval_loss"]
+    assert t["eval"][-1] == {"step": 20, "loss": result["eval_loss"]}
+
+
+def _final_params(wd, step):
+    model, _ = train_tasks.build(_smoke())
+    like = jax.eval_shape(model.init, jax.random.key(0))
+    return train_tasks.load_snapshot_params(str(wd), step, like)
+
+
+def test_resume_continues_bitwise(tmp_path):
+    a, b = tmp_path / "interrupted", tmp_path / "straight"
+    first = train_tasks.train_and_evaluate(_smoke(**{"train.num_steps": 10}), str(a))
+    assert first["step"] == 10
+    resumed = train_tasks.train_and_evaluate(_smoke(), str(a))
+    straight = train_tasks.train_and_evaluate(_smoke(), str(b))
+    assert resumed["step"] == straight["step"] == 20
+    pa, pb = _final_params(a, 20), _final_params(b, 20)
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), pa, pb)
+    assert resumed["eval_loss"] == straight["eval_loss"]
+    # a finished run is reported, not redone
+    assert train_tasks.train_and_evaluate(_smoke(), str(b)) == json.load(open(b / "result.json"))
+
+
+def test_non_finite_loss_stops_without_saving(tmp_path):
+    with pytest.raises(train.NonFiniteError, match="non-finite"):
+        train_tasks.train_and_evaluate(_smoke(**{"optim.lr": 1e30, "optim.clip_norm": 0.0}), str(tmp_path))
+    assert not os.listdir(tmp_path / "checkpoints")  # no periodic save
+    assert train_tasks.snapshot_steps(str(tmp_path)) == [0]  # the initialisation, saved before step 1
+
+
+@pytest.mark.parametrize("cell, init, radius", [("elman", "orthogonal", 0.9), ("elman", "identity", 0.5),
+                                                ("lstm", "orthogonal", 1.1), ("gru", "pytorch", 0.7)])
+def test_recurrent_rescaling_gives_the_requested_spectral_radius(cell, init, radius):
+    stack = Stack(cells.get(cell, recurrent_init=init), 2, 16)
+    model = seq.SeqModel(stack, 1, readout="last", recurrent_radius=radius)
+    params = model.init(jax.random.key(0))
+    w = np.asarray(params["stack"]["layer_0"]["forward"]["w_h_HxG"], np.float64)
+    for block in np.split(w, stack.cell.n_gates, axis=1):
+        assert np.max(np.abs(np.linalg.eigvals(block))) == pytest.approx(radius, rel=1e-5)
+    plain = seq.SeqModel(stack, 1, readout="last").init(jax.random.key(0))
+    w_plain = np.asarray(plain["stack"]["layer_0"]["forward"]["w_h_HxG"], np.float64)
+    for block, block_plain in zip(np.split(w, stack.cell.n_gates, axis=1), np.split(w_plain, stack.cell.n_gates, axis=1),
+                                  strict=True):  # a rescaling: each gate block is a multiple of the plain one
+        scale = np.sum(block * block_plain) / np.sum(block_plain**2)
+        np.testing.assert_allclose(block, scale * block_plain, rtol=1e-5, atol=1e-7)
+
+
+def test_config_shorthands_and_trial_names():
+    c = gf.get_config("default,cell=elman,init=identity,rho=0.9,clip=0,T=400")
+    d = gf.describe(c)
+    assert d["name"] == "elman_identity_rho0.9_T400_noclip" and d["radius"] == 0.9 and d["clip"] == 0.0
+    assert gf.describe(gf.get_config("default,init=irnn"))["family"] == "IRNN"
+    assert gf.describe(gf.get_config("default,fb=0"))["name"] == "lstm_fb0_T200_clip"
+    names = [gf.describe(gf.resolve(v, o))["name"] for v, o in gf.trials("full")]
+    assert len(names) == len(set(names)) and "lstm_fb1_T200_clip" in names and "elman_T200_clip" in names
+    with pytest.raises(KeyError):
+        gf.get_config("default,train.nmu_steps=3")
+
+
+def test_model_losses_and_probe_loss_agree():
+    """grad_norms' loss is the training loss: MSE at the last step, CE over a mask."""
+    for task, kw in (("adding", {}), ("copy", {"task.length": 5}), ("temporal_order", {"task.length": 12})):
+        c = _smoke(**{"task.name": task, **kw})
+        model, spec = train_tasks.build(c)
+        params = model.init(jax.random.key(1))
+        b = train_tasks.probe_batch(c, 4)
+        loss, _ = jax.jit(model.loss_and_metrics)(params, *(jnp.asarray(a) for a in b))
+        gn = model.grad_norms(params, *(jnp.asarray(a) for a in b))
+        np.testing.assert_allclose(float(gn.loss), float(loss), rtol=1e-5)
+        assert gn.norms_T.shape == (spec.length,)
