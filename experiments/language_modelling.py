@@ -32,8 +32,8 @@ Variants (each with its command, CPU time on 2 cores, and the result it reached)
                     Measured (40 epochs, 2 quiet cores, seed 0): best validation at
                     epoch 8 (ppl 370.2 on valid.txt[3390:]), after which the /4 rule
                     drove lr to ~0; test ppl 312.6 (the same in the example's batchify
-                    layout) against the example's 303.3 (+3.1%); 261 ms per step, about
-                    50 min in all against its 33.5 min. Curve: docs/lm/pytorch_example.png.
+                    layout) against the example's 303.3 (+3.1%); 261 ms per step on a quiet
+                    machine; 55m51s wall (shared with a test run) against its 33.5 min. Curve: docs/lm/pytorch_example.png.
 Variant args combine with keys: ':shakespeare_char,cell=gru'.
 """
 
