@@ -79,7 +79,6 @@ if __name__ == "__main__":  # run as a file: the rnnlab next to it, whatever els
 
 from rnnlab import cells, configs, probes, train_tasks, writers  # noqa: E402
 from rnnlab.models import seq as seq_lib  # noqa: E402
-from rnnlab.models.lm import parse_options  # noqa: E402
 
 THIS_FILE = os.path.abspath(__file__)
 REPO_ROOT = os.path.dirname(os.path.dirname(THIS_FILE))
@@ -242,7 +241,7 @@ def describe(config: Any) -> dict:
     """What a trial is, from its config (a ConfigDict or config.json's dict)."""
 
     get = (lambda path: _get(config, path))
-    opts = parse_options(get("model.cell_options"))
+    opts = configs.parse_options(get("model.cell_options"))
     cell, rho, clip = get("model.cell"), float(get("model.recurrent_radius")), float(get("optim.clip_norm"))
     init = opts.get("recurrent_init", "orthogonal")
     nonlinearity = opts.get("nonlinearity", "tanh")

@@ -3,6 +3,9 @@ argument and typed dotted overrides. Configs themselves live in experiments/."""
 
 from __future__ import annotations
 
+import ast
+from typing import Any
+
 import ml_collections
 
 
@@ -40,3 +43,17 @@ def with_option(spec: str, key: str, value: str) -> str:
     """Set one 'key=value' in a cell_options string, replacing any earlier value."""
     items = [s for s in spec.split(",") if s.strip() and s.split("=")[0].strip() != key]
     return ",".join(items + [f"{key}={value}"])
+
+
+def parse_options(spec: str) -> dict[str, Any]:
+    """'forget_bias=0.0,input_init=pytorch' -> {'forget_bias': 0.0, 'input_init': 'pytorch'}."""
+    out: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        if "=" not in item:
+            raise ValueError(f"model.cell_options: {item!r} is not key=value (e.g. 'forget_bias=0.0')")
+        k, v = (s.strip() for s in item.split("=", 1))
+        try:
+            out[k] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k] = v
+    return out

@@ -277,10 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer = writers.MetricWriter(workdir, tensorboard=config.train.tensorboard)
     writer.truncate_after(start)
 
-    if start >= total and os.path.exists(result_path):
-        with open(result_path) as f:
-            summary = json.load(f)
-        print(f"run already finished: {json.dumps(summary)}", flush=True)
+    if start >= total and (summary := writers.read_finished_result(result_path)) is not None:
         checkpointer.close()
         return summary
 

@@ -69,6 +69,17 @@ def write_json_atomic(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
+def read_finished_result(result_path: str) -> dict | None:
+    """The summary of a finished run (its result.json), announced on the console; None
+    when the run has not finished."""
+    if not os.path.exists(result_path):
+        return None
+    with open(result_path) as f:
+        summary = json.load(f)
+    print(f"run already finished: {json.dumps(summary)}", flush=True)
+    return summary
+
+
 def read_metrics(workdir: str, kind: str | None = None) -> list[dict]:
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):

@@ -40,15 +40,12 @@ def _config(tmp_path, **over):
 
 
 def _final_params(workdir):
-    config, model, _, _ = checkpoint.load_for_inference(workdir)
     ck = checkpoint.Checkpointer(workdir)
-    like = {"params": model.init(jax.random.key(0))}
     step = ck.latest.latest_step()
     from orbax.checkpoint import args as oargs
 
     restored = ck.latest.restore(step, args=oargs.Composite(state=oargs.StandardRestore()))
     ck.close()
-    del like
     return step, restored.state["params"]
 
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from rnnlab import cells as cells_lib
+from rnnlab import configs
 from rnnlab.cells._common import Array, Params, initializer
 from rnnlab.layers import Stack
 
@@ -129,7 +130,7 @@ def _weight_drop(stack_params: Params, rate: float, key: Array) -> Params:
 
 def build(model_cfg: Any, vocab_size: int) -> LM:
     """An LM from a config's ``model`` section (see experiments/language_modelling.py)."""
-    cell = cells_lib.get(model_cfg.cell, **parse_options(model_cfg.cell_options))
+    cell = cells_lib.get(model_cfg.cell, **configs.parse_options(model_cfg.cell_options))
     stack = Stack(
         cell, model_cfg.d_embed, model_cfg.d_hidden, num_layers=model_cfg.num_layers,
         dropout=model_cfg.dropout, dropout_kind=model_cfg.dropout_kind,
@@ -141,19 +142,3 @@ def build(model_cfg: Any, vocab_size: int) -> LM:
         embed_dropout=model_cfg.embed_dropout, weight_drop=model_cfg.weight_drop,
         init_scale=model_cfg.init_scale,
     )
-
-
-def parse_options(spec: str) -> dict[str, Any]:
-    """'forget_bias=0.0,input_init=pytorch' -> {'forget_bias': 0.0, 'input_init': 'pytorch'}."""
-    import ast
-
-    out: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        if "=" not in item:
-            raise ValueError(f"model.cell_options: {item!r} is not key=value (e.g. 'forget_bias=0.0')")
-        k, v = (s.strip() for s in item.split("=", 1))
-        try:
-            out[k] = ast.literal_eval(v)
-        except (ValueError, SyntaxError):
-            out[k] = v
-    return out

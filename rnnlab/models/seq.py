@@ -24,10 +24,9 @@ import jax.numpy as jnp
 import optax
 
 from rnnlab import cells as cells_lib
-from rnnlab import probes
+from rnnlab import configs, probes
 from rnnlab.cells._common import Array, Params, initializer
 from rnnlab.layers import Stack
-from rnnlab.models.lm import parse_options
 
 LOSSES = ("mse", "ce")
 READOUTS = ("all", "last")
@@ -153,6 +152,6 @@ def _cross_entropy(y_BxO: Array, labels_and_bias: tuple[Array, Array]) -> Array:
 
 def build(model_cfg: Any, d_in: int, d_out: int, *, loss: str, readout: str) -> SeqModel:
     """A SeqModel from a config's ``model`` section (see experiments/gradient_flow.py)."""
-    cell = cells_lib.get(model_cfg.cell, **parse_options(model_cfg.cell_options))
+    cell = cells_lib.get(model_cfg.cell, **configs.parse_options(model_cfg.cell_options))
     stack = Stack(cell, d_in, model_cfg.d_hidden, num_layers=model_cfg.num_layers, unroll=model_cfg.unroll)
     return SeqModel(stack, d_out, loss=loss, readout=readout, recurrent_radius=model_cfg.recurrent_radius)
