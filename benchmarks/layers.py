@@ -1,22 +1,38 @@
-"""Forward+backward time of one LSTM and one GRU layer: rnnlab vs torch.nn.LSTM/GRU
-vs flax.linen.RNN(OptimizedLSTMCell / GRUCell).
+"""Time of one LSTM and one GRU layer, forward and forward+backward: rnnlab vs
+torch.nn.LSTM/GRU vs flax.linen.RNN(OptimizedLSTMCell / GRUCell) vs Keras 3's
+LSTM/GRU on the JAX backend (and, with --gpu, jax.experimental.rnn's cuDNN LSTM
+and torch on cuDNN).
 
-    python benchmarks/layers.py                       # all shapes, lstm and gru, 10 repeats
-    python benchmarks/layers.py --shapes 32x100x128x256 --cells lstm --repeats 20
+    python benchmarks/layers.py                       # 4 shapes, lstm and gru, both modes
+    python benchmarks/layers.py --shapes 32x100x128x256 --cells lstm --modes fwdbwd --repeats 20
     python benchmarks/layers.py --quick --repeats 1 --json /tmp/out.json   # smoke test
+    python benchmarks/layers.py --gpu                 # on a GPU machine: adds cudnn, torch on CUDA
 
 What is timed, identically for every implementation: one call computing the loss
 ``sum(ys * R)`` (ys: the layer's outputs for all T steps, R: a fixed random tensor
-of the same shape) and its gradients with respect to the inputs and every weight,
-in float32, from a zero initial carry.
+of the same shape) -- mode 'fwd' -- or that loss and its gradients with respect
+to the inputs and every weight -- mode 'fwdbwd' -- in float32, from a zero
+initial carry.
 
-  * rnnlab: ``Stack(cell, D, H).apply`` inside ``jax.jit(jax.value_and_grad(...))``.
+  * rnnlab: ``Stack(cell, D, H).apply`` inside ``jax.jit(jax.value_and_grad(...))``;
+            its fused layer (rnnlab.fused) is the default. ``rnnlab_unfused``:
+            the same with ``fused=False`` (autodiff of the plain scan).
   * flax:   ``flax.linen.RNN(cell, time_major=True)`` inside the same jit/value_and_grad.
             time_major=True: flax reads the same (T, B, D) array as the others, so no
             transposes are timed (flax's default is batch-major).
+  * keras:  ``keras.layers.LSTM/GRU(H, return_sequences=True)`` on the JAX backend
+            (KERAS_BACKEND=jax, set by this script), ``stateless_call`` inside the same
+            jit/value_and_grad. Keras is batch-major only: its transposes are timed.
+            Optional: skipped with a note when keras is not installed
+            (``pip install -e '.[bench]'``).
   * torch:  ``torch.nn.LSTM/GRU`` (time-major, its default) with
-            ``torch.autograd.grad(loss, [x, *parameters])``;
-            ``torch.set_num_threads(os.cpu_count())`` (``--torch-threads``).
+            ``torch.autograd.grad(loss, [x, *parameters])``; forward under
+            ``torch.no_grad()``; ``torch.set_num_threads(os.cpu_count())`` (``--torch-threads``).
+  * cudnn (--gpu, LSTM only): ``jax.experimental.rnn.lstm``; torch then runs on CUDA.
+
+Memory: for the JAX implementations, the bytes XLA allocates for one call
+(``compiled.memory_analysis()``: temporaries + outputs, arguments excluded); for
+torch, the peak resident-set growth during one call, polled every millisecond.
 
 All three start from the same weights (rnnlab's init, exported with rnnlab.convert),
 and before timing the script checks that they agree on the loss and on d loss / d x,
@@ -51,10 +67,12 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_SHAPES = ("32x100x128x256", "64x64x512x512", "8x256x64x128")
+DEFAULT_SHAPES = ("32x100x128x256", "64x64x512x512", "8x256x64x128", "128x50x1024x1024")
 QUICK_SHAPE = "2x5x3x4"
-IMPLS = ("rnnlab", "torch", "flax")
+IMPLS = ("rnnlab", "torch", "flax", "keras", "rnnlab_unfused", "cudnn")
+DEFAULT_IMPLS = ("rnnlab", "torch", "flax", "keras")
 CELLS = ("lstm", "gru")
+MODES = ("fwd", "fwdbwd")
 CHECK_RTOL = 1e-3  # float32: max |d loss/dx - ref| / max |ref|, and the same for the loss
 
 
@@ -75,7 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                    help="comma-separated BxTxDxH shapes (default: %(default)s)")
     p.add_argument("--cells", default=",".join(CELLS), help="comma-separated subset of lstm,gru")
-    p.add_argument("--impls", default=",".join(IMPLS), help="comma-separated subset of rnnlab,torch,flax")
+    p.add_argument("--impls", default=",".join(DEFAULT_IMPLS),
+                   help=f"comma-separated subset of {','.join(IMPLS)} (default: %(default)s)")
+    p.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of fwd,fwdbwd")
+    p.add_argument("--gpu", action="store_true",
+                   help="GPU mode: JAX on its default GPU, torch on CUDA, and cudnn (jax.experimental.rnn) added")
     p.add_argument("--repeats", type=int, default=10, help="timed rounds (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per implementation after compiling")
     p.add_argument("--gap-ms", type=float, default=10.0, help="pause before each timed call")
@@ -90,6 +112,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.shape_list = [parse_shape(s) for s in ([QUICK_SHAPE] if args.quick else args.shapes.split(","))]
     args.cell_list = [c.strip() for c in args.cells.split(",") if c.strip()]
     args.impl_list = [i.strip() for i in args.impls.split(",") if i.strip()]
+    args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if bad := set(args.mode_list) - set(MODES):
+        p.error(f"--modes: unknown {sorted(bad)}; choose from {MODES}")
+    if args.gpu and "cudnn" not in args.impl_list:
+        args.impl_list.append("cudnn")
     if bad := set(args.cell_list) - set(CELLS):
         p.error(f"--cells: unknown {sorted(bad)}; choose from {CELLS}")
     if bad := set(args.impl_list) - set(IMPLS):
@@ -114,6 +141,8 @@ class Impl:
     call: Callable[[], Any]
     check: Callable[[], tuple[float, np.ndarray]]
     compile_ms: float | None = None  # JAX: lower + compile; torch: none
+    memory_bytes: int | None = None
+    memory_kind: str | None = None  # 'xla': memory_analysis; 'rss': peak RSS growth; 'cuda': torch's peak
     first_call_ms: float = 0.0
     times_ms: list[float] = field(default_factory=list)
 
@@ -125,35 +154,49 @@ def shape_name(shape) -> str:
 # --- implementations -------------------------------------------------------------------------
 
 
-def _compile_jax(name: str, loss_fn, args) -> Impl:
+def _compile_jax(name: str, loss_fn, args, mode: str) -> Impl:
     import jax
 
-    step = jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))
+    step = jax.jit(loss_fn if mode == "fwd" else jax.value_and_grad(loss_fn, argnums=(0, 1)))
     t0 = time.perf_counter()
     compiled = step.lower(*args).compile()
     compile_ms = 1e3 * (time.perf_counter() - t0)
+    try:  # what XLA allocates for one call besides the arguments
+        ma = compiled.memory_analysis()
+        memory = int(ma.temp_size_in_bytes + ma.output_size_in_bytes)
+    except Exception:  # noqa: BLE001 - not every backend reports it
+        memory = None
 
     def call():
         return jax.block_until_ready(compiled(*args))
 
     def check():
-        loss, (_, dx) = call()
+        out = call()
+        if mode == "fwd":
+            return float(out), None
+        loss, (_, dx) = out
         return float(loss), np.asarray(dx)
 
-    return Impl(name, call, check, compile_ms=compile_ms)
+    return Impl(name, call, check, compile_ms=compile_ms, memory_bytes=memory, memory_kind="xla")
 
 
-def make_rnnlab(cell: str, stack, params, x, r) -> Impl:
+def make_rnnlab(cell: str, stack, params, x, r, mode: str, fused: bool = True) -> Impl:
     import jax.numpy as jnp
 
+    from rnnlab import scan
+
     def loss_fn(params, x, r):
-        ys, _ = stack.apply(params, x)
+        if fused:
+            ys, _ = stack.apply(params, x)
+        else:  # the same Stack with scan.run's fused path switched off
+            ys = scan.run(stack.cell, params["layer_0"]["forward"], stack.cell.initial_carry(x.shape[1], stack.d_h),
+                          x, fused=False)[1]
         return jnp.sum(ys * r)
 
-    return _compile_jax("rnnlab", loss_fn, (params, x, r))
+    return _compile_jax("rnnlab" if fused else "rnnlab_unfused", loss_fn, (params, x, r), mode)
 
 
-def make_flax(cell: str, layer_params, x, r, d_h: int) -> Impl:
+def make_flax(cell: str, layer_params, x, r, d_h: int, mode: str) -> Impl:
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -169,7 +212,71 @@ def make_flax(cell: str, layer_params, x, r, d_h: int) -> Impl:
     def loss_fn(variables, x, r):
         return jnp.sum(model.apply(variables, x) * r)
 
-    return _compile_jax("flax", loss_fn, (variables, x, r))
+    return _compile_jax("flax", loss_fn, (variables, x, r), mode)
+
+
+def keras_weights(cell: str, layer_params, d_h: int) -> list[np.ndarray]:
+    """rnnlab's weights in Keras 3's layout. LSTM: kernel (D, 4H), recurrent_kernel
+    (H, 4H), bias (4H), gate order i, f, c, o (= ours). GRU (reset_after=True):
+    gate order z, r, h (ours r, z, n), bias (2, 3H) = [input bias, recurrent bias]."""
+    w_x, w_h, b = (np.asarray(layer_params[k], np.float32) for k in ("w_x_DxG", "w_h_HxG", "b_G"))
+    if cell == "lstm":
+        return [w_x, w_h, b]
+    zrn = lambda m: np.concatenate([m[..., d_h:2 * d_h], m[..., :d_h], m[..., 2 * d_h:]], axis=-1)
+    b_rec = np.concatenate([np.zeros(2 * d_h, np.float32), np.asarray(layer_params["b_hn_H"], np.float32)])
+    return [zrn(w_x), zrn(w_h), np.stack([zrn(b), zrn(b_rec)])]
+
+
+def make_keras(cell: str, layer_params, x, r, d_h: int, mode: str) -> Impl | None:
+    os.environ.setdefault("KERAS_BACKEND", "jax")
+    try:
+        import keras
+    except ImportError:
+        log("    keras: not installed (pip install -e '.[bench]'); skipped")
+        return None
+    if keras.backend.backend() != "jax":
+        log(f"    keras: backend is {keras.backend.backend()!r}, not jax; skipped")
+        return None
+    import jax.numpy as jnp
+
+    cls = keras.layers.LSTM if cell == "lstm" else keras.layers.GRU
+    layer = cls(d_h, return_sequences=True)
+    layer.build((x.shape[1], x.shape[0], x.shape[2]))
+    layer.set_weights(keras_weights(cell, layer_params, d_h))
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def loss_fn(trainable, x, r):
+        ys_BxTxH, _ = layer.stateless_call(trainable, non_trainable, jnp.swapaxes(x, 0, 1))
+        return jnp.sum(jnp.swapaxes(ys_BxTxH, 0, 1) * r)
+
+    return _compile_jax("keras", loss_fn, (trainable, x, r), mode)
+
+
+def make_cudnn(cell: str, layer_params, x, r, d_h: int, mode: str) -> Impl | None:
+    """jax.experimental.rnn (cuDNN; GPU only, LSTM only): weights packed as cuDNN's
+    flat vector (W_ih, W_hh, b_ih, b_hh in torch's layout and gate order)."""
+    if cell != "lstm":
+        log("    cudnn: jax.experimental.rnn has no GRU; skipped")
+        return None
+    import jax.numpy as jnp
+    from jax.experimental import rnn
+
+    from rnnlab import convert
+
+    sd = convert.to_torch({"layer_0": {"forward": layer_params}}, cell)
+    flat = jnp.concatenate([jnp.ravel(jnp.asarray(sd[k], jnp.float32))
+                            for k in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")])
+    t, b, d = x.shape
+    zeros = jnp.zeros((1, b, d_h), jnp.float32)
+    lengths = jnp.full((b,), t, jnp.int32)
+
+    def loss_fn(flat, x, r):
+        ys_BxTxH, _, _ = rnn.lstm(jnp.swapaxes(x, 0, 1), zeros, zeros, flat, lengths, input_size=d,
+                                  hidden_size=d_h, num_layers=1, dropout=0.0, bidirectional=False)
+        return jnp.sum(jnp.swapaxes(ys_BxTxH, 0, 1) * r)
+
+    return _compile_jax("cudnn", loss_fn, (flat, x, r), mode)
 
 
 def _same_tree(a, b) -> None:
@@ -181,7 +288,36 @@ def _same_tree(a, b) -> None:
         raise RuntimeError(f"flax params from rnnlab.convert.to_flax do not match flax's own tree:\n{sa}\n{sb}")
 
 
-def make_torch(cell: str, params, x_np, r_np, d_in: int, d_h: int) -> Impl:
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_growth(call: Callable[[], Any]) -> int | None:
+    """Peak resident-set growth during ``call()``, polled every millisecond from a
+    thread (torch and XLA release the GIL while they compute)."""
+    import threading
+
+    if not os.path.exists("/proc/self/statm"):
+        return None
+    base, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    th = threading.Thread(target=poll, daemon=True)
+    th.start()
+    try:
+        call()
+    finally:
+        done.set()
+        th.join()
+    return max(peak[0], _rss_bytes()) - base
+
+
+def make_torch(cell: str, params, x_np, r_np, d_in: int, d_h: int, mode: str, device: str = "cpu") -> Impl:
     import torch
 
     from rnnlab import convert
@@ -189,24 +325,39 @@ def make_torch(cell: str, params, x_np, r_np, d_in: int, d_h: int) -> Impl:
     module = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(d_in, d_h)  # time-major
     state = {k: torch.from_numpy(np.array(v, np.float32)) for k, v in convert.to_torch(params, cell).items()}
     module.load_state_dict(state)
+    module.to(device)
     weights = list(module.parameters())
-    x = torch.from_numpy(x_np.copy()).requires_grad_(True)
-    r = torch.from_numpy(r_np.copy())
+    x = torch.from_numpy(x_np.copy()).to(device).requires_grad_(mode == "fwdbwd")
+    r = torch.from_numpy(r_np.copy()).to(device)
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
 
     def run():
+        if mode == "fwd":
+            with torch.no_grad():
+                loss = (module(x)[0] * r).sum()
+            sync()
+            return loss, None
         ys, _ = module(x)
         loss = (ys * r).sum()
         grads = torch.autograd.grad(loss, [x, *weights])
+        sync()
         return loss, grads
 
     def check():
         loss, grads = run()
-        return float(loss.detach()), grads[0].numpy().copy()
+        return float(loss.detach().cpu()), None if grads is None else grads[0].cpu().numpy().copy()
 
-    return Impl("torch", run, check)
+    impl = Impl("torch", run, check, memory_kind="rss" if device == "cpu" else "cuda")
+    if device == "cpu":
+        impl.memory_bytes = peak_rss_growth(run)
+    else:
+        torch.cuda.reset_peak_memory_stats()
+        run()
+        impl.memory_bytes = int(torch.cuda.max_memory_allocated())
+    return impl
 
 
-def build(cell: str, shape, impls, seed: int) -> list[Impl]:
+def build(cell: str, shape, impls, seed: int, mode: str, gpu: bool) -> list[Impl]:
     import jax
     import jax.numpy as jnp
 
@@ -218,21 +369,29 @@ def build(cell: str, shape, impls, seed: int) -> list[Impl]:
     r_np = rng.standard_normal((t, b, h), dtype=np.float32)
     stack = Stack(cell, d, h)  # rnnlab's default init; rnnlab.convert exports every weight and bias
     params = stack.init(jax.random.key(seed))
+    layer = params["layer_0"]["forward"]
     x, r = jnp.asarray(x_np), jnp.asarray(r_np)
     out = []
     for name in impls:
         log(f"    building {name} ...")
-        if name == "rnnlab":
-            impl = make_rnnlab(cell, stack, params, x, r)
+        if name in ("rnnlab", "rnnlab_unfused"):
+            impl = make_rnnlab(cell, stack, params, x, r, mode, fused=name == "rnnlab")
         elif name == "flax":
-            impl = make_flax(cell, params["layer_0"]["forward"], x, r, h)
+            impl = make_flax(cell, layer, x, r, h, mode)
+        elif name == "keras":
+            impl = make_keras(cell, layer, x, r, h, mode)
+        elif name == "cudnn":
+            impl = make_cudnn(cell, layer, x, r, h, mode)
         else:
-            impl = make_torch(cell, params, x_np, r_np, d, h)
+            impl = make_torch(cell, params, x_np, r_np, d, h, mode, "cuda" if gpu else "cpu")
+        if impl is None:
+            continue
         t0 = time.perf_counter()
         impl.call()
         impl.first_call_ms = 1e3 * (time.perf_counter() - t0)
         extra = "" if impl.compile_ms is None else f"compile {impl.compile_ms:.0f} ms, "
-        log(f"    {name}: {extra}first call {impl.first_call_ms:.1f} ms")
+        mem = "" if impl.memory_bytes is None else f", memory {impl.memory_bytes / 2**20:.1f} MiB ({impl.memory_kind})"
+        log(f"    {name}: {extra}first call {impl.first_call_ms:.1f} ms{mem}")
         out.append(impl)
     return out
 
@@ -240,11 +399,11 @@ def build(cell: str, shape, impls, seed: int) -> list[Impl]:
 def check_agreement(impls: list[Impl]) -> dict[str, dict[str, float]]:
     ref_loss, ref_dx = impls[0].check()  # rnnlab
     report = {impls[0].name: {"loss": ref_loss, "loss_rel_err": 0.0, "dx_rel_err": 0.0}}
-    scale = float(np.max(np.abs(ref_dx))) or 1.0
+    scale = 1.0 if ref_dx is None else (float(np.max(np.abs(ref_dx))) or 1.0)
     for impl in impls[1:]:
         loss, dx = impl.check()
         loss_err = abs(loss - ref_loss) / max(abs(ref_loss), 1.0)
-        dx_err = float(np.max(np.abs(dx - ref_dx))) / scale
+        dx_err = 0.0 if ref_dx is None else float(np.max(np.abs(dx - ref_dx))) / scale
         report[impl.name] = {"loss": loss, "loss_rel_err": loss_err, "dx_rel_err": dx_err}
         if loss_err > CHECK_RTOL or dx_err > CHECK_RTOL:
             raise RuntimeError(
@@ -252,7 +411,8 @@ def check_agreement(impls: list[Impl]) -> dict[str, dict[str, float]]:
                 f"max |d/dx| rel err {dx_err:.2e} > {CHECK_RTOL}; the timings would compare different "
                 "computations (rerun with --no-check to time anyway)"
             )
-    log("    agree: " + ", ".join(f"{k} dx err {v['dx_rel_err']:.1e}" for k, v in report.items() if k != "rnnlab"))
+    log("    agree: " + ", ".join(f"{k} loss err {v['loss_rel_err']:.1e} dx err {v['dx_rel_err']:.1e}"
+                             for k, v in report.items() if k != "rnnlab"))
     return report
 
 
@@ -275,13 +435,14 @@ def time_round_robin(impls: list[Impl], repeats: int, warmup: int, gap_s: float,
             + ", ".join(f"{impl.name} {impl.times_ms[-1]:.1f} ms" for impl in impls))
 
 
-def summarize(shape, cell: str, impls: list[Impl], agreement) -> tuple[list[dict], dict]:
+def summarize(shape, cell: str, mode: str, impls: list[Impl], agreement) -> tuple[list[dict], dict]:
     med = {impl.name: statistics.median(impl.times_ms) for impl in impls}
     rows = []
     for impl in impls:
         rows.append({
             "shape": shape_name(shape), "B": shape[0], "T": shape[1], "D": shape[2], "H": shape[3],
-            "cell": cell, "impl": impl.name,
+            "cell": cell, "mode": mode, "impl": impl.name,
+            "memory_bytes": impl.memory_bytes, "memory_kind": impl.memory_kind,
             "median_ms": med[impl.name], "min_ms": min(impl.times_ms), "max_ms": max(impl.times_ms),
             "times_ms": impl.times_ms, "compile_ms": impl.compile_ms, "first_call_ms": impl.first_call_ms,
             "time_over_rnnlab": med[impl.name] / med["rnnlab"],
@@ -289,7 +450,7 @@ def summarize(shape, cell: str, impls: list[Impl], agreement) -> tuple[list[dict
             "check": (agreement or {}).get(impl.name),
         })
     rn = next(i for i in impls if i.name == "rnnlab")
-    summary = {"shape": shape_name(shape), "cell": cell}
+    summary = {"shape": shape_name(shape), "cell": cell, "mode": mode}
     for peer in impls:
         if peer.name == "rnnlab":
             continue
@@ -307,21 +468,24 @@ def fmt(v, spec: str) -> str:
 
 def markdown(rows: list[dict], summaries: list[dict], impls) -> str:
     lines = [
-        "| shape (BxTxDxH) | cell | impl | median ms | min ms | compile ms | time / rnnlab | time / torch |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| shape (BxTxDxH) | cell | mode | impl | median ms | min ms | compile ms | memory MiB | time / rnnlab "
+        "| time / torch |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
+        mem = None if r["memory_bytes"] is None else r["memory_bytes"] / 2**20
         lines.append(
-            f"| {r['shape']} | {r['cell']} | {r['impl']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
-            f"{fmt(r['compile_ms'], '.0f')} | {r['time_over_rnnlab']:.2f} | {fmt(r['time_over_torch'], '.2f')} |"
+            f"| {r['shape']} | {r['cell']} | {r['mode']} | {r['impl']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
+            f"{fmt(r['compile_ms'], '.0f')} | {fmt(mem, '.1f')} | {r['time_over_rnnlab']:.2f} | "
+            f"{fmt(r['time_over_torch'], '.2f')} |"
         )
     lines.append("")
     for s in summaries:
         parts = []
-        for peer in (i for i in impls if i != "rnnlab"):
+        for peer in (i for i in impls if i != "rnnlab" and f"rnnlab_speed_ratio_vs_{i}" in s):
             parts.append(f"rnnlab speed ratio vs {peer} = {peer}_time/rnnlab_time = "
                          f"{s[f'rnnlab_speed_ratio_vs_{peer}']:.2f}")
-        lines.append(f"- {s['shape']} {s['cell']}: " + "; ".join(parts) + "  (>1 means rnnlab faster)")
+        lines.append(f"- {s['shape']} {s['cell']} {s['mode']}: " + "; ".join(parts) + "  (>1 means rnnlab faster)")
     return "\n".join(lines)
 
 
@@ -335,7 +499,17 @@ def environment() -> dict:
         "jax": jax.__version__, "jax_backend": jax.default_backend(), "flax": flax.__version__,
         "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
         "XLA_FLAGS": os.environ.get("XLA_FLAGS"), "loadavg_at_start": os.getloadavg(),
+        "keras": _version("keras"), "devices": [str(d) for d in jax.devices()],
     }
+
+
+def _version(package: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def main(argv=None) -> int:
@@ -352,15 +526,15 @@ def main(argv=None) -> int:
         f"impls: {args.impl_list}, repeats: {args.repeats}, warmup: {args.warmup}")
     impl_names = ["rnnlab"] + [i for i in args.impl_list if i != "rnnlab"]
     rows, summaries = [], []
-    groups = [(s, c) for s in args.shape_list for c in args.cell_list]
-    for k, (shape, cell) in enumerate(groups):
-        label = f"[{k + 1}/{len(groups)}] {shape_name(shape)} {cell}"
+    groups = [(s, c, m) for s in args.shape_list for c in args.cell_list for m in args.mode_list]
+    for k, (shape, cell, mode) in enumerate(groups):
+        label = f"[{k + 1}/{len(groups)}] {shape_name(shape)} {cell} {mode}"
         log(f"{label}: compiling / building")
-        impls = build(cell, shape, impl_names, args.seed)
+        impls = build(cell, shape, impl_names, args.seed, mode, args.gpu)
         agreement = None if args.no_check else check_agreement(impls)
-        log(f"{label}: timing {args.repeats} rounds of {', '.join(impl_names)}")
+        log(f"{label}: timing {args.repeats} rounds of {', '.join(i.name for i in impls)}")
         time_round_robin(impls, args.repeats, args.warmup, args.gap_ms / 1e3, label)
-        r, s = summarize(shape, cell, impls, agreement)
+        r, s = summarize(shape, cell, mode, impls, agreement)
         s["loadavg_after"] = os.getloadavg()
         rows += r
         summaries.append(s)

@@ -17,7 +17,7 @@ SCRIPT = ROOT / "benchmarks" / "layers.py"
 
 def test_layers_benchmark_quick(tmp_path):
     out = tmp_path / "layers.json"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "KERAS_BACKEND": "jax"}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--repeats", "1", "--warmup", "1", "--gap-ms", "0",
          "--json", str(out)],
@@ -29,8 +29,9 @@ def test_layers_benchmark_quick(tmp_path):
 
     data = json.loads(out.read_text())
     rows = data["results"]
-    got = {(r["cell"], r["impl"]) for r in rows}
-    assert got == {(c, i) for c in ("lstm", "gru") for i in ("rnnlab", "torch", "flax")}
+    got = {(r["cell"], r["mode"], r["impl"]) for r in rows}
+    assert got == {(c, m, i) for c in ("lstm", "gru") for m in ("fwd", "fwdbwd")
+                   for i in ("rnnlab", "torch", "flax", "keras")}
     for r in rows:
         assert len(r["times_ms"]) == 1
         assert r["median_ms"] > 0 and all(t > 0 for t in r["times_ms"])
@@ -39,7 +40,9 @@ def test_layers_benchmark_quick(tmp_path):
             assert r["compile_ms"] is None
         else:
             assert r["compile_ms"] > 0
-        assert r["check"]["dx_rel_err"] <= 1e-3  # all three computed the same thing
-    assert {s["cell"] for s in data["summary"]} == {"lstm", "gru"}
+        assert r["check"]["dx_rel_err"] <= 1e-3 and r["check"]["loss_rel_err"] <= 1e-3  # one computation
+        assert r["memory_bytes"] is not None and r["memory_bytes"] >= 0
+    assert {(s["cell"], s["mode"]) for s in data["summary"]} == {(c, m) for c in ("lstm", "gru") for m in ("fwd", "fwdbwd")}
     for s in data["summary"]:
-        assert s["rnnlab_speed_ratio_vs_torch"] > 0 and s["rnnlab_speed_ratio_vs_flax"] > 0
+        for peer in ("torch", "flax", "keras"):
+            assert s[f"rnnlab_speed_ratio_vs_{peer}"] > 0

@@ -76,3 +76,49 @@ def step(
         n = jnp.tanh(x_n + (r * h_in) @ w_h[:, 2 * d_h :] + params["b_hn_H"])
     new_h = (1.0 - z) * n + z * h
     return new_h.astype(h.dtype), new_h
+
+
+# ----------------------------------------------------------------------------- fused layer
+# rnnlab.fused: the backward loop carries only dh; W_h's and b_hn's gradients come after it.
+
+RECURRENT_PARAMS = ("w_h_HxG", "b_hn_H")
+
+
+def fused_available(*, reset_after: bool = True) -> bool:
+    """Reset-before multiplies h by r before the n-gate matmul, so its W_h gradient
+    is not one GEMM against h: only reset-after (the default) is fused."""
+    return reset_after
+
+
+def fused_forward(params: Params, carry_in: Array, xp_BxG: Array, hm_BxH: Array):
+    h = carry_in
+    w_h = params["w_h_HxG"]
+    x_r, x_z, x_n = split_gates(xp_BxG, N_GATES)
+    h_r, h_z, h_n = split_gates(hm_BxH.astype(w_h.dtype) @ w_h, N_GATES)
+    r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+    hn = h_n + params["b_hn_H"]
+    n = jnp.tanh(x_n + r * hn)
+    new_h = (1.0 - z) * n + z * h
+    return new_h.astype(h.dtype), new_h, (r, z, n, hn)
+
+
+def fused_backward(params: Params, carry_in: Array, acts, h_mask_BxH: Array, d_carry: Array, dy_BxH: Array):
+    h = carry_in
+    r, z, n, hn = acts
+    dh = d_carry + dy_BxH
+    dn = dh * (1.0 - z) * (1.0 - n * n)
+    dr = dn * hn * r * (1.0 - r)
+    dz = dh * (h - n) * z * (1.0 - z)
+    dxp = jnp.concatenate([dr, dz, dn], axis=-1)
+    dhw = jnp.concatenate([dr, dz, dn * r], axis=-1)  # w.r.t. hm @ W_h: r scales the n block
+    w_h = params["w_h_HxG"]
+    dh_in = dh * z + (dhw.astype(w_h.dtype) @ w_h.T) * h_mask_BxH
+    return dh_in.astype(h.dtype), dxp, dhw
+
+
+def fused_param_grads(params: Params, hm_TxBxH: Array, dhw_TxBxG: Array) -> Params:
+    from rnnlab.fused import weight_grad
+
+    d_h = hm_TxBxH.shape[-1]
+    return {"w_h_HxG": weight_grad(hm_TxBxH, dhw_TxBxG).astype(params["w_h_HxG"].dtype),
+            "b_hn_H": jnp.sum(dhw_TxBxG[..., 2 * d_h:], axis=(0, 1)).astype(params["b_hn_H"].dtype)}

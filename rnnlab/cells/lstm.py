@@ -63,3 +63,40 @@ def step(
     new_c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)  # float32 when c is
     new_h = jax.nn.sigmoid(o) * jnp.tanh(new_c)
     return (new_c.astype(c.dtype), new_h.astype(h.dtype)), new_h
+
+
+# ----------------------------------------------------------------------------- fused layer
+# rnnlab.fused: the backward loop carries only (dc, dh); W_h's gradient is one GEMM after it.
+
+RECURRENT_PARAMS = ("w_h_HxG",)
+
+
+def fused_forward(params: Params, carry_in, xp_BxG: Array, hm_BxH: Array):
+    c, _ = carry_in
+    w_h = params["w_h_HxG"]
+    i, f, g, o = split_gates(xp_BxG + hm_BxH.astype(w_h.dtype) @ w_h, N_GATES)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    new_c = f * c + i * g
+    tanh_c = jnp.tanh(new_c)
+    new_h = o * tanh_c
+    return (new_c, new_h), new_h, (i, f, g, o, tanh_c)
+
+
+def fused_backward(params: Params, carry_in, acts, h_mask_BxH: Array, d_carry, dy_BxH: Array):
+    c, _ = carry_in
+    i, f, g, o, tanh_c = acts
+    dc, dh = d_carry
+    dh = dh + dy_BxH
+    dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
+    d_gates = jnp.concatenate(  # d loss / d pre-activations, gate order i, f, g, o
+        [dc * g * i * (1.0 - i), dc * c * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tanh_c * o * (1.0 - o)],
+        axis=-1)
+    w_h = params["w_h_HxG"]
+    dh_in = (d_gates.astype(w_h.dtype) @ w_h.T) * h_mask_BxH
+    return (dc * f, dh_in.astype(dh.dtype)), d_gates, d_gates
+
+
+def fused_param_grads(params: Params, hm_TxBxH: Array, dhw_TxBxG: Array) -> Params:
+    from rnnlab.fused import weight_grad
+
+    return {"w_h_HxG": weight_grad(hm_TxBxH, dhw_TxBxG).astype(params["w_h_HxG"].dtype)}

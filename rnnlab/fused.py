@@ -1,0 +1,144 @@
+"""Fused recurrent layers: a ``jax.custom_vjp`` around the whole recurrence.
+
+What autodiff of ``lax.scan`` does in the backward pass, per step: the state
+gradient through ``h @ W_h`` AND the weight gradient ``h_t^T @ dgates_t``, added
+into an H x G accumulator that is read and written every step (1 MB per step for
+H=256 LSTM). What cuDNN does, and this module: the backward loop carries only the
+state gradients (dh, dc) and emits each step's gate gradients; after the loop the
+weight gradient is ONE (H x T*B) @ (T*B x G) GEMM. The input projection stays
+hoisted (``x @ W_x + b`` for all steps), so its gradients are already single GEMMs
+by ordinary autodiff.
+
+A cell opts in with three functions (see ``cells/lstm.py``, ``cells/gru.py``)::
+
+    fused_forward(params, carry_in, xp_BxG, hm_BxH) -> (carry, h_BxH, acts)
+    fused_backward(params, carry_in, acts, hm_mask_BxH, d_carry, dh_BxH)
+        -> (d_carry_in, dxp_BxG, dhw_BxG)       # dhw: gradient w.r.t. hm @ W_h
+    fused_param_grads(params, hm_TxBxH, dhw_TxBxG) -> grads of RECURRENT_PARAMS
+
+and a tuple ``RECURRENT_PARAMS`` naming the parameters the recurrence reads
+(the others only enter through ``precompute``).
+
+``store``: 'activations' keeps each step's gate activations for the backward
+pass (memory O(T*B*G), fastest); 'recompute' keeps only the carries and
+recomputes the gates, matmul included, in the backward loop (O(T*B*H) memory,
+about one more step matmul per step).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from rnnlab.cells._common import Array, Carry, Params
+
+STORES = ("activations", "recompute")
+FUNCTIONS = ("fused_forward", "fused_backward", "fused_param_grads")
+
+
+def supports(cell) -> bool:
+    """Whether ``cell`` (a ``cells.Cell`` with options bound) provides a fused
+    layer for its options (a cell may offer one for some options only, through
+    ``fused_available(**options)``)."""
+    module = cell.module
+    if not all(hasattr(module, n) for n in FUNCTIONS):
+        return False
+    available = getattr(module, "fused_available", None)
+    return available is None or available(**cell._opts(available))
+
+
+def _where(mask_B, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(mask_B[:, None], x, y), a, b)
+
+
+def _h_in(carry) -> Array:
+    """The state that enters the recurrent matmul: h (the last leaf: LSTM (c, h), GRU h)."""
+    return jax.tree.leaves(carry)[-1]
+
+
+def run(cell, params: Params, carry0: Carry, xp_TxBxG: Array, *, reset_TxB: Array | None,
+        valid_TxB: Array | None, reverse: bool, h_mask_BxH: Array | None, unroll: int = 1,
+        store: str = "activations") -> tuple[Carry, Array]:
+    """The recurrence of ``scan.run`` (resets, lengths, reverse, recurrent dropout
+    mask) with the fused backward. ``xp_TxBxG`` is the hoisted precompute."""
+    if store not in STORES:
+        raise ValueError(f"fused store must be one of {STORES}, got {store!r}")
+    rec = {k: params[k] for k in cell.module.RECURRENT_PARAMS}
+    t, b = xp_TxBxG.shape[:2]
+    reset = jnp.zeros((t, b), bool) if reset_TxB is None else reset_TxB
+    valid = jnp.ones((t, b), bool) if valid_TxB is None else valid_TxB
+    mask = jnp.ones((b, _h_in(carry0).shape[-1]), xp_TxBxG.dtype) if h_mask_BxH is None else h_mask_BxH
+    fn = _fused(cell, reverse, unroll, store)
+    return fn(rec, carry0, xp_TxBxG, reset, valid, mask)
+
+
+@functools.cache
+def _fused(cell, reverse: bool, unroll: int, store: str):
+    # Imported here, not at the top: scan.py imports this module; every scan lives in scan.py.
+    from rnnlab.scan import loop
+
+    module = cell.module
+    opts_f, opts_b, opts_g = (cell._opts(getattr(module, n)) for n in FUNCTIONS)
+
+    def forward_loop(rec, carry0, xp, reset, valid, mask):
+        def body(carry, inp):
+            xp_t, r_t, v_t = inp
+            carry_in = _where(r_t, carry0, carry)
+            hm = _h_in(carry_in) * mask
+            new, h, acts = module.fused_forward(rec, carry_in, xp_t, hm, **opts_f)
+            new = jax.tree.map(lambda n, o: n.astype(o.dtype), new, carry_in)
+            new = _where(v_t, new, carry_in)
+            y = jnp.where(v_t[:, None], h, jnp.zeros_like(h))
+            saved = (carry_in, acts) if store == "activations" else (carry_in, ())
+            return new, (y, saved)
+
+        carry_T, (ys, saved) = loop(body, carry0, (xp, reset, valid), unroll=unroll, reverse=reverse)
+        return carry_T, ys, saved
+
+    @jax.custom_vjp
+    def f(rec, carry0, xp, reset, valid, mask):
+        carry_T, ys, _ = forward_loop(rec, carry0, xp, reset, valid, mask)
+        return carry_T, ys
+
+    def f_fwd(rec, carry0, xp, reset, valid, mask):
+        carry_T, ys, saved = forward_loop(rec, carry0, xp, reset, valid, mask)
+        return (carry_T, ys), (rec, carry0, xp, reset, valid, mask, saved)
+
+    def f_bwd(res, cotangents):
+        rec, carry0, xp, reset, valid, mask, (carries_in, acts_all) = res
+        d_carry_T, dys = cotangents
+        d_carry_T = jax.tree.map(lambda d, c: jnp.zeros_like(c) if d is None else d, d_carry_T, carry0)
+
+        def body(state, inp):
+            d_carry, d_carry0 = state
+            xp_t, r_t, v_t, dy_t, carry_in, acts = inp
+            if store == "recompute":
+                _, _, acts = module.fused_forward(rec, carry_in, xp_t, _h_in(carry_in) * mask, **opts_f)
+            d_new = _where(v_t, d_carry, jax.tree.map(jnp.zeros_like, d_carry))
+            d_pass = _where(v_t, jax.tree.map(jnp.zeros_like, d_carry), d_carry)
+            dh = jnp.where(v_t[:, None], dy_t, jnp.zeros_like(dy_t))
+            d_in, dxp, dhw = module.fused_backward(rec, carry_in, acts, mask, d_new, dh, **opts_b)
+            d_in = jax.tree.map(jnp.add, d_in, d_pass)
+            d_carry0 = jax.tree.map(lambda a, d: a + jnp.where(r_t[:, None], d, 0), d_carry0, d_in)
+            d_in = _where(r_t, jax.tree.map(jnp.zeros_like, d_in), d_in)
+            return (d_in, d_carry0), (dxp, dhw)
+
+        zeros0 = jax.tree.map(jnp.zeros_like, carry0)
+        (d_first, d_carry0), (dxp, dhw) = loop(
+            body, (d_carry_T, zeros0), (xp, reset, valid, dys, carries_in, acts_all),
+            unroll=unroll, reverse=not reverse)
+        d_carry0 = jax.tree.map(jnp.add, d_carry0, d_first)
+        hm_TxBxH = _h_in(carries_in) * mask  # what entered the recurrent matmul at each step
+        d_rec = module.fused_param_grads(rec, hm_TxBxH, dhw, **opts_g)
+        return (d_rec, d_carry0, dxp.astype(xp.dtype), None, None, jnp.zeros_like(mask))
+
+    f.defvjp(f_fwd, f_bwd)
+    return f
+
+
+def weight_grad(hm_TxBxH: Array, dhw_TxBxG: Array) -> Array:
+    """d loss / d W_h as ONE GEMM over all T*B rows (the point of fusing)."""
+    t, b, h = hm_TxBxH.shape
+    return hm_TxBxH.reshape(t * b, h).T @ dhw_TxBxG.reshape(t * b, -1)
