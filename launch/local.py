@@ -1,0 +1,160 @@
+"""Running trials: one trial as a child process (shared with the SLURM executor),
+and the local executor, N trials at once.
+
+Each trial's stdout and stderr go to WORKDIR/train.log (appended across resumes);
+WORKDIR/launch.json says what the launcher knows: state (running, finished,
+failed, non-finite, interrupted, requeued), host, pid, SLURM job id, return code
+and the error's last lines. On a GPU machine each trial gets its own GPU through
+CUDA_VISIBLE_DEVICES; on CPU, N processes share the cores (XLA's CPU threads are
+left as they are: on 2 cores a thread limit was not measured to help).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+
+from launch import status as status_lib
+from launch.trials import STATUS_FILE, Trial
+from rnnlab import writers
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def write_status(trial: Trial, **fields) -> None:
+    os.makedirs(trial.workdir, exist_ok=True)
+    old = status_lib.read_status(trial.workdir)
+    writers.write_json_atomic(os.path.join(trial.workdir, STATUS_FILE), {**old, **fields, "time": time.time()})
+
+
+def start_trial(trial: Trial, env: dict | None = None, ignore_usr2: bool = False) -> subprocess.Popen:
+    """The trial's command as a child, output appended to WORKDIR/train.log.
+    ignore_usr2: under SLURM the signal is for the launcher (which then stops the
+    child and requeues), not a reason for the child to die on its own."""
+    os.makedirs(trial.workdir, exist_ok=True)
+    log = open(os.path.join(trial.workdir, "train.log"), "a")
+    log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()}: {' '.join(trial.command())}\n")
+    log.flush()
+    pre = (lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN)) if ignore_usr2 else None
+    proc = subprocess.Popen(trial.command(), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})}, preexec_fn=pre)
+    log.close()  # the child holds its own descriptor
+    write_status(trial, state="running", host=socket.gethostname(), pid=proc.pid, job_id=None, returncode=None, error=None,
+                 started=time.time())
+    return proc
+
+
+def finish_trial(trial: Trial, returncode: int) -> dict:
+    """Classify a child's exit from its return code, result.json and log tail; record it."""
+    tail = _log_tail(trial.workdir)
+    if returncode == 0 and os.path.exists(os.path.join(trial.workdir, "result.json")):
+        state, error = "finished", None
+    elif any(m in tail for m in status_lib.NON_FINITE_MARKS):
+        state, error = "non-finite", _last_error(tail)
+    elif returncode < 0:
+        state, error = "interrupted", f"stopped by signal {signal.Signals(-returncode).name}"
+    else:
+        state, error = "failed", _last_error(tail) or f"exit code {returncode}"
+    write_status(trial, state=state, returncode=returncode, error=error, ended=time.time())
+    return {"name": trial.name, "state": state, "returncode": returncode, "error": error}
+
+
+def _log_tail(workdir: str, n_bytes: int = 20000) -> str:
+    """The log of the latest session (after its '===' header line)."""
+    path = os.path.join(workdir, "train.log")
+    if not os.path.exists(path):
+        return ""
+    with open(path, "rb") as f:
+        f.seek(max(os.path.getsize(path) - n_bytes, 0))
+        return f.read().decode(errors="replace").rsplit("\n=== ", 1)[-1]
+
+
+def _last_error(tail: str) -> str:
+    """The first exception line ('pkg.SomeError: message'): what stopped the run; later ones are
+    usually shutdown noise (Orbax's threads)."""
+    errs = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b.*)$", tail, flags=re.M)
+    lines = [ln for ln in tail.splitlines() if ln.strip()]
+    return (errs[:1] or lines[-1:] or [""])[0].strip()[:500]
+
+
+def gpu_count() -> int:
+    """GPUs on this machine (nvidia-smi -L), 0 without an NVIDIA driver."""
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.splitlines())
+
+
+def run_local(trials: list[Trial], parallel: int = 0, *, gpus: int | None = None, poll_s: float = 0.5,
+              report_every_s: float = 15.0, on_start: Callable[[Trial, subprocess.Popen], None] | None = None) -> list[dict]:
+    """Run the unfinished ``trials``, ``parallel`` at once (0: one per GPU, or 2 on
+    CPU); finished ones are skipped, interrupted ones resume from their checkpoint.
+    A failing trial is recorded and the others go on. Returns one outcome per trial."""
+    gpus = gpu_count() if gpus is None else gpus
+    parallel = parallel or gpus or 2
+    if gpus and parallel > gpus:
+        raise ValueError(f"--parallel={parallel} but this machine has {gpus} GPUs (one per trial); "
+                         f"use --parallel={gpus} or fewer")
+    queue = status_lib.split_todo(trials)
+    outcomes = {t.name: {"name": t.name, "state": status_lib.read_status(t.workdir).get("state", "finished"),
+                         "skipped": True} for t in trials if t not in queue}
+    running: dict[str, tuple[Trial, subprocess.Popen, int | None]] = {}
+    free_gpus = list(range(gpus))
+    t0, last_report = time.time(), time.time()
+
+    def stop_all(signum, frame):  # forward to the children; their checkpoints stay the last good ones
+        for _, proc, _ in running.values():
+            proc.send_signal(signal.SIGTERM)
+        raise KeyboardInterrupt(f"launcher stopped by signal {signum}; rerun the same command to resume")
+
+    previous = signal.signal(signal.SIGTERM, stop_all)
+    try:
+        while queue or running:
+            while queue and len(running) < parallel:
+                t = queue.pop(0)
+                gpu = free_gpus.pop(0) if gpus else None
+                env = {"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else {}
+                proc = start_trial(t, env)
+                running[t.name] = (t, proc, gpu)
+                print(f"start {t.name} (pid {proc.pid}{f', GPU {gpu}' if gpu is not None else ''}): "
+                      f"{' '.join(t.command())}", flush=True)
+                if on_start:
+                    on_start(t, proc)
+            time.sleep(poll_s)
+            for name, (t, proc, gpu) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                if gpu is not None:
+                    free_gpus.append(gpu)
+                outcomes[name] = finish_trial(t, proc.returncode)
+                o = outcomes[name]
+                print(f"{o['state']} {name}" + (f": {o['error']}" if o["error"] else ""), flush=True)
+            if running and time.time() - last_report > report_every_s:
+                last_report = time.time()
+                _print_progress(trials, outcomes, running, t0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        for t, proc, _ in running.values():  # interrupted (Ctrl-C or SIGTERM): wait for the children
+            proc.send_signal(signal.SIGTERM)
+            outcomes[t.name] = finish_trial(t, proc.wait())
+    print(f"local sweep: {sum(o['state'] == 'finished' for o in outcomes.values())}/{len(trials)} finished "
+          f"in {time.time() - t0:.0f} s", flush=True)
+    return [outcomes[t.name] for t in trials]
+
+
+def _print_progress(trials, outcomes, running, t0) -> None:
+    parts = []
+    for t, _, _ in running.values():
+        st = status_lib.trial_status(t)
+        parts.append(f"{t.name} step {st['step']}" + (f"/{st['num_steps']}" if st.get("num_steps") else ""))
+    print(f"[{time.time() - t0:.0f} s] {len(outcomes)}/{len(trials)} done, running: " + ", ".join(parts), flush=True)

@@ -1,0 +1,115 @@
+"""Where each trial of a sweep stands, from its workdir alone (result.json,
+metrics.jsonl, config.json, the launcher's launch.json) and, for SLURM jobs, squeue.
+
+States: pending (nothing ran yet, or queued), running, finished, failed,
+non-finite (NaN/Inf stopped it), queued (submitted to SLURM), interrupted (stopped or killed; the same
+command resumes it), requeued (preempted or timed out under SLURM; it resumes by itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+
+from launch.trials import STATUS_FILE, Trial, metric_values, pick_metric
+from rnnlab import writers
+
+NON_FINITE_MARKS = ("NonFiniteError", "non-finite training loss")  # in train.log: what a NaN/Inf stop prints
+
+
+def read_status(workdir: str) -> dict:
+    path = os.path.join(workdir, STATUS_FILE)
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def squeue_states() -> dict[str, str]:
+    """SLURM job id ('123_4' for array tasks) -> state, for the jobs in the queue ({} without SLURM)."""
+    if shutil.which("squeue") is None:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return dict(line.split(None, 1) for line in out.stdout.splitlines() if line.strip())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    with open(f"/proc/{pid}/status") as f:  # a zombie is not running
+        return "\nState:\tZ" not in f.read()
+
+
+def trial_status(trial: Trial, queue: dict[str, str] | None = None, metric: str | None = None) -> dict:
+    """state, last step, num_steps, the main metric's last and best values of one trial."""
+    wd = trial.workdir
+    launched = read_status(wd)
+    rows = writers.read_metrics(wd)
+    state = launched.get("state", "pending")
+    if os.path.exists(os.path.join(wd, "result.json")):
+        state = "finished"
+    elif state in ("running", "requeued", "queued"):
+        job = launched.get("job_id")
+        if job and queue is not None and job in queue:
+            state = "running" if queue[job] in ("RUNNING", "COMPLETING") else "pending"
+        elif job and queue is not None:
+            state = "interrupted"  # left the queue without finishing
+        elif not job and launched.get("host") == socket.gethostname() and not _pid_alive(int(launched["pid"])):
+            state = "interrupted"
+    elif state == "pending" and rows:  # ran before, without this launcher (no launch.json)
+        log = os.path.join(wd, "train.log")
+        text = open(log, errors="replace").read() if os.path.exists(log) else ""
+        state = "non-finite" if any(m in text for m in NON_FINITE_MARKS) else "interrupted"
+    num_steps = None
+    if os.path.exists(os.path.join(wd, "config.json")):
+        with open(os.path.join(wd, "config.json")) as f:
+            num_steps = json.load(f).get("train", {}).get("num_steps")
+    metric = pick_metric(rows, metric)
+    values = metric_values(rows, metric)
+    best = min(values, key=lambda sv: sv[1]) if values else None
+    return {"name": trial.name, "state": state, "step": max((r["step"] for r in rows), default=0),
+            "num_steps": num_steps, "metric": metric, "last": values[-1][1] if values else None,
+            "best": best[1] if best else None, "best_step": best[0] if best else None,
+            "job_id": launched.get("job_id"), "error": launched.get("error")}
+
+
+def split_todo(trials: list[Trial]) -> list[Trial]:
+    """The trials to (re)run: not finished, and not stopped by a non-finite loss (which would
+    only repeat: delete its workdir, or change its config, to retry it). Says why it skips."""
+    todo = []
+    for t in trials:
+        if os.path.exists(os.path.join(t.workdir, "result.json")):
+            print(f"skip {t.name}: finished", flush=True)
+        elif read_status(t.workdir).get("state") == "non-finite":
+            print(f"skip {t.name}: non-finite loss earlier (delete {t.workdir} to retry)", flush=True)
+        else:
+            todo.append(t)
+    return todo
+
+
+def table(trials: list[Trial], metric: str | None = None, slurm: bool = True) -> list[dict]:
+    queue = squeue_states() if slurm else None
+    return [trial_status(t, queue, metric) for t in trials]
+
+
+def format_table(rows: list[dict]) -> str:
+    def g(v):
+        return "-" if v is None else f"{v:.5g}" if isinstance(v, float) else str(v)
+
+    head = ["trial", "state", "step", "metric", "last", "best (step)", "job", "error"]
+    body = [[r["name"], r["state"], f"{r['step']}/{g(r['num_steps'])}", g(r["metric"]), g(r["last"]),
+             f"{g(r['best'])} ({g(r['best_step'])})", g(r["job_id"]), (r["error"] or "")[:80]] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
+    counts = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    return "\n".join(lines + [", ".join(f"{n} {s}" for s, n in sorted(counts.items()))])

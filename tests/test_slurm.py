@@ -1,0 +1,82 @@
+"""The SLURM executor against a REAL one-node cluster on 127.0.0.1 (slurm-wlm + munge,
+started by launch/cluster/start_local_slurm.sh, which installs them with apt if
+missing). A 4-trial sweep goes in as one array job; one task is preempted mid-run
+(SIGUSR2, as SLURM sends before a time limit) and requeues itself, resuming to the
+uninterrupted result; a diverging trial is reported while the others finish."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import subprocess
+import time
+
+import pytest
+from fixtures import launch_checks as checks
+
+from launch import __main__ as cli
+from launch import slurm, status, trials
+
+START = os.path.join(checks.REPO, "launch", "cluster", "start_local_slurm.sh")
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """Start (or reuse) the cluster once; the lock keeps two xdist workers from starting it twice."""
+    with open("/tmp/rnnlab_slurm_start.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            out = subprocess.run(["bash", START], capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired as e:
+            pytest.fail(f"{START} did not finish within 600 s: {e}")
+        if out.returncode != 0:
+            pytest.fail(f"the SLURM test cluster could not start ({START} exit {out.returncode}):\n"
+                        f"{out.stdout}\n{out.stderr}")
+    slurm.check_controller()
+
+
+def test_slurm_array_sweep_requeue_failure_and_report(cluster, tmp_path):
+    root = str(tmp_path / "sweep")
+    run = checks.popen(checks.launch_cmd("run", checks.EXPERIMENT, f"--root={root}", "--executor=slurm",
+                                         "--time_min=60", "--cpus=1"), str(tmp_path / "launch.log"))
+    wd = os.path.join(root, "lstm_seed0")
+    stopped_at = checks.wait_mid_run(wd)
+    job = status.read_status(wd)["job_id"]
+    # what SLURM sends before a time limit or on preemption: the job checkpoints and requeues itself
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    deadline = time.time() + 120
+    while status.read_status(wd).get("state") != "requeued":  # written by TrialJob.checkpoint
+        assert time.time() < deadline, f"{job} did not checkpoint and requeue: {status.read_status(wd)}"
+        time.sleep(0.2)
+    # slurmctld holds a requeued job for 2 minutes (Reason=BeginTime); an admin may start it now
+    while status.squeue_states().get(job) != "PENDING":
+        assert time.time() < deadline, f"{job} was not requeued: {status.squeue_states()}"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
+    reference, ref_wd = checks.start_reference(tmp_path)
+    rc = run.wait(timeout=400)
+    reference.wait(timeout=300)
+    log = open(tmp_path / "launch.log").read()
+    assert rc == 1, log  # the diverging trial
+    ids = re.findall(r"submitted (\w+): job (\d+)_(\d+)", log)
+    assert len(ids) == 4 and len({j for _, j, _ in ids}) == 1, log  # one array job, a task per trial
+    job_log = open(os.path.join(wd, "train.log")).read()
+    assert job_log.count("\n=== ") == 1  # ran twice: before and after the requeue
+    checks.check_outcome(root, ref_wd, stopped_at)
+    out = str(tmp_path / "report")
+    assert cli.main(["report", checks.EXPERIMENT, f"--root={root}", f"--out={out}"]) == 0
+    checks.check_report(root, out)
+    rows = {r["name"]: r for r in status.table(trials.expand(checks.EXPERIMENT, root))}
+    assert rows["lstm_seed0"]["job_id"] == job
+
+
+def test_unreachable_controller_is_refused_before_submitting(cluster, tmp_path, monkeypatch):
+    conf = open("/etc/slurm/slurm.conf").read()
+    conf = re.sub(r"(?m)^SlurmctldHost=.*$", "SlurmctldHost=nowhere(127.0.0.1)\nSlurmctldPort=9", conf)
+    (tmp_path / "slurm.conf").write_text(conf)
+    monkeypatch.setenv("SLURM_CONF", str(tmp_path / "slurm.conf"))  # a controller that does not answer
+    ts = trials.expand(checks.EXPERIMENT, str(tmp_path / "sweep"))
+    with pytest.raises(ValueError, match="SLURM controller is unreachable"):
+        slurm.submit(ts, str(tmp_path / "sweep"))
+    assert not os.path.exists(tmp_path / "sweep")  # nothing submitted, nothing written
