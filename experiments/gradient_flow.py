@@ -128,6 +128,7 @@ def base_config() -> ml_collections.ConfigDict:
     r.max_minutes = 0.0  # >0: stop (with checkpoint and evaluation) after this wall time
     r.async_checkpoint = True
     r.tensorboard = False
+    r.data_parallel = "auto"  # 'auto' (every local device) | 'off' | 'multihost' (rnnlab.parallel)
     return c
 
 

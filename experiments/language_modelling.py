@@ -115,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
     t.keep_checkpoints = 3
     t.async_checkpoint = True
     t.tensorboard = True
+    t.data_parallel = "auto"  # 'auto' (every local device) | 'off' | 'multihost' (rnnlab.parallel)
 
     c.generate = g = ml_collections.ConfigDict()
     g.length = 300  # tokens sampled at the end of the run (0: none)

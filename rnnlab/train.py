@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from rnnlab import checkpoint as ckpt_lib
-from rnnlab import writers
+from rnnlab import parallel, writers
 from rnnlab.data import text as text_data
 from rnnlab.models import lm as lm_lib
 
@@ -197,8 +197,9 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> text_data.Corp
 
 # Keys that may change between a run and its resumption (they do not change
 # what is computed up to the step where the run stopped).
+# train.data_parallel: a requeued job may land on another number of devices (equal up to float rounding).
 RESUMABLE_CHANGES = ("train.num_epochs", "train.num_steps", "train.log_every", "train.max_minutes",
-                     "train.checkpoint_every", "generate.", "data.cache_dir")
+                     "train.checkpoint_every", "train.data_parallel", "generate.", "data.cache_dir")
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
@@ -242,6 +243,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     final summary (also written to workdir/result.json)."""
     t_start = time.time()
     check_and_write_config(config, workdir)
+    # first: 'multihost' must initialize jax.distributed before any computation
+    mesh = parallel.make_mesh(config.train.data_parallel, config.data.batch_size)
     result_path = os.path.join(workdir, "result.json")
     corpus = load_data(config, workdir)
     vocab, level = corpus.vocab, config.data.level
@@ -266,6 +269,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
              "carries": model.initial_carries(config.data.batch_size), "step": jnp.asarray(0, jnp.int32)}
     state = jax.tree.map(jnp.array, state)  # own every buffer: train_step donates them
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+    carries = parallel.shard_batch(mesh, state.pop("carries"), 0)  # TBPTT carries: B x H leaves, split on B
+    state = {**parallel.replicate(mesh, state), "carries": carries}
 
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.train.keep_checkpoints, async_save=config.train.async_checkpoint)
     restored = checkpointer.restore_latest(state)
@@ -283,12 +288,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     print(f"model: {model.stack.num_layers}x{model.stack.d_h} {model.stack.cell.name}, {n_params:,} parameters; "
           f"vocab {len(vocab.itos)} ({level}); train {len(corpus['train']):,} tokens, {spe} steps/epoch; "
-          f"{total} steps", flush=True)
+          f"{total} steps; {parallel.describe(mesh)}", flush=True)
     progress = writers.Progress(total, start)
     tokens_per_step = config.data.batch_size * config.data.seq_len
 
     def host_copy(tree):  # the next step donates `state`: async saves must own their bytes
-        return jax.tree.map(np.array, tree)
+        return jax.tree.map(parallel.to_host, tree)
 
     def meta() -> dict:
         return {"schedule": schedule.state, "step": int(state["step"])}
@@ -312,7 +317,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     while step < total:
         b = batcher.batch_at(step)
         lr = schedule.lr(step)
-        state, dev_metrics = train_step(model, tx, state, _device_batch(b), jnp.float32(lr), config.seed)
+        batch = parallel.shard_batch(mesh, _device_batch(b), 0)
+        state, dev_metrics = train_step(model, tx, state, batch, jnp.float32(lr), config.seed)
         if pending is not None:  # host sync on the previous step only: keeps the device busy
             m = check(*pending)
             if pending[0] % config.train.log_every == 0 or pending[0] == start + 1:

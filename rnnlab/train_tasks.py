@@ -34,12 +34,13 @@ import optax
 import orbax.checkpoint as ocp
 
 from rnnlab import checkpoint as ckpt_lib
-from rnnlab import writers
-from rnnlab.data import synthetic
+from rnnlab import parallel, writers
+from rnnlab.data import digits, synthetic
 from rnnlab.models import seq as seq_lib
 from rnnlab.train import NonFiniteError, check_and_write_config, make_optimizer
 
 EVAL_STEP0 = 10**9  # evaluation batches are drawn at steps EVAL_STEP0 + i: never a training step
+TEST_STEP0 = 3 * 10**9  # the final test batches (a stream apart from validation's, for model selection)
 PROBE_STEP = 2 * 10**9  # the batch that probes (reports) look at
 SCHEDULES = ("constant", "cosine")
 
@@ -55,6 +56,7 @@ class TaskSpec(NamedTuple):
     readout: str  # 'last' | 'all'
     baseline: float  # the loss of the best memoryless predictor
     length: int  # T of every sequence
+    split: Callable[[str], synthetic.Batch] | None = None  # finite datasets: 'valid'/'test' -> the whole split
 
 
 def task_spec(task: ml_collections.ConfigDict) -> TaskSpec:
@@ -75,7 +77,12 @@ def task_spec(task: ml_collections.ConfigDict) -> TaskSpec:
         return TaskSpec(lambda s, i, b: fn(s, i, batch_size=b), len(synthetic.TEMPORAL_ORDER_SYMBOLS),
                         len(synthetic.TEMPORAL_ORDER_CLASSES), "ce", "last",
                         synthetic.temporal_order_baseline(), task.length)
-    raise ValueError(f"task.name must be one of {sorted(synthetic.TASKS)}, got {task.name!r}")
+    if task.name == "digits":  # sklearn's 8x8 digits; task.length 64: pixel by pixel, 8: row by row
+        order = digits.order_for_length(task.length)
+        return TaskSpec(lambda s, i, b: digits.digits_batch(s, i, batch_size=b, order=order),
+                        64 // task.length, digits.N_CLASSES, "ce", "last", digits.digits_baseline(), task.length,
+                        split=functools.partial(digits.digits_split, order=order))
+    raise ValueError(f"task.name must be one of {sorted([*synthetic.TASKS, 'digits'])}, got {task.name!r}")
 
 
 def build(config: ml_collections.ConfigDict) -> tuple[seq_lib.SeqModel, TaskSpec]:
@@ -138,13 +145,18 @@ def _device_batch(b: synthetic.Batch) -> dict:
     return {"xs": b.xs_TxBxD, "targets": b.targets_TxB, "mask": b.mask_TxB}
 
 
-def evaluate(model: seq_lib.SeqModel, params, config: ml_collections.ConfigDict, spec: TaskSpec) -> dict:
-    """Mean loss (and accuracy) over ``task.eval_batches`` fresh batches, next to
-    the baseline and the loss of the memoryless predictor on the same batches."""
+def evaluate(model: seq_lib.SeqModel, params, config: ml_collections.ConfigDict, spec: TaskSpec,
+             split: str = "valid") -> dict:
+    """Mean loss (and accuracy) over ``task.eval_batches`` fresh batches (drawn
+    from the stream at EVAL_STEP0 for 'valid', TEST_STEP0 for 'test'; a finite
+    dataset's whole split instead), next to the baseline and the loss of the
+    memoryless predictor on the same batches."""
     t = config.task
     total = {"loss": 0.0, "accuracy": 0.0, "count": 0.0, "memoryless": 0.0}
-    for i in range(t.eval_batches):
-        b = spec.batch(config.seed, EVAL_STEP0 + i, t.eval_batch_size)
+    step0 = {"valid": EVAL_STEP0, "test": TEST_STEP0}[split]
+    batches = ([spec.split(split)] if spec.split is not None else
+               (spec.batch(config.seed, step0 + i, t.eval_batch_size) for i in range(t.eval_batches)))
+    for b in batches:
         m = {k: float(v) for k, v in eval_step(model, params, _device_batch(b)).items()}
         total["loss"] += m["loss"] * m["count"]
         total["accuracy"] += m.get("accuracy", 0.0) * m["count"]
@@ -195,6 +207,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     final summary (also written to workdir/result.json once finished)."""
     t_start = time.time()
     check_and_write_config(config, workdir)
+    # first: 'multihost' must initialize jax.distributed before any computation
+    mesh = parallel.make_mesh(config.train.data_parallel, config.task.batch_size)
     result_path = os.path.join(workdir, "result.json")
     model, spec = build(config)
     total, tr = config.train.num_steps, config.train
@@ -203,6 +217,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.asarray(0, jnp.int32)}
     state = jax.tree.map(jnp.array, state)  # own every buffer: train_step donates them
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+    state = parallel.replicate(mesh, state)  # params and optimizer state on every device
 
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=tr.keep_checkpoints, async_save=tr.async_checkpoint)
     snapshots = _snapshot_manager(workdir, tr.async_checkpoint)
@@ -225,7 +240,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"{model.stack.num_layers}x{model.stack.d_h} {cell.name}{dict(cell.options) or ''}"
           f"{f', recurrent radius {model.recurrent_radius}' if model.recurrent_radius else ''}, "
           f"{n_params:,} parameters; {config.optim.name} lr {config.optim.lr:g}, "
-          f"clip {config.optim.clip_norm or 'off'}; {total} steps", flush=True)
+          f"clip {config.optim.clip_norm or 'off'}; {total} steps; {parallel.describe(mesh)}", flush=True)
     progress = writers.Progress(total, start)
     tokens_per_step = config.task.batch_size * spec.length
     snap_at = set(checkpoint_steps(config)) | {total}  # the chosen steps and the end of training
@@ -233,7 +248,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_every = tr.eval_every or total
 
     def host_copy(tree):  # the next step donates `state`: async saves must own their bytes
-        return jax.tree.map(np.array, tree)
+        return jax.tree.map(parallel.to_host, tree)
 
     def meta(step: int) -> dict:  # train_seconds: wall time over every session of this run
         return {"step": step, "train_seconds": seconds_before + time.time() - t_start}
@@ -271,7 +286,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     step, ev = start, None
     while step < total:
         lr = learning_rate(config.optim, step, total)
-        batch = _device_batch(spec.batch(config.seed, step, config.task.batch_size))
+        batch = parallel.shard_batch(mesh, _device_batch(spec.batch(config.seed, step, config.task.batch_size)), 1)
         state, dev_metrics = train_step(model, tx, state, batch, jnp.float32(lr))
         if pending is not None:  # host sync on the previous step only: keeps the device busy
             _log(writer, progress, check(*pending), pending[0], start, config, tokens_per_step)
@@ -296,12 +311,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if ev is None:  # resumed at (or past) the end without a result: evaluate what is there
         ev = eval_and_log(step)
     finished = step >= total
+    test = evaluate(model, state["params"], config, spec, "test")  # held out from model selection
     evals = writers.read_metrics(workdir, "eval")
     target = spec.baseline / 10
     summary = {
         "step": step, "finished": finished, "parameters": n_params,
         "train_seconds": seconds_before + time.time() - t_start,
         **{f"eval_{k}": v for k, v in ev.items()},
+        **{f"test_{k}": v for k, v in test.items() if k in ("loss", "accuracy")},
         "solved": ev["loss"] < target,  # a tenth of the baseline (Arjovsky et al. 2016's bar for adding)
         "first_solved_step": next((r["step"] for r in evals if r["loss"] < target), None),
         "best_eval_loss": min(r["loss"] for r in evals),

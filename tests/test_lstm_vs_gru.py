@@ -1,0 +1,152 @@
+"""experiments/lstm_vs_gru.py: widths matched to a parameter budget (against
+closed-form counts and a brute-force search), the sweep covers the study and
+its overrides survive the command line, the zoo takes every registered cell
+(a new cell file included, with no edit), the smoke variant trains, and the
+report picks learning rates on validation and gives the CIs scipy gives."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from experiments import lstm_vs_gru as exp
+from rnnlab import cells
+from rnnlab import main as main_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cell_count(cell: str, d: int, h: int) -> int:
+    """Closed forms: W_x (D x G), W_h (H x G), one merged bias (G), G = gates x H;
+    the GRU keeps b_hn apart (r multiplies it)."""
+    gates = {"tanh": 1, "lstm": 4, "lstm_fb0": 4, "gru": 3}[cell]
+    return gates * (h * (d + h) + h) + (h if cell == "gru" else 0)
+
+
+@pytest.mark.parametrize("task,d_in,d_out", [("adding100", 2, 1), ("copy20", 10, 10), ("digits", 1, 10),
+                                             ("smoke_lm", None, None)])
+def test_widths_are_the_closest_to_the_budget(task, d_in, d_out):
+    for cell in ("tanh", "lstm", "gru"):
+        c = exp.get_config(f"{task},cell={cell}")
+        budget = c.study.param_budget
+        if d_in is None:  # LM: embedding V x E, the stack on E inputs, softmax H x V + V
+            v, e = exp._vocab_size(c.data.source, c.data.level), c.model.d_embed
+
+            def count(h, v=v, e=e, cell=cell):
+                return v * e + _cell_count(cell, e, h) + h * v + v
+        else:
+            def count(h, cell=cell):
+                return _cell_count(cell, d_in, h) + h * d_out + d_out
+        best = min(range(1, 400), key=lambda h: (abs(count(h) - budget), h))  # brute force
+        assert c.model.d_hidden == best, (task, cell)
+        assert exp.parameter_count(c, best) == count(best)  # the model's own init agrees with the closed form
+        assert abs(count(best) - budget) / budget < 0.06
+
+
+def test_sweep_covers_the_study_and_overrides_resolve():
+    added = []
+    exp.sweep(lambda **kw: added.append(kw))
+    keys = {(d["task"], d["cell"], d["lr"], d["seed"]) for d in map(lambda o: exp.describe(exp.resolve(o)), added)}
+    expected = {(t, c, lr, s) for t in exp.STUDY_TASKS for c in exp.STUDY_CELLS for lr in exp.LRS for s in exp.SEEDS}
+    expected |= {(t, "lstm_fb0", lr, s) for t in exp.FB0_TASKS for lr in exp.LRS for s in exp.SEEDS}
+    assert keys == expected and len(added) == len(expected) == 126
+    assert len(exp.SEEDS) >= 3 and len(exp.LRS) >= 2
+    for o in added[::17]:  # the overrides rebuild exactly the config of the shorthand
+        d = exp.describe(exp.resolve(o))
+        direct = exp.get_config(f"{d['task']},cell={d['cell']},lr={d['lr']},seed={d['seed']}")
+        assert exp.resolve(o).to_dict() == direct.to_dict()
+    lm = [exp.resolve(o) for o in added if exp.describe(exp.resolve(o))["task"] == "char_lm"]
+    assert lm and all(c.trainer == exp.LM_TRAINER for c in lm)
+    shakespeare = os.path.exists(os.path.join(ROOT, exp.SHAKESPEARE))
+    assert all(c.data.source == (exp.SHAKESPEARE if shakespeare else "embedded") for c in lm)
+
+
+def test_zoo_takes_every_registered_cell_including_a_new_file(tmp_path, monkeypatch):
+    (tmp_path / "toy_h3_cell.py").write_text("from rnnlab.cells.elman import init, initial_carry, step  # noqa: F401\n")
+    monkeypatch.setattr(cells, "__path__", [*cells.__path__, str(tmp_path)])
+    assert "toy_h3_cell" in cells.available()
+    added = []
+    exp.zoo(lambda **kw: added.append(kw))
+    got = {(d["cell"], d["task"]) for d in (exp.describe(exp.resolve(o)) for o in added)}
+    labels = {"elman": "tanh"}
+    assert got == {(labels.get(n, n), t) for n in cells.available() for t in ("zoo_adding100", "smoke_lm")}
+    toy = exp.resolve(next(o for o in added if o.get("model.cell") == "toy_h3_cell"))
+    tanh = exp.get_config("zoo_adding100,cell=tanh")
+    assert toy.model.d_hidden == tanh.model.d_hidden  # same parameters as elman: the same matched width
+
+
+def test_smoke_variant_trains_and_a_sweep_trial_runs_from_the_command_line(tmp_path):
+    c = exp.get_config("smoke")
+    summary = main_lib.trainer(c.trainer)(c, str(tmp_path / "smoke"))
+    assert summary["finished"] and summary["parameters"] == exp.parameter_count(c, c.model.d_hidden)
+    assert math.isfinite(summary["test_loss"])
+    # the launcher's form: default variant + dotted overrides on the command line
+    added = []
+    exp.smoke(lambda **kw: added.append(kw))
+    overrides = next(o for o in added if o.get("study.task") == "smoke_digits")
+    wd = tmp_path / "trial"
+    cmd = [sys.executable, "-m", "rnnlab.main", f"--config={exp.THIS_FILE}", f"--workdir={wd}",
+           *[f"--config.{k}={v}" for k, v in overrides.items()]]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    written = json.load(open(wd / "config.json"))
+    assert written == json.loads(exp.resolve(overrides).to_json())
+    assert "test_accuracy" in json.load(open(wd / "result.json"))
+
+
+def _row(task, cell, lr, seed, valid, test):
+    val_key, test_key = exp.METRICS[task][:2]
+    return {"name": f"{task}_{cell}_{lr}_{seed}", "task": task, "cell": cell, "lr": lr, "seed": seed, "d_hidden": 8,
+            "finished": True, "parameters": 100, "tokens_per_s": 1.0, "curve": [], "curve_metric": "eval loss",
+            "result": {val_key: valid, test_key: test}}
+
+
+def test_summary_picks_lr_on_validation_and_gives_scipy_cis():
+    rows = []
+    rng = np.random.default_rng(0)
+    # gru: lr 0.1 has the better validation, lr 0.01 the better test: validation must decide
+    for s in range(3):
+        rows.append(_row("digits", "gru", 0.1, s, 0.5 + 0.01 * s, 0.80 + 0.01 * s))
+        rows.append(_row("digits", "gru", 0.01, s, 0.9, 0.99))
+        rows.append(_row("digits", "tanh", 0.1, s, 1.5, 0.5 + 0.2 * rng.random()))
+        rows.append(_row("digits", "lstm", 0.1, s, 0.6, 0.79 + 0.02 * s))
+    summary = exp.summarize(rows)["digits"]
+    gru = summary["cells"]["gru"]["best"]
+    assert gru["lr"] == 0.1
+    x = [0.80, 0.81, 0.82]
+    lo, hi = stats.t.interval(0.95, 2, loc=np.mean(x), scale=stats.sem(x))
+    assert gru["test"]["mean"] == pytest.approx(np.mean(x)) and gru["test"]["std"] == pytest.approx(np.std(x, ddof=1))
+    assert (gru["test"]["ci_low"], gru["test"]["ci_high"]) == (pytest.approx(lo), pytest.approx(hi))
+    # accuracy: higher is better; gru (0.81) beats lstm (0.80), their CIs overlap; tanh's are far below
+    assert summary["winner"] == "gru" and summary["ranking"] == ["gru", "lstm", "tanh"]
+    assert summary["overlapping"] == ["lstm"]
+
+
+def test_report_end_to_end(tmp_path, monkeypatch):
+    def tiny(add):
+        for cell in ("tanh", "gru"):
+            for seed in (0, 1):
+                add(**exp.overrides("smoke", cell, 1e-2, seed))
+
+    monkeypatch.setitem(exp.GRIDS, "tiny", (tiny, ""))
+    root, out = str(tmp_path / "runs"), str(tmp_path / "report")
+    runs = exp.run_study(root, "tiny")
+    assert [r["state"] for r in runs] == ["finished"] * 4
+    rep = exp.report(root, out)
+    for f in ("README.md", "results.csv", "trials.csv", "report.json", "curves_smoke.png"):
+        assert os.path.getsize(os.path.join(out, f)) > 100, f
+    tests = {}
+    for name in os.listdir(root):
+        if os.path.exists(os.path.join(root, name, "result.json")):
+            d = exp.describe(json.load(open(os.path.join(root, name, "config.json"))))
+            tests.setdefault(d["cell"], []).append(json.load(open(os.path.join(root, name, "result.json")))["test_loss"])
+    for cell, values in tests.items():
+        assert rep["summary"]["smoke"]["cells"][cell]["best"]["test"]["mean"] == pytest.approx(np.mean(values))
+    text = open(os.path.join(out, "README.md")).read()
+    assert "Chung et al. (2014)" in text and "Jozefowicz et al. (2015)" in text and "winner" in text
+    assert exp.run_study(root, "tiny")[0].get("reused")  # a rerun reuses finished trials
