@@ -25,18 +25,22 @@ def _jsonable(v: Any) -> Any:
 class MetricWriter:
     """Appends one JSON object per call to ``metrics.jsonl``; mirrors scalars to
     TensorBoard. On resume, lines past the restored step are dropped so the file
-    stays a clean history of the run that continues."""
+    stays a clean history of the run that continues. In a multi-host run only
+    process 0 writes (every process computes the same replicated metrics)."""
 
     def __init__(self, workdir: str, tensorboard: bool = True):
+        import jax
+
         self.path = os.path.join(workdir, "metrics.jsonl")
         self._tb = None
-        if tensorboard:
+        self.enabled = jax.process_index() == 0
+        if tensorboard and self.enabled:
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(os.path.join(workdir, "tb"), flush_secs=30)
 
     def truncate_after(self, step: int) -> None:
-        if not os.path.exists(self.path):
+        if not self.enabled or not os.path.exists(self.path):
             return
         with open(self.path) as f:
             keep = [ln for ln in f if ln.strip() and json.loads(ln).get("step", 0) <= step]
@@ -46,6 +50,8 @@ class MetricWriter:
         os.replace(tmp, self.path)
 
     def write(self, step: int, metrics: Mapping[str, Any], kind: str = "train") -> None:
+        if not self.enabled:
+            return
         row = {"step": int(step), "kind": kind, "time": time.time()}
         row.update({k: _jsonable(v) for k, v in metrics.items()})
         with open(self.path, "a") as f:
