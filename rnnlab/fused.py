@@ -11,9 +11,9 @@ by ordinary autodiff.
 
 A cell opts in with three functions (see ``cells/lstm.py``, ``cells/gru.py``)::
 
-    fused_forward(params, carry_in, xp_BxG, hm_BxH) -> (carry, h_BxH, acts)
-    fused_backward(params, carry_in, acts, hm_mask_BxH, d_carry, dh_BxH)
-        -> (d_carry_in, dxp_BxG, dhw_BxG)       # dhw: gradient w.r.t. hm @ W_h
+    fused_forward(params, carry_in, xp_BxG, hm_BxH) -> (carry, h_BxH, acts_BxK)
+    fused_backward(params, carry_in, acts_BxK, h_mask_BxH, d_carry, dy_BxH)
+        -> (d_carry_in, dxp_BxG, dhw_BxG)   # dhw: gradient w.r.t. hm @ W_h; None: = dxp
     fused_param_grads(params, hm_TxBxH, dhw_TxBxG) -> grads of RECURRENT_PARAMS
 
 and a tuple ``RECURRENT_PARAMS`` naming the parameters the recurrence reads
@@ -28,6 +28,7 @@ about one more step matmul per step).
 from __future__ import annotations
 
 import functools
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -60,18 +61,31 @@ def _h_in(carry) -> Array:
 
 def run(cell, params: Params, carry0: Carry, xp_TxBxG: Array, *, reset_TxB: Array | None,
         valid_TxB: Array | None, reverse: bool, h_mask_BxH: Array | None, unroll: int = 1,
-        store: str = "activations") -> tuple[Carry, Array]:
+        store: str = "activations", carry_reset: Carry | None = None) -> tuple[Carry, Array]:
     """The recurrence of ``scan.run`` (resets, lengths, reverse, recurrent dropout
-    mask) with the fused backward. ``xp_TxBxG`` is the hoisted precompute."""
+    mask) with the fused backward. ``xp_TxBxG`` is the hoisted precompute. Masks
+    that are None cost nothing: the loops are traced without them. A reset step
+    starts again from ``carry_reset`` (default ``carry0``; a rematerialised chunk
+    passes the sequence's carry0)."""
     if store not in STORES:
         raise ValueError(f"fused store must be one of {STORES}, got {store!r}")
     rec = {k: params[k] for k in cell.module.RECURRENT_PARAMS}
-    t, b = xp_TxBxG.shape[:2]
-    reset = jnp.zeros((t, b), bool) if reset_TxB is None else reset_TxB
-    valid = jnp.ones((t, b), bool) if valid_TxB is None else valid_TxB
-    mask = jnp.ones((b, _h_in(carry0).shape[-1]), xp_TxBxG.dtype) if h_mask_BxH is None else h_mask_BxH
     fn = _fused(cell, reverse, unroll, store)
-    return fn(rec, carry0, xp_TxBxG, reset, valid, mask)
+    carry_reset = carry0 if carry_reset is None else carry_reset
+    return fn(rec, carry0, carry_reset, xp_TxBxG, reset_TxB, valid_TxB, h_mask_BxH)
+
+
+def _pack(carry_in, acts) -> Array:
+    """What one step keeps for the backward pass, as ONE array (one dynamic-update-slice
+    per step in the forward loop, one dynamic-slice in the backward loop)."""
+    return jnp.concatenate([*jax.tree.leaves(carry_in), *([] if acts is None else [acts])], axis=-1)
+
+
+def _unpack(saved_BxK, carry_like):
+    leaves, treedef = jax.tree.flatten(carry_like)
+    cuts = list(itertools.accumulate(leaf.shape[-1] for leaf in leaves))
+    parts = jnp.split(saved_BxK, cuts, axis=-1)
+    return jax.tree.unflatten(treedef, parts[: len(leaves)]), parts[len(leaves)]
 
 
 @functools.cache
@@ -82,57 +96,64 @@ def _fused(cell, reverse: bool, unroll: int, store: str):
     module = cell.module
     opts_f, opts_b, opts_g = (cell._opts(getattr(module, n)) for n in FUNCTIONS)
 
-    def forward_loop(rec, carry0, xp, reset, valid, mask):
+    def forward_loop(rec, carry0, carry_reset, xp, reset, valid, mask):
         def body(carry, inp):
             xp_t, r_t, v_t = inp
-            carry_in = _where(r_t, carry0, carry)
-            hm = _h_in(carry_in) * mask
+            carry_in = carry if r_t is None else _where(r_t, carry_reset, carry)
+            hm = _h_in(carry_in) if mask is None else _h_in(carry_in) * mask
             new, h, acts = module.fused_forward(rec, carry_in, xp_t, hm, **opts_f)
             new = jax.tree.map(lambda n, o: n.astype(o.dtype), new, carry_in)
-            new = _where(v_t, new, carry_in)
-            y = jnp.where(v_t[:, None], h, jnp.zeros_like(h))
-            saved = (carry_in, acts) if store == "activations" else (carry_in, ())
-            return new, (y, saved)
+            if v_t is not None:
+                new = _where(v_t, new, carry_in)
+                h = jnp.where(v_t[:, None], h, jnp.zeros_like(h))
+            return new, (h, _pack(carry_in, acts if store == "activations" else None))
 
         carry_T, (ys, saved) = loop(body, carry0, (xp, reset, valid), unroll=unroll, reverse=reverse)
         return carry_T, ys, saved
 
     @jax.custom_vjp
-    def f(rec, carry0, xp, reset, valid, mask):
-        carry_T, ys, _ = forward_loop(rec, carry0, xp, reset, valid, mask)
+    def f(rec, carry0, carry_reset, xp, reset, valid, mask):
+        carry_T, ys, _ = forward_loop(rec, carry0, carry_reset, xp, reset, valid, mask)
         return carry_T, ys
 
-    def f_fwd(rec, carry0, xp, reset, valid, mask):
-        carry_T, ys, saved = forward_loop(rec, carry0, xp, reset, valid, mask)
+    def f_fwd(rec, carry0, carry_reset, xp, reset, valid, mask):
+        carry_T, ys, saved = forward_loop(rec, carry0, carry_reset, xp, reset, valid, mask)
         return (carry_T, ys), (rec, carry0, xp, reset, valid, mask, saved)
 
     def f_bwd(res, cotangents):
-        rec, carry0, xp, reset, valid, mask, (carries_in, acts_all) = res
+        rec, carry0, xp, reset, valid, mask, saved = res
         d_carry_T, dys = cotangents
-        d_carry_T = jax.tree.map(lambda d, c: jnp.zeros_like(c) if d is None else d, d_carry_T, carry0)
+        zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+        ones_mask = jnp.ones_like(_h_in(carry0), xp.dtype) if mask is None else mask
 
         def body(state, inp):
-            d_carry, d_carry0 = state
-            xp_t, r_t, v_t, dy_t, carry_in, acts = inp
+            d_carry, d_reset = state
+            xp_t, r_t, v_t, dy_t, saved_t = inp
+            carry_in, acts = _unpack(saved_t, carry0)
             if store == "recompute":
-                _, _, acts = module.fused_forward(rec, carry_in, xp_t, _h_in(carry_in) * mask, **opts_f)
-            d_new = _where(v_t, d_carry, jax.tree.map(jnp.zeros_like, d_carry))
-            d_pass = _where(v_t, jax.tree.map(jnp.zeros_like, d_carry), d_carry)
-            dh = jnp.where(v_t[:, None], dy_t, jnp.zeros_like(dy_t))
-            d_in, dxp, dhw = module.fused_backward(rec, carry_in, acts, mask, d_new, dh, **opts_b)
-            d_in = jax.tree.map(jnp.add, d_in, d_pass)
-            d_carry0 = jax.tree.map(lambda a, d: a + jnp.where(r_t[:, None], d, 0), d_carry0, d_in)
-            d_in = _where(r_t, jax.tree.map(jnp.zeros_like, d_in), d_in)
-            return (d_in, d_carry0), (dxp, dhw)
+                hm = _h_in(carry_in) if mask is None else _h_in(carry_in) * mask
+                _, _, acts = module.fused_forward(rec, carry_in, xp_t, hm, **opts_f)
+            d_pass = None
+            if v_t is not None:  # past a sequence's end the carry passed through unchanged
+                d_pass = _where(v_t, zeros(d_carry), d_carry)
+                d_carry = _where(v_t, d_carry, zeros(d_carry))
+                dy_t = jnp.where(v_t[:, None], dy_t, jnp.zeros_like(dy_t))
+            d_in, dxp, dhw = module.fused_backward(rec, carry_in, acts, ones_mask, d_carry, dy_t, **opts_b)
+            if d_pass is not None:
+                d_in = jax.tree.map(jnp.add, d_in, d_pass)
+            if r_t is not None:  # a reset step read carry_reset, not the previous carry
+                d_reset = jax.tree.map(lambda a, d: a + jnp.where(r_t[:, None], d, 0), d_reset, d_in)
+                d_in = _where(r_t, zeros(d_in), d_in)
+            return (d_in, d_reset), (dxp, dhw)
 
-        zeros0 = jax.tree.map(jnp.zeros_like, carry0)
-        (d_first, d_carry0), (dxp, dhw) = loop(
-            body, (d_carry_T, zeros0), (xp, reset, valid, dys, carries_in, acts_all),
-            unroll=unroll, reverse=not reverse)
-        d_carry0 = jax.tree.map(jnp.add, d_carry0, d_first)
-        hm_TxBxH = _h_in(carries_in) * mask  # what entered the recurrent matmul at each step
-        d_rec = module.fused_param_grads(rec, hm_TxBxH, dhw, **opts_g)
-        return (d_rec, d_carry0, dxp.astype(xp.dtype), None, None, jnp.zeros_like(mask))
+        d_carry_T = jax.tree.map(lambda d, c: jnp.zeros_like(c) if d is None else d, d_carry_T, carry0)
+        (d_carry0, d_reset), (dxp, dhw) = loop(
+            body, (d_carry_T, zeros(carry0)), (xp, reset, valid, dys, saved), unroll=unroll, reverse=not reverse)
+        carries_in, _ = _unpack(saved, carry0)
+        hm_TxBxH = _h_in(carries_in) if mask is None else _h_in(carries_in) * mask  # what entered the matmul
+        d_rec = module.fused_param_grads(rec, hm_TxBxH, dxp if dhw is None else dhw, **opts_g)
+        d_mask = None if mask is None else jnp.zeros_like(mask)  # a dropout mask is not trained
+        return (d_rec, d_carry0, d_reset, dxp.astype(xp.dtype), None, None, d_mask)
 
     f.defvjp(f_fwd, f_bwd)
     return f

@@ -1,12 +1,18 @@
-"""The scan engine: the only place that calls ``jax.lax.scan``.
+"""The scan engine: the only place that calls ``jax.lax.scan`` and
+``jax.lax.associative_scan``.
 
 ``run`` owns everything around a cell's ``step``: hoisting the time-parallel
 input projection, resets at document boundaries, variable lengths, the reverse
-direction, unrolling, rematerialisation and the dtype policy.
+direction, unrolling, rematerialisation and the dtype policy. For cells whose
+recurrence is linear in the state (``h_t = a_t * h_{t-1} + b_t``, elementwise;
+minGRU, minLSTM, LRU, RG-LRU) it also owns the parallel path: resets, lengths
+and the reverse direction are folded into the coefficients (a, b) and ONE
+``associative_scan`` does the whole sequence in O(log T) depth.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -14,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnlab import cells as cells_lib
+from rnnlab import fused as fused_lib
 from rnnlab.cells._common import Array, Carry, Params
 
 
@@ -57,9 +64,12 @@ def run(
     lengths_B: Array | None = None,
     reverse: bool = False,
     unroll: int = 1,
-    remat: bool = False,
+    remat: bool | int = False,
     compute_dtype: Any = None,
     h_mask_BxH: Array | None = None,
+    fused: bool = True,
+    fused_store: str = "activations",
+    path: str = "auto",
 ) -> tuple[Carry, Array]:
     """Run ``cell`` over a time-major sequence.
 
@@ -71,17 +81,39 @@ def run(
         outputs are zero; the reverse direction starts at each sequence's own end.
       reverse: run from t = T-1 down to 0; outputs stay in input order.
       unroll: steps per loop iteration of the scan (fewer loop overheads, more code).
-      remat: recompute each step's activations in the backward pass instead of
-        storing them (memory O(T * carry) instead of O(T * gates)).
+      remat: rematerialisation (see ``remat_chunk``): True keeps only the carry
+        every ~sqrt(T) steps and recomputes each chunk in the backward pass
+        (memory O(sqrt(T)) instead of O(T * gates)); an int k > 1 sets the chunk
+        length; 1 recomputes each step from a stored carry.
       compute_dtype: e.g. jnp.bfloat16: matmuls and gates in that dtype; the carry
         stays in its own dtype (float32), outputs come out in compute_dtype.
       h_mask_BxH: recurrent dropout mask, one per sequence, applied to h where it
         enters the recurrent matmul (cells that accept ``h_mask_BxH``).
+      fused: use the cell's fused layer (``rnnlab.fused``: a custom VJP whose
+        backward loop carries only the state gradients and computes W_h's
+        gradient as one GEMM) when it has one; same numbers, less time.
+        Not with compute_dtype or per-step remat=1 (those take the plain scan);
+        inside rematerialised chunks it is used.
+      fused_store: 'activations' (keep gate activations for the backward pass)
+        or 'recompute' (keep only the carries; recompute the gates).
+      path: 'sequential' (a scan of ``step``), 'parallel' (one ``associative_scan``
+        over the cell's linear coefficients; linear cells only, see
+        ``rnnlab.cells``; ``unroll``/``remat`` do not apply) or 'auto': parallel
+        where ``prefer_parallel`` says it is the faster (measured) path.
 
     Returns:
       (final carry, outputs hs_TxBxH).
     """
     cell = cells_lib.get(cell)
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if path == "parallel" and not cell.has_parallel:
+        raise ValueError(
+            f"path='parallel': cell {cell.name!r} has no linear_coefficients (its recurrence is not "
+            "linear in the state); use path='sequential' or 'auto'"
+        )
+    if path == "parallel" and h_mask_BxH is not None:
+        raise ValueError("path='parallel' takes no h_mask_BxH (linear cells have no recurrent matmul)")
     w_x = params.get("w_x_DxG") if isinstance(params, dict) else None
     check_inputs(xs_TxBxD, lengths_B, reset_TxB, None if w_x is None else w_x.shape[0])
     # The carry is at least float32 and at least as wide as the parameters: a
@@ -101,10 +133,82 @@ def run(
         if reverse:  # token t+1 opens a document, so t closes the previous one
             reset_TxB = jnp.concatenate([reset_TxB[1:], jnp.zeros_like(reset_TxB[:1])])
 
+    auto_parallel = (path == "auto" and h_mask_BxH is None and cell.has_parallel
+                     and prefer_parallel(cell, n_steps, kind=scan_kind(cell, params, xp_TxBxG)))
+    if path == "parallel" or auto_parallel:
+        carry_T, hs_TxBxH = _run_parallel(cell, params, carry0, xp_TxBxG, reset_TxB, valid_TxB, reverse)
+        if compute_dtype is not None:
+            hs_TxBxH = hs_TxBxH.astype(compute_dtype)
+        return carry_T, hs_TxBxH
+
+    chunk = remat_chunk(remat, n_steps)
+    seq = dict(reverse=reverse, unroll=unroll, compute_dtype=compute_dtype, h_mask_BxH=h_mask_BxH,
+               fused=fused, fused_store=fused_store)
+    if chunk > 1:
+        return _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk, **seq)
+    return _sequential(cell, params, carry0, carry0, xp_TxBxG, reset_TxB, valid_TxB, remat_step=chunk == 1, **seq)
+
+
+def remat_chunk(remat: bool | int, n_steps: int) -> int:
+    """Steps per rematerialised chunk: 0 = no remat; 1 = each step's activations
+    recomputed (``jax.checkpoint`` of the step); k > 1 = the sequence cut into
+    chunks of k steps, only the carry at each chunk boundary kept, and each chunk
+    (its input projection included) recomputed in the backward pass. ``True``
+    picks k = ceil(sqrt(T)): memory O(sqrt(T)) carries + one chunk's activations,
+    compute about one more forward pass (Chen et al. 2016)."""
+    if remat is False or remat is None or remat == 0:
+        return 0
+    if remat is True:
+        return max(2, math.ceil(math.sqrt(n_steps))) if n_steps > 2 else 1
+    if int(remat) < 1:
+        raise ValueError(f"remat must be a bool or a chunk length >= 1, got {remat!r}")
+    return min(int(remat), n_steps) if int(remat) > 1 else 1
+
+
+def _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk: int, **seq):
+    """Chunked rematerialisation: an outer scan over chunks of ``chunk`` steps, each
+    a ``jax.checkpoint``-ed call of the sequential path (fused where the cell has one).
+    T is padded to a multiple of ``chunk`` with invalid steps (carry frozen, output
+    zero), which the reverse direction also passes through unchanged. ``reset_TxB``
+    is already shifted for the reverse direction, and every reset goes back to the
+    sequence's ``carry0``, not to the chunk's first carry."""
+    n_steps, batch = xs_TxBxD.shape[:2]
+    n_chunks = -(-n_steps // chunk)
+    pad = n_chunks * chunk - n_steps
+    if pad:
+        xs_TxBxD = jnp.concatenate([xs_TxBxD, jnp.zeros((pad, *xs_TxBxD.shape[1:]), xs_TxBxD.dtype)])
+        live = jnp.ones((n_steps, batch), bool) if valid_TxB is None else valid_TxB
+        valid_TxB = jnp.concatenate([live, jnp.zeros((pad, batch), bool)])
+        if reset_TxB is not None:
+            reset_TxB = jnp.concatenate([reset_TxB, jnp.zeros((pad, batch), bool)])
+    split = lambda a: None if a is None else a.reshape(n_chunks, chunk, *a.shape[1:])
+
+    @jax.checkpoint
+    def one_chunk(params, carry, xs_c, reset_c, valid_c):
+        xp_c = cell.precompute(params, xs_c)
+        return _sequential(cell, params, carry, carry0, xp_c, reset_c, valid_c, remat_step=False, **seq)
+
+    def body(carry, inputs):
+        return one_chunk(params, carry, *inputs)
+
+    carry_T, hs = jax.lax.scan(body, carry0, (split(xs_TxBxD), split(reset_TxB), split(valid_TxB)),
+                               reverse=seq["reverse"])
+    return carry_T, hs.reshape(n_chunks * chunk, *hs.shape[2:])[:n_steps]
+
+
+def _sequential(cell, params, carry_init, carry_reset, xp_TxBxG, reset_TxB, valid_TxB, *, reverse, unroll,
+                compute_dtype, h_mask_BxH, fused, fused_store, remat_step):
+    """The step-by-step recurrence from ``carry_init``; a reset step starts again
+    from ``carry_reset`` (the sequence's carry0, also inside a rematerialised chunk)."""
+    if fused and compute_dtype is None and not remat_step and fused_lib.supports(cell):
+        return fused_lib.run(cell, params, carry_init, xp_TxBxG, reset_TxB=reset_TxB, valid_TxB=valid_TxB,
+                             reverse=reverse, h_mask_BxH=h_mask_BxH, unroll=unroll, store=fused_store,
+                             carry_reset=carry_reset)
+
     def body(carry, inputs):
         xp_BxG, reset_B, valid_B = inputs
         if reset_B is not None:
-            carry = jax.tree.map(lambda c0, c: jnp.where(reset_B[:, None], c0, c), carry0, carry)
+            carry = jax.tree.map(lambda c0, c: jnp.where(reset_B[:, None], c0, c), carry_reset, carry)
         new_carry, h_BxH = cell.step(params, carry, xp_BxG, h_mask_BxH)
         new_carry = jax.tree.map(lambda n, o: n.astype(o.dtype), new_carry, carry)
         if compute_dtype is not None:
@@ -114,14 +218,124 @@ def run(
             h_BxH = jnp.where(valid_B[:, None], h_BxH, jnp.zeros_like(h_BxH))
         return new_carry, h_BxH
 
-    if remat:
+    if remat_step:
         body = jax.checkpoint(body)
     return jax.lax.scan(
-        body, carry0, (xp_TxBxG, reset_TxB, valid_TxB), reverse=reverse, unroll=unroll
+        body, carry_init, (xp_TxBxG, reset_TxB, valid_TxB), reverse=reverse, unroll=unroll
     )
 
 
-def loop(fn, carry, xs=None, length: int | None = None, unroll: int = 1):
+PATHS = ("auto", "sequential", "parallel")
+# path='auto': the parallel path for T in [lo, hi], per platform and kind of scan
+# ('real': real coefficients in linear space; 'complex'; 'log': LOG_SPACE cells).
+# See prefer_parallel for the measurements behind it.
+_PARALLEL_STEPS = {
+    "cpu": {"real": (256, 2048)},
+    "gpu": {"real": (256, None), "complex": (256, None), "log": (256, None)},
+    "tpu": {"real": (256, None), "complex": (256, None), "log": (256, None)},
+}
+_LOG_ZERO = -1e30  # log 0 in the log-space scan: finite, since logaddexp's gradient at -inf is NaN
+
+
+def scan_kind(cell: cells_lib.Cell, params: Params, xp_TxBxG: Array) -> str:
+    """'log', 'complex' or 'real': which associative scan a linear cell needs
+    (abstract evaluation of its coefficients: no compute)."""
+    if cell.log_space:
+        return "log"
+    a, _ = jax.eval_shape(cell.linear_coefficients, params, xp_TxBxG)
+    return "complex" if jnp.issubdtype(a.dtype, jnp.complexfloating) else "real"
+
+
+def prefer_parallel(cell: cells_lib.Cell, n_steps: int, platform: str | None = None, kind: str = "real") -> bool:
+    """path='auto': whether the parallel path is the faster one for ``cell`` over
+    ``n_steps`` on ``platform`` (default: JAX's default backend), ``kind`` as
+    ``scan_kind`` says.
+
+    CPU, from benchmarks/results/parallel_scan.md (B=16, D=H=128, float32, 2 CPU
+    cores shared with other jobs, median of 5 interleaved repeats; speed-up =
+    sequential time / parallel time, forward | forward+backward):
+      RG-LRU ('real'):   T=256 2.54 | 1.95,  T=1024 1.43 | 1.05,  T=4096 1.32 | 0.95
+      LRU ('complex'):   T=256 0.53 | 0.93,  T=1024 0.58 | 0.67,  T=4096 0.56 | 0.62
+      minGRU ('log'):    T=256 0.42 | 0.59,  T=1024 0.41 | 0.36,  T=4096 0.35 | 0.32
+      minLSTM ('log'):   T=256 1.09 | 0.40,  T=1024 0.75 | 0.37,  T=4096 0.47 | 0.41
+    so on CPU only the real linear-space scan pays: parallel for 256 <= T <= 2048
+    (its training-step win shrinks to a tie by 4096); the log-space and complex
+    scans do several times the elementwise work per level (logaddexp, complex
+    products) and lose at every length. Below 256 nothing was measured:
+    sequential. GPU/TPU: parallel from T = 256 for every kind. NOT measured here
+    (no accelerator was available); it is the regime the associative scan is
+    for (O(log T) depth). Rerun benchmarks/parallel_scan.py there to check.
+    """
+    if not cell.has_parallel:
+        return False
+    lo, hi = _PARALLEL_STEPS.get(platform or jax.default_backend(), {}).get(kind, (None, None))
+    return lo is not None and n_steps >= lo and (hi is None or n_steps <= hi)
+
+
+def _linear_operands(a, b, h0, reset, valid, first):
+    """Fold resets, lengths and the initial state into h_t = a_t * h_{t-1} + b_t so
+    that a scan from h_{-1} = 0 gives the answer: a reset step starts from h0
+    (a_t <- 0, b_t <- a_t h0 + b_t), a step past the length keeps the state
+    (a_t <- 1, b_t <- 0; or h0 when it also resets, as the sequential path does)."""
+    if reset is not None:
+        b = jnp.where(reset, a * h0 + b, b)
+        a = jnp.where(reset, jnp.zeros_like(a), a)
+    if valid is not None:
+        keep_a = jnp.ones_like(a) if reset is None else jnp.where(reset, 0.0, 1.0).astype(a.dtype)
+        keep_b = jnp.zeros_like(b) if reset is None else jnp.where(reset, h0, 0.0).astype(b.dtype)
+        a, b = jnp.where(valid, a, keep_a), jnp.where(valid, b, keep_b)
+    return a, jnp.where(first, a * h0 + b, b)
+
+
+def _linear_scan(la, lb, h0, reset, valid, first, reverse):
+    a, b = _linear_operands(la, lb, h0, reset, valid, first)
+    combine = lambda e1, e2: (e1[0] * e2[0], e2[0] * e1[1] + e2[1])  # apply e1, then e2
+    return jax.lax.associative_scan(combine, (a, b), reverse=reverse, axis=0)[1]
+
+
+def _log_space_scan(log_a, log_b, h0, reset, valid, first, reverse):
+    """The log-space scan of Feng et al. 2024 (minGRU/minLSTM, App. B) for
+    a_t, b_t > 0: products of a become sums of logs and never underflow. It is
+    composed in the log semiring with associative_scan rather than as
+    cumsum + logcumsumexp, so a reset (a_t = 0) stays finite. h0 may have any
+    sign: h_t = P_t * h0 + U_t, with P (the product of a since the last reset)
+    and U (the h0 = 0 solution) both positive, scanned together."""
+    zero = jnp.full_like(log_a, _LOG_ZERO)
+    la, lp, lq = log_a, zero, log_b  # h_t = a'_t h_{t-1} + p_t h0 + q_t
+    if reset is not None:
+        la, lp = jnp.where(reset, zero, la), jnp.where(reset, log_a, lp)
+    if valid is not None:
+        keep_la = jnp.zeros_like(la) if reset is None else jnp.where(reset, zero, 0.0)
+        keep_lp = zero if reset is None else jnp.where(reset, 0.0, zero)
+        la, lp, lq = jnp.where(valid, la, keep_la), jnp.where(valid, lp, keep_lp), jnp.where(valid, lq, zero)
+    lp = jnp.where(first, jnp.logaddexp(lp, la), lp)  # P_{-1} = 1
+    lpq = jnp.stack([lp, lq], axis=1)  # T x 2 x B x N: P and U share a'
+
+    def combine(e1, e2):
+        return e1[0] + e2[0], jnp.logaddexp(e2[0][:, None] + e1[1], e2[1])
+
+    log_pq = jax.lax.associative_scan(combine, (la, lpq), reverse=reverse, axis=0)[1]
+    return jnp.exp(log_pq[:, 0]) * h0 + jnp.exp(log_pq[:, 1])
+
+
+def _run_parallel(cell, params, carry0, xp_TxBxG, reset_TxB, valid_TxB, reverse):
+    """The parallel path of ``run``: same semantics (resets, lengths, reverse)."""
+    h0_BxN = cell.to_state(carry0)
+    a_TxBxN, b_TxBxN = cell.linear_coefficients(params, xp_TxBxG)  # logs for LOG_SPACE cells
+    reset = None if reset_TxB is None else reset_TxB[:, :, None]
+    valid = None if valid_TxB is None else valid_TxB[:, :, None]
+    first = (jnp.arange(a_TxBxN.shape[0]) == (a_TxBxN.shape[0] - 1 if reverse else 0))[:, None, None]
+    scan_fn = _log_space_scan if cell.log_space else _linear_scan
+    h_TxBxN = scan_fn(a_TxBxN, b_TxBxN, h0_BxN, reset, valid, first, reverse)
+    hs_TxBxH = cell.readout(params, h_TxBxN, xp_TxBxG)
+    if valid is not None:
+        hs_TxBxH = jnp.where(valid, hs_TxBxH, jnp.zeros_like(hs_TxBxH))
+    carry_T = cell.from_state(h_TxBxN[0 if reverse else -1])
+    return jax.tree.map(lambda n, o: n.astype(o.dtype), carry_T, carry0), hs_TxBxH
+
+
+def loop(fn, carry, xs=None, length: int | None = None, unroll: int = 1, reverse: bool = False):
     """``jax.lax.scan`` for loops that are not a cell over a sequence (the token
-    loop of generation, beam search): kept here so every scan lives in one module."""
-    return jax.lax.scan(fn, carry, xs, length=length, unroll=unroll)
+    loop of generation, beam search, the fused layers' forward and backward
+    loops): kept here so every scan lives in one module."""
+    return jax.lax.scan(fn, carry, xs, length=length, unroll=unroll, reverse=reverse)

@@ -49,8 +49,10 @@ def test_shapes_dtypes_and_jit(name):
     carry, hs = run(params, carry0, xs)
     assert hs.shape == (T, B, H) and hs.dtype == jnp.float32  # x64 is on: no silent upcast
     assert jax.tree.structure(carry) == jax.tree.structure(carry0)
-    for c in jax.tree.leaves(carry):
-        assert c.shape == (B, H) and c.dtype == jnp.float32
+    # Carry leaves are B x (their own width): most are B x H; LSTMP's cell is
+    # wider than its projection, LRU's state has state_size units.
+    for c, c0 in zip(jax.tree.leaves(carry), jax.tree.leaves(carry0), strict=True):
+        assert c.shape == c0.shape and c.ndim == 2 and c.shape[0] == B and c.dtype == jnp.float32
     for c in jax.tree.leaves(cell.initial_carry(B, H)):
         assert c.dtype == jnp.float32 and not np.any(np.asarray(c))
 

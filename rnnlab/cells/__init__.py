@@ -4,13 +4,23 @@ cell, found by name. Adding a gating idea is adding one file here.
 A cell module provides (see ``_common`` for the shape legend)::
 
     init(key, d_in, d_h, **init_options) -> Params
-    initial_carry(batch, d_h) -> Carry                 # float32
+    initial_carry(batch, d_h[, **carry_options]) -> Carry   # float32 leaves, each B x (something)
     precompute(params, x_TxBxD) -> xp_TxBxG            # optional; default: identity
     step(params, carry, xp_BxG[, h_mask_BxH], **step_options) -> (carry, h_BxH)
-    parallel(params, xp_TxBxG, carry0, **step_options) -> (carry_T, hs_TxBxH)  # optional
 
-Options are keyword-only arguments of ``init`` or ``step``; ``get`` sends each to
-the function that declares it and rejects the rest.
+A cell whose recurrence is linear in its state, h_t = a_t * h_{t-1} + b_t
+(elementwise; minGRU, minLSTM, LRU, RG-LRU), also provides the parallel path,
+which ``scan.run`` composes with resets, lengths and reverse in ONE
+``jax.lax.associative_scan``::
+
+    linear_coefficients(params, xp_TxBxG) -> (a_TxBxN, b_TxBxN)  # may be complex
+    LOG_SPACE = True          # optional: the pair is (log a, log b), b > 0 (Feng et al. 2024)
+    to_state(carry) -> h_BxN                           # optional; default: identity
+    from_state(h_BxN) -> carry                         # optional; default: identity
+    readout(params, h_TxBxN, xp_TxBxG) -> hs_TxBxH     # optional; default: identity
+
+Options are keyword-only arguments of ``init``, ``initial_carry`` or ``step``;
+``get`` sends each to the function that declares it and rejects the rest.
 """
 
 from __future__ import annotations
@@ -68,7 +78,7 @@ class Cell:
         return self.module.init(key, d_in, d_h, **kw)
 
     def initial_carry(self, batch: int, d_h: int):
-        return self.module.initial_carry(batch, d_h)
+        return self.module.initial_carry(batch, d_h, **self._opts(self.module.initial_carry))
 
     def precompute(self, params, x_TxBxD):
         fn = getattr(self.module, "precompute", None)
@@ -86,10 +96,28 @@ class Cell:
 
     @property
     def has_parallel(self) -> bool:
-        return hasattr(self.module, "parallel")
+        """Whether the recurrence is linear in the state: scan.run's parallel path."""
+        return hasattr(self.module, "linear_coefficients")
 
-    def parallel(self, params, xp_TxBxG, carry0):
-        return self.module.parallel(params, xp_TxBxG, carry0, **self._opts(self.module.parallel))
+    @property
+    def log_space(self) -> bool:
+        return getattr(self.module, "LOG_SPACE", False)
+
+    def linear_coefficients(self, params, xp_TxBxG):
+        fn = self.module.linear_coefficients
+        return fn(params, xp_TxBxG, **self._opts(fn))
+
+    def to_state(self, carry):
+        fn = getattr(self.module, "to_state", None)
+        return carry if fn is None else fn(carry)
+
+    def from_state(self, h_BxN):
+        fn = getattr(self.module, "from_state", None)
+        return h_BxN if fn is None else fn(h_BxN)
+
+    def readout(self, params, h_TxBxN, xp_TxBxG):
+        fn = getattr(self.module, "readout", None)
+        return h_TxBxN if fn is None else fn(params, h_TxBxN, xp_TxBxG, **self._opts(fn))
 
     @property
     def n_gates(self) -> int:
@@ -102,9 +130,11 @@ def get(name: str | Cell, **options) -> Cell:
     if isinstance(name, Cell):
         return get(name.name, **{**dict(name.options), **options})
     module = _module(name)
-    known = {**_keyword_options(module.init), **_keyword_options(module.step)}
-    if hasattr(module, "parallel"):
-        known.update(_keyword_options(module.parallel))
+    known = {**_keyword_options(module.init), **_keyword_options(module.step),
+             **_keyword_options(module.initial_carry)}
+    for hook in ("linear_coefficients", "readout"):
+        if hasattr(module, hook):
+            known.update(_keyword_options(getattr(module, hook)))
     known.pop("dtype", None)
     unknown = sorted(set(options) - set(known))
     if unknown:

@@ -99,12 +99,12 @@ def fused_forward(params: Params, carry_in: Array, xp_BxG: Array, hm_BxH: Array)
     hn = h_n + params["b_hn_H"]
     n = jnp.tanh(x_n + r * hn)
     new_h = (1.0 - z) * n + z * h
-    return new_h.astype(h.dtype), new_h, (r, z, n, hn)
+    return new_h.astype(h.dtype), new_h, jnp.concatenate([r, z, n, hn], axis=-1)
 
 
 def fused_backward(params: Params, carry_in: Array, acts, h_mask_BxH: Array, d_carry: Array, dy_BxH: Array):
     h = carry_in
-    r, z, n, hn = acts
+    r, z, n, hn = jnp.split(acts, 4, axis=-1)
     dh = d_carry + dy_BxH
     dn = dh * (1.0 - z) * (1.0 - n * n)
     dr = dn * hn * r * (1.0 - r)

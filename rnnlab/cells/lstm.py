@@ -71,29 +71,40 @@ def step(
 RECURRENT_PARAMS = ("w_h_HxG",)
 
 
+def _gate_affine(d_h: int, dtype):
+    """Per-column constants so that ONE tanh gives all four gate activations:
+    sigmoid(z) = 0.5 * tanh(0.5 * z) + 0.5 (i, f, o), tanh(z) (g): act = a * tanh(a * z) + c."""
+    half, one = jnp.full((d_h,), 0.5, dtype), jnp.ones((d_h,), dtype)
+    a = jnp.concatenate([half, half, one, half])
+    return a, jnp.concatenate([half, half, jnp.zeros((d_h,), dtype), half])
+
+
 def fused_forward(params: Params, carry_in, xp_BxG: Array, hm_BxH: Array):
     c, _ = carry_in
     w_h = params["w_h_HxG"]
-    i, f, g, o = split_gates(xp_BxG + hm_BxH.astype(w_h.dtype) @ w_h, N_GATES)
-    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    z = xp_BxG + hm_BxH.astype(w_h.dtype) @ w_h
+    a, b = _gate_affine(c.shape[-1], z.dtype)
+    acts = a * jnp.tanh(a * z) + b  # i, f, g, o activations in one elementwise pass
+    i, f, g, o = split_gates(acts, N_GATES)
     new_c = f * c + i * g
-    tanh_c = jnp.tanh(new_c)
-    new_h = o * tanh_c
-    return (new_c, new_h), new_h, (i, f, g, o, tanh_c)
+    new_h = o * jnp.tanh(new_c)
+    return (new_c, new_h), new_h, acts
 
 
 def fused_backward(params: Params, carry_in, acts, h_mask_BxH: Array, d_carry, dy_BxH: Array):
     c, _ = carry_in
-    i, f, g, o, tanh_c = acts
+    i, f, g, o = split_gates(acts, N_GATES)
+    tanh_c = jnp.tanh(f * c + i * g)  # recomputed: cheaper than storing it
     dc, dh = d_carry
     dh = dh + dy_BxH
     dc = dc + dh * o * (1.0 - tanh_c * tanh_c)
-    d_gates = jnp.concatenate(  # d loss / d pre-activations, gate order i, f, g, o
-        [dc * g * i * (1.0 - i), dc * c * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tanh_c * o * (1.0 - o)],
-        axis=-1)
+    a, b = _gate_affine(c.shape[-1], acts.dtype)
+    t = (acts - b) / a  # tanh(a * z): d act / dz = a * a * (1 - t^2), i.e. s(1-s) or 1-g^2
+    d_acts = jnp.concatenate([dc * g, dc * c, dc * i, dh * tanh_c], axis=-1)
+    d_gates = d_acts * (a * a) * (1.0 - t * t)  # d loss / d pre-activations, gate order i, f, g, o
     w_h = params["w_h_HxG"]
     dh_in = (d_gates.astype(w_h.dtype) @ w_h.T) * h_mask_BxH
-    return (dc * f, dh_in.astype(dh.dtype)), d_gates, d_gates
+    return (dc * f, dh_in.astype(dh.dtype)), d_gates, None
 
 
 def fused_param_grads(params: Params, hm_TxBxH: Array, dhw_TxBxG: Array) -> Params:
