@@ -46,3 +46,34 @@ def test_layers_benchmark_quick(tmp_path):
     for s in data["summary"]:
         for peer in ("torch", "flax", "keras"):
             assert s[f"rnnlab_speed_ratio_vs_{peer}"] > 0
+
+
+def test_memory_and_compile_benchmark_quick(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "memory_and_compile.py"), "--quick", "--out", str(tmp_path)],
+        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    data = json.loads((tmp_path / "memory_and_compile.json").read_text())
+    impls = [r["impl"] for r in data["memory"]]
+    assert impls == ["rnnlab remat=True", "rnnlab remat=False", "torch.nn.LSTM"]
+    for r in data["memory"]:
+        assert r["peak_rss_bytes"] > 0 and r["loss"] > 0
+    jax_rows = data["memory"][:2]
+    assert all(r["xla_planned_bytes"] > 0 for r in jax_rows)
+    assert data["compile"]["best_s"] > 0
+    assert "| setting |" in (tmp_path / "memory_and_compile.md").read_text()
+
+
+def test_generation_benchmark_quick(tmp_path):
+    out = tmp_path / "gen.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "generation.py"), "--quick", "--json", str(out)],
+        cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rows = json.loads(out.read_text())["results"]
+    assert [r["batch"] for r in rows] == [1, 4]
+    for r in rows:
+        assert r["rnnlab_tokens_per_s"] > 0 and r["torch_tokens_per_s"] > 0
+        assert len(r["times_s"]["rnnlab"]) == len(r["times_s"]["torch"]) == 1
