@@ -1,0 +1,237 @@
+"""Speaker-independent connected-digit recognition on the Free Spoken Digit
+Dataset: log-mel features -> conv subsampling -> bidirectional LSTM -> CTC.
+
+Train on 4 FSDD speakers, test on connected-digit utterances (1-7 digits joined
+with random silences, gains and background noise) of the 5th, for each speaker.
+
+One trial:
+  nice -n 5 python -m rnnlab.main --config=experiments/speech_recognition.py:fsdd,held_out=jackson \
+      --workdir=runs/speech/fsdd_jackson
+All five held-out speakers in turn (each a subprocess; the same command resumes or
+reuses finished trials), then the report (per-speaker table + average):
+  nice -n 5 python experiments/speech_recognition.py --run --root=runs/speech --out=docs/speech
+Report only (from the trials' result.json files):
+  python experiments/speech_recognition.py --root=runs/speech --out=docs/speech
+Transcribe WAV files with a trained run:
+  python -m rnnlab.transcribe --workdir=runs/speech/fsdd_jackson a.wav b.wav
+
+Variants:
+  fsdd (= default)  40 log-mel + deltas (120), 25 ms / 10 ms at 8 kHz; conv 5:2:128, 3:2:128 (x4
+                    subsampling, 40 ms per step); 2x160 BiLSTM (dropout 0.2); Adam 2e-3, warmup 200,
+                    cosine; batch 24; SpecAugment, per-digit tempo +-15 % and mel warp +-10 %; 1500 steps
+                    (14 min on the shared 2-core machine), capped at 25 minutes (train.max_minutes).
+  smoke             seconds: 2 speakers, 3 takes per digit, 1x16 BiLSTM, 6 steps (tests run it).
+Shorthand keys: held_out=SPEAKER, cell=NAME (any registered cell), H=HIDDEN, L=LAYERS, steps=N, lr=LR,
+seed=N; dotted keys (train.num_steps=...) go anywhere.
+
+RESULTS (docs/speech/README.md; greedy WER on 400 held-out connected utterances, one run each):
+  george 16.7 %, jackson 27.0 % (average of these 2 of 5: 21.9 %): the issue's <= 10 % does NOT hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import ml_collections
+
+if __name__ == "__main__":  # run as a file: the rnnlab next to it, whatever else is installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from rnnlab import configs  # noqa: E402
+
+THIS_FILE = os.path.abspath(__file__)
+REPO_ROOT = os.path.dirname(os.path.dirname(THIS_FILE))
+SPEAKERS = ("george", "jackson", "lucas", "nicolas", "yweweler")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.trainer = "rnnlab.train_speech:train_and_evaluate"  # the loop rnnlab.main calls
+    c.seed = 0  # params init; training utterances pure in (seed, step), evaluation ones in (seed, 1e9 + i)
+
+    c.data = d = ml_collections.ConfigDict()
+    d.root = ""  # FSDD recordings folder; '' -> $RNNLAB_FSDD or ../shared/data/fsdd/recordings
+    d.speakers = ""  # comma list to use only these speakers ('' = all in the folder)
+    d.test_speakers = "jackson"  # held out: never seen in training
+    d.takes_per_digit = 0  # >0: only takes 0..n-1 of each digit and speaker (0 = all 50)
+    d.cache_dir = ""  # log-mel cache; '' -> workdir/feature_cache
+    d.trim_db = 35.0  # trim each clip's leading/trailing frames this far below its loudest frame
+    d.batch_size = 24
+    d.min_words = 1  # digits per connected utterance: U{min..max}
+    d.max_words = 7
+    d.max_silence = 25  # frames (10 ms) of silence before/between/after digits: U{0..max}
+    d.gain_db = 6.0  # per-digit gain U(-g, g) dB
+    d.snr_min_db = 10.0  # white background noise at SNR U(min, max) dB
+    d.snr_max_db = 40.0
+    d.bucket = 64  # pad batches to a multiple of this many frames (few shapes to compile)
+    d.tempo = 0.15  # per-digit time stretch U(1 -+ tempo) (speaking rate); 0: off
+    d.mel_warp = 0.1  # per-digit mel-axis scaling U(1 -+ w) (vocal tract length, like VTLP); 0: off
+
+    c.features = f = ml_collections.ConfigDict()
+    f.sample_rate = 8000  # Hz; other-rate audio is resampled
+    f.win_ms = 25.0
+    f.hop_ms = 10.0
+    f.n_fft = 256
+    f.n_mels = 40
+    f.kind = "logmel"  # 'logmel' | 'mfcc'
+    f.n_mfcc = 13
+    f.deltas = True  # append first and second differences
+    f.norm = "utterance"  # per-utterance mean/variance normalisation
+
+    c.model = m = ml_collections.ConfigDict()
+    m.conv = "5:2:128,3:2:128"  # kernel:stride:channels per conv layer ('' = none)
+    m.cell = "lstm"  # any module in rnnlab/cells
+    m.cell_options = ""  # 'key=value,...' for the cell
+    m.d_hidden = 160  # per direction
+    m.num_layers = 2
+    m.dropout = 0.2  # between layers (one mask per utterance)
+    m.spec_augment = "2,10,2,8"  # freq_masks,freq_width,time_masks,time_width on the features ('' = off)
+    m.unroll = 1
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.name = "adam"
+    o.lr = 2e-3
+    o.momentum = 0.0
+    o.weight_decay = 0.0
+    o.b1 = 0.9
+    o.b2 = 0.999
+    o.eps = 1e-8
+    o.clip_norm = 5.0  # global gradient-norm clipping (0: off)
+    o.schedule = "cosine"  # 'constant' | 'cosine'
+    o.warmup_steps = 200
+    o.final_lr_fraction = 0.05  # cosine ends at this fraction of lr
+
+    c.eval = e = ml_collections.ConfigDict()
+    e.utterances = 400  # connected utterances of the held-out speakers
+    e.batch_size = 100
+    e.beam_width = 8  # final evaluation also with prefix beam search (0: greedy only)
+
+    c.train = r = ml_collections.ConfigDict()
+    r.num_steps = 1500
+    r.checkpoint_every = 250
+    r.keep_checkpoints = 2
+    r.eval_every = 500
+    r.log_every = 50
+    r.max_minutes = 25.0  # >0: stop (with checkpoint and evaluation) after this wall time
+    r.async_checkpoint = True
+    r.tensorboard = False
+    return c
+
+
+SHORTHAND = {"held_out": "data.test_speakers", "cell": "model.cell", "H": "model.d_hidden", "L": "model.num_layers",
+             "steps": "train.num_steps", "lr": "optim.lr", "seed": "seed"}
+
+
+def get_config(arg: str = "") -> ml_collections.ConfigDict:
+    variant, overrides = configs.parse_arg(arg)
+    c = base_config()
+    if variant in ("default", "fsdd"):
+        pass
+    elif variant == "smoke":
+        c.data.update(speakers="george,jackson", test_speakers="jackson", takes_per_digit=3, batch_size=4,
+                      max_words=3)
+        c.model.update(conv="3:2:16", d_hidden=16, num_layers=1)
+        c.optim.update(warmup_steps=2)
+        c.eval.update(utterances=8, batch_size=8, beam_width=2)
+        c.train.update(num_steps=6, checkpoint_every=3, eval_every=3, log_every=2, max_minutes=0.0)
+    else:
+        raise ValueError(f"unknown variant {variant!r} of speech_recognition; choose fsdd (= default) or smoke")
+    for k, v in overrides.items():
+        configs.set_dotted(c, SHORTHAND.get(k, k), v)
+    c.lock()
+    return c
+
+
+def sweep(add):
+    """The study: each FSDD speaker held out in turn."""
+    for speaker in SPEAKERS:
+        add(**{"data.test_speakers": speaker})
+
+
+def trials(variant: str = "fsdd") -> list[tuple[str, dict]]:
+    out: list[tuple[str, dict]] = []
+    sweep(lambda **kw: out.append((variant, kw)))
+    return out
+
+
+# ----------------------------------------------------------------------------- study and report
+
+
+def run_study(root: str, variant: str = "fsdd", extra: str = "") -> None:
+    """Each trial of ``sweep`` in root/<variant>_<speaker>, one after the other, as a
+    subprocess of rnnlab.main (a rerun resumes unfinished trials and reuses finished ones)."""
+    os.makedirs(root, exist_ok=True)
+    for v, overrides in trials(variant):
+        speaker = overrides["data.test_speakers"]
+        wd = os.path.join(root, f"{v}_{speaker}")
+        if os.path.exists(os.path.join(wd, "result.json")):
+            print(f"{wd}: finished, reused", flush=True)
+            continue
+        arg = ",".join([v, f"held_out={speaker}"] + ([extra] if extra else []))
+        cmd = [sys.executable, "-u", "-m", "rnnlab.main", f"--config={THIS_FILE}:{arg}", f"--workdir={wd}"]
+        print(" ".join(cmd), flush=True)
+        t0 = time.time()
+        rc = subprocess.call(cmd, cwd=REPO_ROOT)
+        print(f"{wd}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
+
+
+def report(root: str, out_dir: str) -> dict:
+    """Per-speaker table (WER, CER, digit-string accuracy, greedy and beam, wall time)
+    and the average over the held-out speakers found, from each trial's result.json."""
+    rows = []
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        path = os.path.join(root, name, "result.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                r = json.load(f)
+            rows.append({"trial": name, "held_out": r["held_out"], "steps": r["step"],
+                         "train_minutes": r["train_seconds"] / 60, "wer": r["eval_wer"], "cer": r["eval_cer"],
+                         "string_accuracy": r["eval_string_accuracy"], "beam_wer": r.get("eval_beam_wer"),
+                         "beam_string_accuracy": r.get("eval_beam_string_accuracy"),
+                         "utterances": r["eval_utterances"]})
+    missing = [s for s in SPEAKERS if s not in {r["held_out"] for r in rows}]
+    avg = {k: sum(r[k] for r in rows) / len(rows) for k in ("wer", "cer", "string_accuracy", "train_minutes")} \
+        if rows else {}
+    rep = {"rows": rows, "average": avg, "missing_speakers": missing,
+           "claim_wer_le_10pct": (avg["wer"] <= 0.10 and not missing) if rows else None}
+    os.makedirs(out_dir, exist_ok=True)
+    writers_json = os.path.join(out_dir, "report.json")
+    with open(writers_json, "w") as f:
+        json.dump(rep, f, indent=1)
+    lines = ["| held-out speaker | steps | train min | WER | CER | digit-string acc | beam-8 WER | beam-8 acc |",
+             "|---|---|---|---|---|---|---|---|"]
+    pct = (lambda v: "-" if v is None else f"{100 * v:.2f}%")
+    for r in rows:
+        lines.append(f"| {r['held_out']} | {r['steps']} | {r['train_minutes']:.1f} | {pct(r['wer'])} | "
+                     f"{pct(r['cer'])} | {pct(r['string_accuracy'])} | {pct(r['beam_wer'])} | "
+                     f"{pct(r['beam_string_accuracy'])} |")
+    if rows:
+        lines.append(f"| **average ({len(rows)} of 5)** | | {avg['train_minutes']:.1f} | {pct(avg['wer'])} | "
+                     f"{pct(avg['cer'])} | {pct(avg['string_accuracy'])} | | |")
+    table = "\n".join(lines)
+    with open(os.path.join(out_dir, "table.md"), "w") as f:
+        f.write(table + "\n" + (f"\nmissing held-out speakers: {', '.join(missing)}\n" if missing else ""))
+    print(table, flush=True)
+    return rep
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", action="store_true", help="train every held-out speaker first (resumes/reuses)")
+    p.add_argument("--root", default=os.path.join(REPO_ROOT, "runs", "speech"))
+    p.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "speech"))
+    p.add_argument("--variant", default="fsdd")
+    p.add_argument("--extra", default="", help="more 'key=value' overrides for every trial")
+    a = p.parse_args(argv)
+    if a.run:
+        run_study(a.root, a.variant, a.extra)
+    report(a.root, a.out)
+
+
+if __name__ == "__main__":
+    main()

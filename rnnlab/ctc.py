@@ -1,0 +1,203 @@
+"""Connectionist temporal classification (Graves et al. 2006): the loss with
+padding masks, greedy (best-path) decoding, CTC prefix beam search with an
+optional character language model, and error rates.
+
+Label ids: 0 is the blank; symbol i of a ``Vocab`` is label i + 1.
+
+Decoding runs on the host in numpy (beam search is a loop over frames with
+dictionaries of prefixes: it is sequential and branchy, not what XLA is for).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+BLANK = 0
+Array = jax.Array
+# An LM for beam search: prefix (labels, without blank) -> log P(next label | prefix)
+# as an array over the label ids (entry 0, the blank, is ignored).
+LMFn = Callable[[tuple[int, ...]], np.ndarray]
+
+
+# ----------------------------------------------------------------------------- vocabulary
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+    """Output symbols of a CTC model. ``symbols`` are single characters; when
+    ``spaced`` each symbol is a word of its own (connected digits: '3 1 4' ->
+    labels of '314', decoded back to '3 1 4'); otherwise ' ' must be one of the
+    symbols to separate words (characters: 'one two')."""
+
+    symbols: str
+    spaced: bool = False
+
+    def __post_init__(self):
+        if len(set(self.symbols)) != len(self.symbols) or not self.symbols:
+            raise ValueError(f"vocabulary symbols must be distinct characters, got {self.symbols!r}")
+
+    @property
+    def num_labels(self) -> int:  # with the blank
+        return len(self.symbols) + 1
+
+    def encode(self, text: str) -> np.ndarray:
+        chars = text.replace(" ", "") if self.spaced else text
+        index = {c: i + 1 for i, c in enumerate(self.symbols)}
+        unknown = sorted(set(chars) - index.keys())
+        if unknown:
+            raise ValueError(f"transcript {text!r} has characters outside the vocabulary {self.symbols!r}: "
+                             f"{', '.join(map(repr, unknown))}; normalise the transcript (e.g. lower-case it, "
+                             "spell out digits) or widen the vocabulary")
+        return np.asarray([index[c] for c in chars], np.int32)
+
+    def decode(self, labels: Sequence[int]) -> str:
+        chars = [self.symbols[i - 1] for i in labels if i != BLANK]
+        return " ".join(chars) if self.spaced else "".join(chars)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def ctc_loss(logits_BxTxV: Array, lengths_B: Array, labels_BxU: Array, label_lengths_B: Array) -> Array:
+    """-log P(labels | frames) per sequence, B. Frames at t >= lengths_B[b] and labels
+    at u >= label_lengths_B[b] are padding: they change neither loss nor gradients.
+    The softmax is taken in float32 at least (bf16 logits would lose the alphas)."""
+    logits = logits_BxTxV.astype(jnp.promote_types(logits_BxTxV.dtype, jnp.float32))
+    t_pad_BxT = (jnp.arange(logits.shape[1])[None] >= jnp.asarray(lengths_B)[:, None]).astype(logits.dtype)
+    u_pad_BxU = (jnp.arange(labels_BxU.shape[1])[None] >= jnp.asarray(label_lengths_B)[:, None]).astype(logits.dtype)
+    # Replace padded frames' logits by a constant so junk there (even NaN/Inf) cannot reach the gradients.
+    logits = jnp.where(t_pad_BxT[..., None] > 0, 0.0, logits)
+    return optax.ctc_loss(logits, t_pad_BxT, labels_BxU, u_pad_BxU, blank_id=BLANK)
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+def collapse(path: Sequence[int]) -> tuple[int, ...]:
+    """The CTC map B: merge repeats, then drop blanks (a blank separates true repeats)."""
+    out, prev = [], None
+    for k in path:
+        k = int(k)
+        if k != prev and k != BLANK:
+            out.append(k)
+        prev = k
+    return tuple(out)
+
+
+def greedy_decode(logits_TxV: np.ndarray, length: int | None = None) -> tuple[int, ...]:
+    """Best path: argmax per frame over the first ``length`` frames, collapsed."""
+    logits_TxV = np.asarray(logits_TxV)
+    n = logits_TxV.shape[0] if length is None else int(length)
+    return collapse(np.argmax(logits_TxV[:n], axis=-1))
+
+
+def log_softmax(logits_TxV: np.ndarray) -> np.ndarray:
+    x = np.asarray(logits_TxV, np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def prefix_beam_search(logits_TxV: np.ndarray, beam_width: int = 8, *, length: int | None = None,
+                       lm: LMFn | None = None, lm_weight: float = 0.0, insertion_bonus: float = 0.0,
+                       prune: float = -12.0) -> tuple[int, ...]:
+    """CTC prefix beam search (Hannun et al. 2014, arXiv:1408.2873): keeps the
+    ``beam_width`` most probable label prefixes, each with the probability of all
+    alignments ending in blank (p_b) and in its last label (p_nb), so alignments of
+    one labelling are summed instead of competing (unlike best path).
+
+    With ``lm``, extending a prefix by label c adds lm_weight * log P_lm(c | prefix)
+    + insertion_bonus (shallow fusion). Labels with a frame log-probability below
+    ``prune`` are skipped (they cannot change the top beams by much). Cost:
+    O(T * beam_width * V) dictionary updates in Python."""
+    lp_TxV = log_softmax(logits_TxV)
+    n = lp_TxV.shape[0] if length is None else int(length)
+    neg = -np.inf
+    beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, neg)}  # prefix -> (log p_b, log p_nb)
+    lm_cache: dict[tuple[int, ...], np.ndarray] = {}
+
+    def lm_term(prefix, c):
+        if lm is None or not lm_weight:
+            return insertion_bonus
+        if prefix not in lm_cache:
+            lm_cache[prefix] = np.asarray(lm(prefix), np.float64)
+        return lm_weight * lm_cache[prefix][c] + insertion_bonus
+
+    for t in range(n):
+        lp_V = lp_TxV[t]
+        nxt: dict[tuple[int, ...], list[float]] = {}
+
+        def add(prefix, blank_ended, value):
+            entry = nxt.setdefault(prefix, [neg, neg])
+            entry[0 if blank_ended else 1] = np.logaddexp(entry[0 if blank_ended else 1], value)
+
+        labels = [c for c in range(1, lp_V.shape[0]) if lp_V[c] > prune]
+        for prefix, (p_b, p_nb) in beams.items():
+            total = np.logaddexp(p_b, p_nb)
+            add(prefix, True, total + lp_V[BLANK])
+            for c in labels:
+                new = prefix + (c,)
+                if prefix and c == prefix[-1]:
+                    add(prefix, False, p_nb + lp_V[c])  # repeat without a blank between: merged
+                    add(new, False, p_b + lp_V[c] + lm_term(prefix, c))  # a true repeat needs the blank
+                else:
+                    add(new, False, total + lp_V[c] + lm_term(prefix, c))
+        ranked = sorted(nxt.items(), key=lambda kv: -np.logaddexp(*kv[1]))[:beam_width]
+        beams = {k: (v[0], v[1]) for k, v in ranked}
+    return max(beams.items(), key=lambda kv: np.logaddexp(*kv[1]))[0]
+
+
+def lm_from_rnn(model, params, *, bos: int, label_to_lm: Sequence[int]) -> LMFn:
+    """Adapter for a character ``rnnlab.models.lm.LM`` (the language-modelling study):
+    log P(next label | prefix), re-running the LM over ``bos`` + the prefix (short
+    transcripts; cache is by prefix in the beam search). ``label_to_lm[c]`` is the LM
+    token id of CTC label c (index 0, the blank, unused)."""
+    to_lm = np.asarray(label_to_lm)
+
+    @jax.jit  # one compile per prefix length
+    def next_log_probs(tokens_1xT):
+        logits, _ = model.apply(params, tokens_1xT, model.initial_carries(1))
+        return jax.nn.log_softmax(logits[0, -1].astype(jnp.float32))
+
+    def fn(prefix: tuple[int, ...]) -> np.ndarray:
+        out = np.asarray(next_log_probs(jnp.asarray([[bos, *to_lm[list(prefix)]]], jnp.int32)))[to_lm]
+        out[BLANK] = 0.0
+        return out
+
+    return fn
+
+
+# ----------------------------------------------------------------------------- error rates
+
+
+def edit_distance(ref: Sequence, hyp: Sequence) -> int:
+    """Levenshtein distance (substitutions, insertions, deletions each cost 1)."""
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1]
+
+
+def error_rates(refs: Sequence[str], hyps: Sequence[str]) -> dict:
+    """Corpus-level CER (characters, spaces excluded), WER (whitespace-separated
+    words) and string accuracy (exact match of the word sequence): total edits
+    over total reference length, as in sclite."""
+    if len(refs) != len(hyps):
+        raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
+    char_e = char_n = word_e = word_n = exact = 0
+    for r, h in zip(refs, hyps, strict=True):
+        rc, hc = r.replace(" ", ""), h.replace(" ", "")
+        rw, hw = r.split(), h.split()
+        char_e, char_n = char_e + edit_distance(rc, hc), char_n + len(rc)
+        word_e, word_n = word_e + edit_distance(rw, hw), word_n + len(rw)
+        exact += rw == hw
+    return {"cer": char_e / max(char_n, 1), "wer": word_e / max(word_n, 1),
+            "string_accuracy": exact / max(len(refs), 1), "utterances": len(refs)}

@@ -1,0 +1,123 @@
+"""CTC acoustic model, as pure functions:
+
+    log-mel_BxTxM -> features (MFCC/deltas/normalisation; SpecAugment when training)
+                  -> optional 1-D convolutions over time (stride s each: T -> ceil(T / s))
+                  -> bidirectional recurrent stack (any registered cell, rnnlab.layers.Stack)
+                  -> linear -> logits over blank + vocabulary -> CTC
+
+Every stage respects each utterance's length: frames past it are zeroed before
+each convolution (so 'same' padding sees zeros whether or not the batch is padded
+further), the stack freezes its carries there, and the CTC loss masks them. So
+padding never changes the loss or the gradients (tested).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from rnnlab import ctc
+from rnnlab import features as feat
+from rnnlab.cells._common import Array, Params, initializer
+from rnnlab.layers import Stack
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeechModel:
+    """Hashable: a static argument of ``jax.jit``.
+
+    Attributes:
+      features: the feature spec (log-mel/MFCC, deltas, normalisation).
+      conv: ((kernel, stride, channels), ...) of the front end; () for none.
+      stack: a bidirectional Stack whose d_in is the last conv's channels (or features.dim).
+      num_labels: blank + vocabulary.
+      spec_augment: (freq_masks, freq_width, time_masks, time_width); zeros: off.
+    """
+
+    features: feat.FeatureSpec
+    conv: tuple[tuple[int, int, int], ...]
+    stack: Stack
+    num_labels: int
+    spec_augment: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def __post_init__(self):
+        d = self.conv[-1][2] if self.conv else self.features.dim
+        if self.stack.d_in != d:
+            raise ValueError(f"stack.d_in={self.stack.d_in} must equal the front end's output width {d}")
+        for k, s, _ in self.conv:
+            if k % 2 == 0 or s < 1:
+                raise ValueError(f"model.conv: kernel {k} must be odd and stride {s} >= 1 ('same' padding k // 2)")
+
+    @property
+    def subsampling(self) -> int:
+        out = 1
+        for _, s, _ in self.conv:
+            out *= s
+        return out
+
+    def init(self, key: Array) -> Params:
+        k_conv, k_stack, k_out = jax.random.split(key, 3)
+        params: dict[str, Any] = {"conv": []}
+        d = self.features.dim
+        for i, (k, _, c) in enumerate(self.conv):
+            w = initializer("lecun_normal", 1)(jax.random.fold_in(k_conv, i), (k * d, c), jnp.float32)
+            params["conv"].append({"w_KxCxO": w.reshape(k, d, c), "b_O": jnp.zeros((c,), jnp.float32)})
+            d = c
+        params["stack"] = self.stack.init(k_stack)
+        params["out_w_OxV"] = initializer("glorot_uniform", 1)(k_out, (self.stack.d_out, self.num_labels), jnp.float32)
+        params["out_b_V"] = jnp.zeros((self.num_labels,), jnp.float32)
+        return params
+
+    def output_lengths(self, lengths_B: Array) -> Array:
+        for _, s, _ in self.conv:
+            lengths_B = (lengths_B + s - 1) // s
+        return lengths_B
+
+    def apply(self, params: Params, logmel_BxTxM: Array, lengths_B: Array, *, rng: Array | None = None,
+              train: bool = False) -> tuple[Array, Array]:
+        """(logits_BxSxV, output lengths_B), S = ceil(T / subsampling)."""
+        x = feat.postprocess(self.features, logmel_BxTxM, lengths_B)
+        if train and any(self.spec_augment):
+            if rng is None:
+                raise ValueError("model.spec_augment is on: training needs an rng key")
+            fm, fw, tm, tw = self.spec_augment
+            x = feat.spec_augment(jax.random.fold_in(rng, 1), x, lengths_B, freq_masks=fm, freq_width=fw,
+                                  time_masks=tm, time_width=tw)
+        for layer, (k, s, _) in zip(params["conv"], self.conv, strict=True):
+            x = x * feat.valid_mask(lengths_B, x.shape[1])[..., None].astype(x.dtype)
+            x = jax.lax.conv_general_dilated(x, layer["w_KxCxO"].astype(x.dtype), (s,), [(k // 2, k // 2)],
+                                             dimension_numbers=("NWC", "WIO", "NWC")) + layer["b_O"]
+            x = jax.nn.gelu(x)
+            lengths_B = (lengths_B + s - 1) // s
+        ys_TxBxO, _ = self.stack.apply(params["stack"], jnp.swapaxes(x, 0, 1), lengths_B=lengths_B,
+                                       rng=None if rng is None else jax.random.fold_in(rng, 2), train=train)
+        logits = jnp.swapaxes(ys_TxBxO, 0, 1) @ params["out_w_OxV"] + params["out_b_V"]
+        return logits, lengths_B
+
+    def loss_and_metrics(self, params: Params, batch: dict, *, rng: Array | None = None,
+                         train: bool = False) -> tuple[Array, dict]:
+        """CTC negative log-likelihood per label (summed over the batch, divided by
+        its number of labels), and the per-utterance mean for logging."""
+        logits, out_lengths = self.apply(params, batch["logmel"], batch["lengths"], rng=rng, train=train)
+        nll_B = ctc.ctc_loss(logits, out_lengths, batch["labels"], batch["label_lengths"])
+        n_labels = jnp.maximum(jnp.sum(batch["label_lengths"]), 1)
+        loss = jnp.sum(nll_B) / n_labels
+        return loss, {"loss": loss, "nll_per_utterance": jnp.mean(nll_B)}
+
+
+def build(model_cfg: Any, features: feat.FeatureSpec, num_labels: int) -> SpeechModel:
+    """From a config's ``model`` section."""
+    conv = tuple((int(k), int(s), int(c)) for k, s, c in
+                 (item.split(":") for item in model_cfg.conv.split(",") if item.strip()))
+    d_in = conv[-1][2] if conv else features.dim
+    from rnnlab import cells as cells_lib
+    from rnnlab import configs
+
+    cell = cells_lib.get(model_cfg.cell, **configs.parse_options(model_cfg.cell_options))
+    stack = Stack(cell, d_in, model_cfg.d_hidden, num_layers=model_cfg.num_layers, bidirectional=True,
+                  dropout=model_cfg.dropout, dropout_kind="variational", unroll=model_cfg.unroll)
+    sa = tuple(int(v) for v in model_cfg.spec_augment.split(",")) if model_cfg.spec_augment else (0, 0, 0, 0)
+    return SpeechModel(features, conv, stack, num_labels, sa)

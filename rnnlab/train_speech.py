@@ -1,0 +1,288 @@
+"""Training loop for CTC speech recognition (``models.speech.SpeechModel``) on
+connected-digit utterances: a fork of ``train_tasks.py``'s loop.
+
+    workdir/config.json, command.txt   written at start (refused on resume if changed)
+    workdir/checkpoints/<step>/        periodic, for resume (the latest ``keep_checkpoints``)
+    workdir/metrics.jsonl              train (loss, grad/param/update norms), eval (CER/WER), summary
+    workdir/result.json                the final summary, once the run has finished
+    <cache_dir>/logmel_<hash>/         log-mel features of every clip (.npy), shared by runs
+
+Reproducibility: training batches are pure functions of (seed, step) (built from
+cached clip features), SpecAugment/dropout keys of (seed, step); evaluation
+utterances of (seed, EVAL_STEP0 + i). Params, optimizer state and step are in the
+checkpoint and the learning rate is a function of the step, so the same command on
+the same workdir resumes and continues bitwise on CPU. A non-finite loss or norm
+stops the run before anything is saved.
+
+Evaluation is on the held-out speakers only (speaker-independent); it is logged
+and never used to pick a checkpoint: the result is the model at the last step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from rnnlab import checkpoint as ckpt_lib
+from rnnlab import ctc, writers
+from rnnlab import features as feat
+from rnnlab.data import audio
+from rnnlab.models import speech as speech_lib
+from rnnlab.train import NonFiniteError, check_and_write_config, make_optimizer
+
+EVAL_STEP0 = 10**9  # evaluation utterances are drawn at steps EVAL_STEP0 + i: never a training step
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fsdd_root(root: str = "") -> str:
+    """The FSDD recordings folder: ``root`` if given, else $RNNLAB_FSDD, else
+    ../shared/data/fsdd/recordings next to the repository."""
+    candidates = [root] if root else [os.environ.get("RNNLAB_FSDD", ""),
+                                      os.path.join(REPO_ROOT, "..", "shared", "data", "fsdd", "recordings")]
+    for c in filter(None, candidates):
+        c = os.path.abspath(c)
+        if os.path.isdir(os.path.join(c, "recordings")):
+            c = os.path.join(c, "recordings")
+        if os.path.isdir(c):
+            return c
+    raise FileNotFoundError(f"FSDD recordings not found (tried {[c for c in candidates if c]}); set "
+                            "--config.data.root=/path/to/free-spoken-digit-dataset/recordings or $RNNLAB_FSDD")
+
+
+def feature_spec(config: ml_collections.ConfigDict) -> feat.FeatureSpec:
+    f = config.features
+    return feat.FeatureSpec(sample_rate=f.sample_rate, win_ms=f.win_ms, hop_ms=f.hop_ms, n_fft=f.n_fft,
+                            n_mels=f.n_mels, kind=f.kind, n_mfcc=f.n_mfcc, deltas=f.deltas, norm=f.norm)
+
+
+def connected_spec(d: ml_collections.ConfigDict) -> audio.ConnectedSpec:
+    return audio.ConnectedSpec(min_words=d.min_words, max_words=d.max_words, max_silence=d.max_silence,
+                               gain_db=d.gain_db, snr_db=(d.snr_min_db, d.snr_max_db), bucket=d.bucket,
+                               tempo=d.tempo, mel_warp=d.mel_warp)
+
+
+class SpeechData(NamedTuple):
+    train: audio.FeatureBank
+    test: audio.FeatureBank
+    noise_NxM: np.ndarray
+    vocab: ctc.Vocab
+    utterances: audio.ConnectedSpec
+
+
+def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
+    """Clip features of the training and held-out speakers (cached), the noise template."""
+    d, spec = config.data, feature_spec(config)
+    clips = audio.wav_folder(fsdd_root(d.root))
+    if d.takes_per_digit:  # smaller runs: the first takes of each digit and speaker
+        clips = [c for c in clips if c.index < d.takes_per_digit]
+    speakers = [s.strip() for s in d.speakers.split(",") if s.strip()]
+    if speakers:
+        clips = [c for c in clips if c.speaker in speakers]
+    train, test = audio.split_by_speaker(clips, [s.strip() for s in d.test_speakers.split(",")])
+    cache = d.cache_dir or os.path.join(workdir, "feature_cache")
+    bank = audio.cached_bank(train + test, spec, cache, trim_db=d.trim_db)
+    n = len(train)
+    return SpeechData(bank.subset(range(n)), bank.subset(range(n, n + len(test))), audio.noise_template(spec),
+                      audio.DIGITS, connected_spec(d))
+
+
+def _device_batch(b: audio.Batch) -> dict:
+    return {"logmel": b.logmel_BxTxM, "lengths": b.lengths_B, "labels": b.labels_BxU,
+            "label_lengths": b.label_lengths_B}
+
+
+def build(config: ml_collections.ConfigDict) -> speech_lib.SpeechModel:
+    return speech_lib.build(config.model, feature_spec(config), audio.DIGITS.num_labels)
+
+
+# ----------------------------------------------------------------------------- steps
+
+
+def learning_rate(optim: ml_collections.ConfigDict, step: int, total: int) -> float:
+    """Linear warmup over ``optim.warmup_steps``, then cosine to ``optim.final_lr_fraction``
+    of lr (or constant). Host-side: a function of the step only."""
+    warm = min(1.0, (step + 1) / max(optim.warmup_steps, 1))
+    if optim.schedule == "cosine":
+        frac = min(max(step - optim.warmup_steps, 0) / max(total - optim.warmup_steps, 1), 1.0)
+        lo = optim.final_lr_fraction
+        return optim.lr * warm * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * frac)))
+    if optim.schedule != "constant":
+        raise ValueError(f"optim.schedule must be 'constant' or 'cosine', got {optim.schedule!r}")
+    return optim.lr * warm
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
+def train_step(model: speech_lib.SpeechModel, tx: optax.GradientTransformation, state: dict, batch: dict, lr,
+               rng):
+    def loss_fn(params):
+        return model.loss_and_metrics(params, batch, rng=rng, train=True)
+
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    direction, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    updates = jax.tree.map(lambda d: -lr * d, direction)
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {**aux, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
+               "update_norm": optax.tree.norm(updates)}
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def logits_step(model: speech_lib.SpeechModel, params, logmel_BxTxM, lengths_B):
+    return model.apply(params, logmel_BxTxM, lengths_B)
+
+
+def decode(model: speech_lib.SpeechModel, params, batch: audio.Batch, vocab: ctc.Vocab,
+           beam_width: int = 0) -> list[str]:
+    """Transcripts of a batch: greedy (beam_width 0) or prefix beam search."""
+    logits, out_len = logits_step(model, params, jnp.asarray(batch.logmel_BxTxM), jnp.asarray(batch.lengths_B))
+    logits, out_len = np.asarray(logits, np.float32), np.asarray(out_len)
+    hyps = []
+    for b in range(len(out_len)):
+        labels = (ctc.prefix_beam_search(logits[b], beam_width, length=out_len[b]) if beam_width
+                  else ctc.greedy_decode(logits[b], out_len[b]))
+        hyps.append(vocab.decode(labels))
+    return hyps
+
+
+def evaluate(model: speech_lib.SpeechModel, params, config: ml_collections.ConfigDict, data: SpeechData,
+             beam_width: int = 0) -> dict:
+    """CER / WER / digit-string accuracy on connected utterances of the held-out speakers."""
+    ev = config.eval
+    refs, hyps = [], []
+    for i in range(-(-ev.utterances // ev.batch_size)):
+        n = min(ev.batch_size, ev.utterances - i * ev.batch_size)
+        test_utts = dataclasses.replace(data.utterances, tempo=0.0, mel_warp=0.0)  # no perturbation at test time
+        b = audio.connected_batch(data.test, data.noise_NxM, data.vocab, test_utts, config.seed, EVAL_STEP0 + i, n)
+        refs += b.texts
+        hyps += decode(model, params, b, data.vocab, beam_width)
+    return ctc.error_rates(refs, hyps) | {"examples": [[r, h] for r, h in list(zip(refs, hyps, strict=True))[:5]]}
+
+
+# ----------------------------------------------------------------------------- loop
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Train (or resume) the speech model of ``config`` in ``workdir``; returns the
+    final summary (also written to workdir/result.json once finished)."""
+    t_start = time.time()
+    check_and_write_config(config, workdir)
+    result_path = os.path.join(workdir, "result.json")
+    data = load_data(config, workdir)
+    model = build(config)
+    total, tr = config.train.num_steps, config.train
+    tx = make_optimizer(config.optim)
+    params = model.init(jax.random.key(config.seed))
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.asarray(0, jnp.int32)}
+    state = jax.tree.map(jnp.array, state)  # own every buffer: train_step donates them
+    n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+
+    checkpointer = ckpt_lib.Checkpointer(workdir, keep=tr.keep_checkpoints, async_save=tr.async_checkpoint)
+    restored = checkpointer.restore_latest(state)
+    start, seconds_before = 0, 0.0
+    if restored is not None:
+        start, state, meta_in = restored
+        seconds_before = meta_in.get("train_seconds", 0.0)
+        print(f"resumed from step {start} in {workdir}", flush=True)
+    writer = writers.MetricWriter(workdir, tensorboard=tr.tensorboard)
+    writer.truncate_after(start)
+    if start >= total and (summary := writers.read_finished_result(result_path)) is not None:
+        checkpointer.close()
+        return summary
+
+    print(f"speech: train speakers {sorted({c.speaker for c in data.train.clips})} ({len(data.train.clips)} clips), "
+          f"held out {sorted({c.speaker for c in data.test.clips})} ({len(data.test.clips)} clips); model: conv "
+          f"{config.model.conv or 'none'} (x{model.subsampling}) -> {model.stack.num_layers}x{model.stack.d_h} "
+          f"bi-{model.stack.cell.name}, {model.features.dim} {model.features.kind} features, {n_params:,} "
+          f"parameters; {config.optim.name} lr {config.optim.lr:g}; {total} steps", flush=True)
+    progress = writers.Progress(total, start)
+    ckpt_every = tr.checkpoint_every or total
+    eval_every = tr.eval_every or total
+    frames_per_step = [0]  # of the last batch: the throughput unit ('tok/s' = frames/s)
+    key = jax.random.key(config.seed + 1)
+
+    def host_copy(tree):  # the next step donates `state`: async saves must own their bytes
+        return jax.tree.map(np.array, tree)
+
+    def meta(step: int) -> dict:  # train_seconds: wall time over every session of this run
+        return {"step": step, "train_seconds": seconds_before + time.time() - t_start}
+
+    def check(step: int, m: dict) -> dict:
+        m = {k: float(v) for k, v in m.items()}
+        if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
+            checkpointer.wait()
+            raise NonFiniteError(
+                f"non-finite training loss at step {step} (loss={m['loss']}, grad_norm={m['grad_norm']}, "
+                f"param_norm={m['param_norm']}); stopped without saving: the checkpoints in {workdir} "
+                "are from before it. Lower optim.lr or set optim.clip_norm."
+            )
+        return m
+
+    def log(step: int, m: dict) -> None:
+        if step % tr.log_every and step != start + 1 and step != total:
+            return
+        m.update(lr=learning_rate(config.optim, step - 1, total))
+        writer.write(step, m)
+        progress.line(step, {"loss": m["loss"], "grad_norm": m["grad_norm"]}, frames_per_step[0])
+
+    def eval_and_log(step: int, beam_width: int = 0) -> dict:
+        ev = evaluate(model, state["params"], config, data, beam_width)
+        writer.write(step, {k: v for k, v in ev.items() if k != "examples"}, kind="eval")
+        print(f"eval at step {step}{f' (beam {beam_width})' if beam_width else ''}: WER {ev['wer']:.2%} "
+              f"CER {ev['cer']:.2%} digit-string accuracy {ev['string_accuracy']:.2%} on {ev['utterances']} "
+              f"held-out utterances; e.g. {ev['examples'][:2]}", flush=True)
+        return ev
+
+    pending = None  # (step, device metrics): fetched after the next step is dispatched
+    deadline = t_start + 60 * tr.max_minutes if tr.max_minutes else None
+    step, ev = start, None
+    while step < total:
+        lr = learning_rate(config.optim, step, total)
+        b = audio.connected_batch(data.train, data.noise_NxM, data.vocab, data.utterances, config.seed, step,
+                                  config.data.batch_size)
+        frames_per_step[0] = int(b.lengths_B.sum())
+        state, dev_metrics = train_step(model, tx, state, _device_batch(b), jnp.float32(lr),
+                                        jax.random.fold_in(key, step))
+        if pending is not None:  # host sync on the previous step only: keeps the device busy
+            log(pending[0], check(*pending))
+        step += 1
+        pending = (step, dev_metrics)
+        last = step == total or (deadline is not None and time.time() > deadline)
+        evaluating, saving = step % eval_every == 0 or last, step % ckpt_every == 0 or last
+        if evaluating or saving:  # host sync now: nothing is saved before its check
+            log(step, check(*pending))
+            pending = None
+        if evaluating and not last:
+            ev = eval_and_log(step)
+        if saving:
+            checkpointer.save(step, host_copy(state), meta(step))
+        if last:
+            break
+    checkpointer.wait()
+    finished = step >= total
+    train_seconds = seconds_before + time.time() - t_start
+    ev = eval_and_log(step)
+    summary = {"step": step, "finished": finished, "parameters": n_params, "train_seconds": train_seconds,
+               "held_out": config.data.test_speakers,
+               **{f"eval_{k}": v for k, v in ev.items() if k != "examples"}, "examples": ev["examples"]}
+    if config.eval.beam_width:
+        evb = eval_and_log(step, config.eval.beam_width)
+        summary.update({f"eval_beam_{k}": v for k, v in evb.items() if k != "examples"})
+    summary["total_seconds"] = seconds_before + time.time() - t_start
+    writer.write(step, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, kind="summary")
+    writer.close()
+    checkpointer.close()
+    print("summary: " + json.dumps(summary), flush=True)
+    if finished:
+        writers.write_json_atomic(result_path, summary)
+    return summary

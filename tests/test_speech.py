@@ -1,0 +1,132 @@
+"""The CTC acoustic model and its training loop: padding never changes loss or
+gradients, output lengths, every parameter learns, the smoke variant trains,
+resumes and refuses another config from the command line, and transcribe prints
+transcripts."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rnnlab import features as feat
+from rnnlab import train_speech
+from rnnlab.layers import Stack
+from rnnlab.models.speech import SpeechModel
+from tests.test_audio import _fake_fsdd
+
+FEATS = feat.FeatureSpec(n_mels=12, deltas=True)
+
+
+def _model(cell="lstm"):
+    return SpeechModel(FEATS, ((3, 2, 8), (3, 2, 8)), Stack(cell, 8, 6, num_layers=2, bidirectional=True), 11)
+
+
+def _batch(rng, n_t=37):
+    lengths = np.array([37, 30, 21])
+    x = rng.normal(size=(3, n_t, 12)).astype(np.float32)
+    for b, n in enumerate(lengths):
+        x[b, n:] = 0.0
+    return {"logmel": x, "lengths": lengths, "labels": np.array([[1, 2, 2], [3, 0, 0], [4, 5, 0]], np.int32),
+            "label_lengths": np.array([3, 1, 2], np.int32)}
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_junk_frames_past_the_lengths_change_neither_loss_nor_gradients(cell):
+    model = _model(cell)
+    params = model.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    batch = _batch(rng)
+    junk = dict(batch)
+    x = np.concatenate([batch["logmel"], 50 * rng.normal(size=(3, 27, 12)).astype(np.float32)], axis=1)
+    x[1, 30:37] = 1e3  # junk inside the array too, past utterance 1's length
+    x[2, 21:37] = -1e3
+    junk["logmel"] = x
+    grad = jax.jit(jax.value_and_grad(lambda p, b: model.loss_and_metrics(p, b)[0]))
+    l0, g0 = grad(params, batch)
+    l1, g1 = grad(params, junk)
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
+
+
+def test_output_lengths_follow_the_subsampling_and_one_step_changes_every_parameter():
+    model = _model()
+    params = model.init(jax.random.key(1))
+    batch = _batch(np.random.default_rng(1))
+    logits, out_len = jax.jit(model.apply)(params, jnp.asarray(batch["logmel"]), jnp.asarray(batch["lengths"]))
+    assert logits.shape == (3, 10, 11) and model.subsampling == 4
+    np.testing.assert_array_equal(out_len, [10, 8, 6])  # ceil(ceil(n / 2) / 2)
+    grads = jax.jit(jax.grad(lambda p: model.loss_and_metrics(p, batch)[0]))(params)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        assert float(jnp.max(jnp.abs(g))) > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
+
+
+def _run(args, cwd):
+    env = {**os.environ, "PYTHONPATH": cwd, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp_path):
+    repo = train_speech.REPO_ROOT
+    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
+    wd = str(tmp_path / "run")
+    cfg = f"--config={repo}/experiments/speech_recognition.py:smoke,data.root={root}"
+    r = _run(["-m", "rnnlab.main", cfg, f"--workdir={wd}"], repo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "eval at step 6" in r.stdout and "step 6/6" in r.stdout
+    result = json.load(open(os.path.join(wd, "result.json")))
+    assert result["finished"] and 0 <= result["eval_string_accuracy"] <= 1 and result["eval_utterances"] == 8
+    assert {"loss", "grad_norm", "param_norm", "update_norm", "lr"} <= set(
+        json.loads(open(os.path.join(wd, "metrics.jsonl")).readline()))
+    again = _run(["-m", "rnnlab.main", cfg, f"--workdir={wd}"], repo)  # finished: reads the result back
+    assert again.returncode == 0 and "run already finished" in again.stdout
+    other = _run(["-m", "rnnlab.main", cfg + ",H=32", f"--workdir={wd}"], repo)
+    assert other.returncode != 0 and "model.d_hidden" in other.stderr
+    wavs = [os.path.join(root, "3_jackson_0.wav"), os.path.join(root, "8_jackson_1.wav")]
+    t = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", *wavs, "--beam=2"], repo)
+    assert t.returncode == 0, t.stderr[-3000:]
+    lines = t.stdout.strip().splitlines()
+    assert [ln.split("\t")[0] for ln in lines] == wavs
+    assert all(set(ln.split("\t")[1]) <= set("0123456789 ") for ln in lines)
+
+
+def test_non_finite_loss_stops_the_run_without_saving(tmp_path):
+    from experiments.speech_recognition import get_config
+    from rnnlab.train import NonFiniteError
+
+    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=1)
+    config = get_config(f"smoke,data.root={root},optim.lr=1e30,optim.clip_norm=0,optim.warmup_steps=1")
+    with pytest.raises(NonFiniteError, match="non-finite training loss at step"):
+        train_speech.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints", "3"))
+
+
+def test_missing_data_folder_says_how_to_point_at_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.data.root"):
+        train_speech.fsdd_root(str(tmp_path / "nope"))
+
+
+def test_config_variants_sweep_and_report_table(tmp_path):
+    from experiments import speech_recognition as exp
+
+    assert exp.get_config("fsdd,held_out=lucas").data.test_speakers == "lucas"
+    assert exp.get_config("smoke").trainer == "rnnlab.train_speech:train_and_evaluate"
+    with pytest.raises(ValueError, match="unknown variant"):
+        exp.get_config("timit")
+    with pytest.raises(AttributeError):
+        exp.get_config("fsdd").data.batchsize = 3  # locked
+    assert [kw["data.test_speakers"] for _, kw in exp.trials()] == list(exp.SPEAKERS)
+    for speaker, wer in (("george", 0.04), ("lucas", 0.10)):
+        os.makedirs(tmp_path / "runs" / f"fsdd_{speaker}")
+        with open(tmp_path / "runs" / f"fsdd_{speaker}" / "result.json", "w") as f:
+            json.dump({"held_out": speaker, "step": 1500, "train_seconds": 600.0, "eval_wer": wer,
+                       "eval_cer": wer, "eval_string_accuracy": 1 - 3 * wer, "eval_utterances": 400}, f)
+    rep = exp.report(str(tmp_path / "runs"), str(tmp_path / "out"))
+    assert rep["average"]["wer"] == pytest.approx(0.07) and rep["average"]["train_minutes"] == pytest.approx(10)
+    assert rep["missing_speakers"] == ["jackson", "nicolas", "yweweler"] and rep["claim_wer_le_10pct"] is False
+    table = open(tmp_path / "out" / "table.md").read()
+    assert "| george | 1500 | 10.0 | 4.00% |" in table and "average (2 of 5)" in table
