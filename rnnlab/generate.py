@@ -86,13 +86,20 @@ def sampling_logits(
     All three may be traced: changing them does not recompile.
     """
     dtype = logits_BxV.dtype
+    logits_BxV = logits_BxV / jnp.asarray(temperature, dtype)
+    top_k, top_p = jnp.asarray(top_k, jnp.int32), jnp.asarray(top_p, dtype)
+    # The sort costs O(V log V) per row per token (most of a token's time at V = 33k):
+    # taken only when a filter is on; lax.cond runs one branch, and both stay traced.
+    return jax.lax.cond((top_k > 0) | (top_p < 1.0), _filtered, lambda x, k, p: x, logits_BxV, top_k, top_p)
+
+
+def _filtered(logits_BxV: Array, top_k: Array, top_p: Array) -> Array:
+    dtype = logits_BxV.dtype
     vocab_size = logits_BxV.shape[-1]
     neg_inf = jnp.array(-jnp.inf, dtype)
-    logits_BxV = logits_BxV / jnp.asarray(temperature, dtype)
     # One sort serves both rules; top-k by its k-th largest value rather than
     # lax.top_k, whose k must be static.
     sorted_BxV = -jnp.sort(-logits_BxV, axis=-1)  # descending
-    top_k = jnp.asarray(top_k, jnp.int32)
     k = jnp.where((top_k > 0) & (top_k < vocab_size), top_k, vocab_size)
     kth_Bx1 = jax.lax.dynamic_slice_in_dim(sorted_BxV, k - 1, 1, axis=-1)
     sorted_BxV = jnp.where(sorted_BxV < kth_Bx1, neg_inf, sorted_BxV)
@@ -102,7 +109,6 @@ def sampling_logits(
     before_BxV = jnp.concatenate(
         [jnp.zeros_like(probs_BxV[:, :1]), jnp.cumsum(probs_BxV, axis=-1)[:, :-1]], axis=-1
     )
-    top_p = jnp.asarray(top_p, dtype)
     # top_p >= 1 is "off" exactly, not up to the rounding of a cumsum near 1.
     keep_BxV = (before_BxV < top_p) | (top_p >= 1.0)
     cutoff_Bx1 = jnp.min(jnp.where(keep_BxV, sorted_BxV, jnp.inf), axis=-1, keepdims=True)
