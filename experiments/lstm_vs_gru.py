@@ -19,19 +19,22 @@ Regenerate the report only:
 With the launcher (each trial a process of rnnlab.main; grids: sweep = the study, zoo, smoke):
   python -m launch run experiments/lstm_vs_gru.py --root=runs/lstm_vs_gru [--grid=zoo] [--executor=slurm]
   python -m launch status experiments/lstm_vs_gru.py --root=runs/lstm_vs_gru
-Zoo: nice -n 5 python experiments/lstm_vs_gru.py --run --grid=zoo --root=runs/lstm_vs_gru_zoo --out=runs/lstm_vs_gru_zoo/report
-(the study's report takes ROOT_zoo's trials into its zoo table when that folder exists).
+Zoo: nice -n 10 python experiments/lstm_vs_gru.py --run --grid=zoo --root=runs/lstm_vs_gru_zoo --out=runs/lstm_vs_gru_zoo/report
+(the study's report takes ROOT_zoo's trials into its zoo table when that folder exists; when ROOT holds
+no study trials but OUT already has the study's report, it replaces only OUT's zoo section, figure and
+trials.csv lines, keeping the study's tables).
 One trial:
   python -m rnnlab.main --config=experiments/lstm_vs_gru.py:adding100,cell=gru,lr=0.01,seed=1 --workdir=DIR
 
 Variants (get_config's arg; keys after commas):
   default            = adding100 with the LSTM
-  adding50, adding100, copy5, copy20, digits, char_lm, zoo_adding100: one task of TASKS
+  adding50, adding100, copy5, copy20, digits, char_lm: one task of TASKS
+  zoo_adding100      the zoo's adding T=100: adding100's setting, LRU and IndRNN with 2 layers (ZOO_LAYERS)
   smoke              seconds: adding T=20, tiny model, 20 steps (tests run it)
-  smoke_lm           seconds: char LM on the embedded corpus, tiny model (the zoo's LM task)
+  smoke_lm           seconds: char LM on the embedded corpus, tiny model (the zoo's LM task; ZOO_LAYERS too)
   smoke_digits       seconds: digits row by row (T=8), tiny model
 Shorthand keys: cell=tanh|lstm|lstm_fb0|gru|<any registered cell>, lr=, seed=, steps=,
-budget= (parameter budget; the width follows), H= (a hand-picked width instead).
+budget= (parameter budget; the width follows), H= (a hand-picked width instead), layers= (the width follows).
 
 Sizes: budget 20,000 parameters for the char LM (tiny Shakespeare, 500 steps of 16 x 64 characters,
 embedding 16), 4,000 for the others (adding T=50/100: 600 steps of 50; copy with 5 symbols to recall
@@ -40,9 +43,8 @@ epochs). Widths: char LM tanh 102 / LSTM 54 / GRU 62; adding tanh 61 / LSTM 30 /
 26 / 30; digits 57 / 29 / 34. Adam, clipping 1.0, lrs {3e-3, 1e-2}, seeds {0, 1, 2}.
 
 RESULTS (the study run once, 2026-11-23, command above; 126 trials, all finished; 26.5 min of trial
-wall time on the 2-core machine shared with other agents' jobs, load average 6-10; the zoo grid, 32
-trials, 8.7 min more). Test metric at each cell's validation-chosen lr, mean ± std [95% CI] over 3 seeds
-(docs/lstm_vs_gru/README.md, results.csv):
+wall time on the 2-core machine shared with other agents' jobs, load average 6-10). Test metric at
+each cell's validation-chosen lr, mean ± std [95% CI] over 3 seeds (docs/lstm_vs_gru/README.md, results.csv):
   char LM, bpc      GRU 2.964 ± 0.014 [2.930, 2.997]  LSTM 3.037 ± 0.014 [3.001, 3.072]
                     tanh 3.097 ± 0.005 [3.084, 3.111]  -> GRU, CIs separate from both
   adding T=50, MSE  LSTM 0.00086 [-0.0007, 0.0024]  GRU 0.00106 [0.00003, 0.0021]  tanh 0.171
@@ -58,7 +60,31 @@ trials, 8.7 min more). Test metric at each cell's validation-chosen lr, mean ± 
 Gated beat tanh with separate CIs on char LM and adding (Chung et al. 2014); GRU vs LSTM is
 task-dependent and mostly within the CIs, GRU ahead on 4 of 6 tasks; forget bias 1 vs 0: better on
 adding T=100 (mean 0.002 vs 0.018) but within the CIs, and not on copy (Jozefowicz et al. 2015's
-gap-closing is not clearly visible at this budget). Zoo: every registered cell ran (README table).
+gap-closing is not clearly visible at this budget).
+
+ZOO (the zoo grid run 2026-11-29, command above: 16 registered cells x {adding T=100, LM smoke} x lrs
+{3e-3, 1e-2}, seed 0 = 64 trials, all finished; 29.3 min of trial wall time on the 2-core machine shared
+with other jobs, load average 4.8 at start, 6-11 during, 10.7 at end). Adding T=100 is the study's
+adding100 (600 steps, batch 50, Adam, clipping 1.0, 4,000 parameters); LRU and IndRNN 2 layers (2x23,
+2x60), every other cell 1 layer; lr chosen on eval MSE. Test MSE / baseline 1/6 (README "Zoo" table):
+  slstm 0.003  rglru 0.004  cifg 0.005  gru 0.005  mgu 0.006  mogrifier 0.006  lstm 0.008  peephole 0.008
+  lnlstm 0.009  ugrnn 0.012  lstmp 0.027  indrnn 0.232  minlstm 0.235  lru 0.266  mingru 0.762  tanh 0.996
+15 of 16 below the baseline by more than 2 standard errors of the 500-sequence test MSE (< 0.149); every
+LM smoke finished (test bpc 4.97-5.40 after 20 steps). Why the earlier grid (300 steps, lr 1e-2 only, one
+layer) left indrnn, lru, lstmp, mingru, peephole (and minlstm, 0.92 x) at the baseline:
+  - steps: peephole, lstmp and minLSTM sat on the adding task's plateau until step 300 (eval 0.19, 0.17,
+    0.17) and left it by step 400-500 at the same width and lr (peephole, checked on one trial before
+    the grid: 0.0013 at 600 steps with lr 1e-2, 0.064 with 3e-3);
+  - depth: one LRU layer cannot form sum_t v_t m_t (its h_T is linear in the inputs) and one IndRNN layer
+    did not (0.249 here; 0.166-0.168 at 400 steps in benchmarks/zoo_adding.py); two layers at the same
+    budget reach 0.044 and 0.039;
+  - width: minGRU gets 571 units at the budget (4 parameters and a readout weight each) and trains
+    noisily (eval 0.035-0.24 between evaluations, gradients clipped throughout; 0.127 at 600 steps at lr
+    1e-2, 0.145 at 3e-3, checked on one trial before the grid). As diagnostics outside the grid (not
+    selections): minGRU 1x32 (225 parameters) 0.010, 2x43 (4,086) 0.0007.
+Still at the baseline: the tanh RNN (0.166 at both lrs, as in the study's adding100 over 3 seeds and
+gradient_flow.py's 1000 steps): vanishing gradients through 100 tanh steps (||dL/dh_t|| shrinks ~0.8
+per step at initialisation, gradient_flow.py), the failure that gating was invented for.
 """
 
 from __future__ import annotations
@@ -106,13 +132,28 @@ TASKS: dict[str, dict[str, Any]] = {
     "copy5": dict(trainer=TASK_TRAINER, name="copy", length=5, batch=50, budget=4_000, steps=800),
     "copy20": dict(trainer=TASK_TRAINER, name="copy", length=20, batch=50, budget=4_000, steps=800),
     "digits": dict(trainer=TASK_TRAINER, name="digits", length=64, batch=32, budget=4_000, steps=600),
-    # the zoo (every registered cell) and the smoke variants
-    "zoo_adding100": dict(trainer=TASK_TRAINER, name="adding", length=100, batch=50, budget=4_000, steps=300),
+    # the zoo (every registered cell): adding T=100 exactly as the study's adding100
+    "zoo_adding100": dict(trainer=TASK_TRAINER, name="adding", length=100, batch=50, budget=4_000, steps=600),
+    # the smoke variants (smoke_lm is also the zoo's LM task)
     "smoke": dict(trainer=TASK_TRAINER, name="adding", length=20, batch=8, budget=300, steps=20),
     "smoke_digits": dict(trainer=TASK_TRAINER, name="digits", length=8, batch=8, budget=600, steps=20),
     "smoke_lm": dict(trainer=LM_TRAINER, budget=3_000, steps=20),
 }
 STUDY_TASKS = ("char_lm", "adding50", "adding100", "copy5", "copy20", "digits")
+ZOO_TASKS = ("zoo_adding100", "smoke_lm")  # the zoo grid: every registered cell on both, at every lr of LRS
+# Layers per cell in the zoo (others: 1), as the cells' papers run the adding task: a single
+# LRU's h_T is linear in its inputs, so it cannot form sum_t v_t m_t (Orvieto et al. 2023 stack
+# LRU blocks with a nonlinearity between); IndRNN solves the adding task with 2 layers (Li et al.
+# 2018, sec. 4.1: one layer of independent ReLU units cannot both gate by the marker and
+# accumulate). The width is matched to the budget for that many layers.
+ZOO_LAYERS = {"lru": 2, "indrnn": 2}
+ADDING_BASELINE = 1 / 6  # MSE of always predicting 1 = E[v_1 + v_2], v ~ U(0, 1)
+# Sampling error of a test MSE near the baseline: the test stream has eval_batches x
+# eval_batch_size = 500 sequences; for a predictor of 1 the squared error e^2, e = v_1 + v_2 - 1
+# (triangular on [-1, 1]), has variance E[e^4] - E[e^2]^2 = 1/15 - 1/36. "Below the baseline"
+# means by more than 2 standard errors (test MSE < 0.895 x baseline), not a hair under it.
+ADDING_TEST_SEQUENCES = 500
+BELOW_BASELINE = ADDING_BASELINE - 2 * float(np.sqrt((1 / 15 - 1 / 36) / ADDING_TEST_SEQUENCES))
 
 # Per task: (validation key, test key, 'min'|'max', label). Keys of the trial's result.json:
 # the task loop's eval_* is its validation stream (fresh batches, or the digits' valid split),
@@ -181,7 +222,8 @@ def _set_task(c: ml_collections.ConfigDict, task: str) -> None:
     c.generate.length = 0
 
 
-SHORTHAND = {"lr": "optim.lr", "seed": "seed", "steps": "train.num_steps", "budget": "study.param_budget"}
+SHORTHAND = {"lr": "optim.lr", "seed": "seed", "steps": "train.num_steps", "budget": "study.param_budget",
+             "layers": "model.num_layers"}
 
 
 def get_config(arg: str = "") -> ml_collections.ConfigDict:
@@ -198,6 +240,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             hand_picked = int(v)
         else:
             configs.set_dotted(c, SHORTHAND.get(k, k), v)
+    if variant in ZOO_TASKS and not {"layers", "model.num_layers"} & set(overrides):
+        c.model.num_layers = ZOO_LAYERS.get(c.model.cell, 1)  # the cell as its paper runs it (ZOO_LAYERS)
     if hand_picked is not None:
         c.model.d_hidden, c.study.param_budget = hand_picked, 0
     elif c.study.param_budget > 0:
@@ -298,11 +342,14 @@ def sweep(add):
 
 def zoo(add):
     """Every registered cell (rnnlab.cells.available(), found by listing the package:
-    a new cell file joins with no edit here) on adding T=100 and the char-LM smoke,
-    one seed, lr 1e-2 and 3e-3."""
+    a new cell file joins with no edit here) on adding T=100 (as the study's adding100:
+    600 steps, clipping 1.0) and the char-LM smoke, at every lr of LRS (the report picks
+    each cell's on validation), one seed; LRU and IndRNN with ZOO_LAYERS layers.
+    16 cells x 2 tasks x 2 lrs = 64 trials."""
     for cell in cells.available():
-        add(**overrides("zoo_adding100", cell, 1e-2, 0))
-        add(**overrides("smoke_lm", cell, 3e-3, 0))
+        for task in ZOO_TASKS:
+            for lr in LRS:
+                add(**overrides(task, cell, lr, 0))
 
 
 def smoke(add):
@@ -330,7 +377,8 @@ def describe(config: Any) -> dict:
         label = f"lstm_fb{float(opts['forget_bias']):g}"
     task, lr, seed = get("study.task"), float(get("optim.lr")), int(get("seed"))
     return {"name": f"{task}_{label}_lr{lr:g}_seed{seed}", "task": task, "cell": label, "lr": lr, "seed": seed,
-            "d_hidden": int(get("model.d_hidden")), "budget": int(get("study.param_budget")),
+            "d_hidden": int(get("model.d_hidden")), "layers": int(get("model.num_layers")),
+            "budget": int(get("study.param_budget")),
             "num_steps": int(get("train.num_steps"))}
 
 
@@ -363,20 +411,23 @@ def run_study(root: str, grid: str = "sweep") -> list[dict]:
     (a stopgap for launch/: it reuses jit compilations across seeds and learning
     rates, which matters on 2 CPU cores). A finished trial (result.json) is
     reused; an unfinished one resumes; one that fails is recorded and the rest
-    go on. Writes root/study.json (trial -> state, seconds, error)."""
+    go on. Writes root/study.json (trial -> state, seconds, error; a reused trial keeps
+    the record of the run that made it; the load average at start and end)."""
     from rnnlab import main as main_lib
     from rnnlab import writers
 
     added: list[dict] = []
     GRIDS[grid][0](lambda **kw: added.append(kw))
     os.makedirs(root, exist_ok=True)
-    runs, t_study = [], time.time()
+    record_path = os.path.join(root, "study.json")
+    before = {r["name"]: r for r in json.load(open(record_path))["runs"]} if os.path.exists(record_path) else {}
+    runs, t_study, load_start = [], time.time(), list(os.getloadavg())
     for i, trial_overrides in enumerate(added):
         config = resolve(trial_overrides)
         info = describe(config)
         wd = os.path.join(root, info["name"])
         if os.path.exists(os.path.join(wd, "result.json")):
-            runs.append({"name": info["name"], "state": "finished", "reused": True})
+            runs.append({**before.get(info["name"], {"name": info["name"], "state": "finished"}), "reused": True})
             continue
         elapsed = time.time() - t_study
         print(f"=== [{i + 1}/{len(added)}] {info['name']} (H={info['d_hidden']}; study {elapsed / 60:.1f} min so far)",
@@ -389,7 +440,10 @@ def run_study(root: str, grid: str = "sweep") -> list[dict]:
             state, error = ("non-finite" if "non-finite" in str(e) else "failed"), f"{type(e).__name__}: {e}"[:500]
             print(f"    {state}: {error}", flush=True)
         runs.append({"name": info["name"], "state": state, "seconds": time.time() - t0, "error": error})
-        writers.write_json_atomic(os.path.join(root, "study.json"), {"grid": grid, "runs": runs})
+        writers.write_json_atomic(record_path, {"grid": grid, "runs": runs, "load_avg_start": load_start,
+                                                "load_avg_end": list(os.getloadavg())})
+    writers.write_json_atomic(record_path, {"grid": grid, "runs": runs, "load_avg_start": load_start,
+                                            "load_avg_end": list(os.getloadavg())})
     return runs
 
 
@@ -478,7 +532,8 @@ def summarize(rows: list[dict]) -> dict:
                 test = mean_ci([r["result"][test_key] for r in ok])
                 by_lr[lr] = {"lr": lr, "seeds": len(trials), "finished": len(ok), "valid": val, "test": test,
                              "parameters": ok[0]["parameters"] if ok else None,
-                             "d_hidden": trials[0]["d_hidden"], "trials": [r["name"] for r in trials],
+                             "d_hidden": trials[0]["d_hidden"], "layers": trials[0]["layers"],
+                             "trials": [r["name"] for r in trials],
                              "tokens_per_s": float(np.mean([r["tokens_per_s"] for r in ok])) if ok else None}
             complete = [b for b in by_lr.values() if b["finished"] == b["seeds"] and b["finished"] > 0]
             pool = complete or [b for b in by_lr.values() if b["finished"]]
@@ -516,7 +571,11 @@ def plot_curves(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
 
     files = []
     for task, s in summary.items():
-        fig, ax = plt.subplots(figsize=(6, 4))
+        many = len(s["cells"]) > 10  # the zoo: 20 distinct colours, a wider figure, the legend beside it
+        fig, ax = plt.subplots(figsize=(9, 5) if many else (6, 4))
+        if many:
+            ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
+        kind = next(r["curve_metric"] for r in rows if r["task"] == task)
         for cell, c in s["cells"].items():
             if not c["best"]:
                 continue
@@ -528,15 +587,15 @@ def plot_curves(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
             line, = ax.plot(steps, vals.mean(0), "o-", ms=3,
                             label=f"{cell} (lr {c['best']['lr']:g}, {c['best']['parameters']} params)")
             ax.fill_between(steps, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.15)
-            kind = next(r["curve_metric"] for r in rows if r["task"] == task)
-        ax.set_title(f"{task}: validation, mean over seeds (band: min..max)")
+        seeds = max((len(c["best"]["trials"]) for c in s["cells"].values() if c["best"]), default=0)
+        ax.set_title(f"{task}: validation, " + ("mean over seeds (band: min..max)" if seeds > 1 else "one seed"))
         ax.set_xlabel("step")
         ax.set_ylabel(kind)
         if s["test_key"] == "test_loss" and task.startswith(("adding", "zoo_adding")):
             ax.set_yscale("log")
-            ax.axhline(1 / 6, color="gray", ls="--", lw=1, label="baseline 1/6")
+            ax.axhline(ADDING_BASELINE, color="gray", ls="--", lw=1, label="baseline 1/6")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7 if many else 8, **(dict(loc="center left", bbox_to_anchor=(1.01, 0.5)) if many else {}))
         fig.tight_layout()
         name = f"curves_{task}.png"
         fig.savefig(os.path.join(out_dir, name), dpi=110)
@@ -561,13 +620,26 @@ def write_csv(rows: list[dict], summary: dict, out_dir: str) -> None:
                 w.writerow([task, s["test_key"], cell, b["lr"], b["parameters"], b["d_hidden"], b["finished"],
                             b["valid"]["mean"], b["test"]["mean"], b["test"]["std"], b["test"]["ci_low"],
                             b["test"]["ci_high"], cell == s["winner"], cell in s["overlapping"]])
-    keys = ["name", "task", "cell", "lr", "seed", "d_hidden", "parameters", "finished", "tokens_per_s"]
-    with open(os.path.join(out_dir, "trials.csv"), "w", newline="") as f:
-        w = csv.writer(f)
-        result_keys = sorted({k for r in rows for k in r["result"] if isinstance(r["result"][k], (int, float))})
-        w.writerow(keys + result_keys)
-        for r in rows:
-            w.writerow([r[k] for k in keys] + [r["result"].get(k, "") for k in result_keys])
+    _write_trials_csv(os.path.join(out_dir, "trials.csv"), [_trial_record(r) for r in rows])
+
+
+TRIAL_KEYS = ["name", "task", "cell", "lr", "seed", "layers", "d_hidden", "parameters", "finished", "tokens_per_s"]
+
+
+def _trial_record(row: dict) -> dict:
+    """One line of trials.csv: what the trial is, then its result's numbers."""
+    numbers = {k: v for k, v in row["result"].items() if isinstance(v, (int, float)) and k not in TRIAL_KEYS}
+    return {**{k: row[k] for k in TRIAL_KEYS}, **numbers}
+
+
+def _write_trials_csv(path: str, records: list[dict]) -> None:
+    import csv
+
+    result_keys = sorted({k for r in records for k in r if k not in TRIAL_KEYS})
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, TRIAL_KEYS + result_keys, restval="")
+        w.writeheader()
+        w.writerows(records)
 
 
 def comparison_paragraph(summary: dict) -> str:
@@ -661,52 +733,188 @@ def markdown(rows: list[dict], summary: dict, figures: list[str], zoo_rows: list
         lines += ["", f"Winner: **{s['winner']}**; " + (f"its CI overlaps {', '.join(ov)}'s (not separated)." if ov
                                                          else "its CI overlaps no other cell's."), ""]
     lines += [comparison_paragraph(study), ""] if study else []
-    if zoo_rows:
-        lines += ["## Zoo: every registered cell", "",
-                  "Adding T=100 (300 steps, lr 1e-2) and the char-LM smoke (embedded corpus, 20 steps, lr 3e-3), one "
-                  "seed, each cell at the width matching the budget. tokens/s: training tokens between the first and the "
-                  "last logged step over the wall time between them (after compilation; evaluations in between and "
-                  "the other jobs on the shared 2-core machine included: compare ratios, not absolute speed).", "",
-                  "| cell | adding T=100 test MSE | params | tokens/s | char-LM smoke test bpc | params | tokens/s |",
-                  "|---|---|---|---|---|---|---|"]
-        for cell in sorted({r["cell"] for r in zoo_rows}):
-            a = next((r for r in zoo_rows if r["cell"] == cell and r["task"] == "zoo_adding100"), None)
-            m = next((r for r in zoo_rows if r["cell"] == cell and r["task"] == "smoke_lm"), None)
-            cols = []
-            for r, key in ((a, "test_loss"), (m, "test_bpc")):
-                if r is None or not r["finished"]:
-                    cols += ["failed" if r else "-", _fmt(r and r["parameters"]), "-"]
-                else:
-                    cols += [_fmt(r["result"].get(key)), str(r["parameters"]), _fmt(r["tokens_per_s"], ",.0f")]
-            lines.append(f"| {cell} | " + " | ".join(cols) + " |")
-        lines.append("")
+    lines += zoo_markdown(zoo_table(zoo_rows), _zoo_run_info(zoo_rows)) if zoo_rows else []
     if figures:
         lines += ["## Learning curves", ""] + [f"![{f}]({f})" for f in figures] + [""]
     lines += ["Files: `results.csv` (per task and cell), `trials.csv` (per trial), `report.json`.", ""]
     return "\n".join(lines)
 
 
+def zoo_table(zoo_rows: list[dict]) -> list[dict]:
+    """Per registered cell, per zoo task: the lr chosen on validation (summarize: eval_loss,
+    valid_bpc; never the test metric) and, at it, the test metric, layers, width, parameters
+    and tokens/s; on adding, the ratio to the baseline and whether it is below it (BELOW_BASELINE)."""
+    summary = summarize(zoo_rows)
+    out = []
+    for cell in sorted({r["cell"] for r in zoo_rows}):
+        entry: dict[str, Any] = {"cell": cell}
+        for task, part in (("zoo_adding100", "adding"), ("smoke_lm", "lm")):
+            c = summary.get(task, {}).get("cells", {}).get(cell)
+            b = c["best"] if c else None
+            entry[part] = None if c is None else {
+                "lr": b and b["lr"], "layers": b and b["layers"], "d_hidden": b and b["d_hidden"],
+                "parameters": b and b["parameters"], "valid": b and b["valid"]["mean"], "test": b and b["test"]["mean"],
+                "tokens_per_s": b and b["tokens_per_s"],
+                "valid_by_lr": {lr: (x["valid"]["mean"] if x["finished"] else None) for lr, x in c["by_lr"].items()}}
+        a = entry["adding"]
+        if a and a["test"] is not None:
+            a.update(ratio=a["test"] / ADDING_BASELINE, below_baseline=bool(a["test"] < BELOW_BASELINE))
+        out.append(entry)
+    return out
+
+
+def _zoo_run_info(zoo_rows: list[dict]) -> dict:
+    """The zoo grid's run record (root/study.json, written by run_study) when there is one."""
+    roots = sorted({os.path.dirname(r["workdir"]) for r in zoo_rows if "workdir" in r})
+    path = os.path.join(roots[0], "study.json") if len(roots) == 1 else ""
+    return json.load(open(path)) if path and os.path.exists(path) else {}
+
+
+def zoo_markdown(table: list[dict], run_info: dict) -> list[str]:
+    """The zoo section of the report: one line per registered cell, adding T=100 and the LM smoke."""
+    lrs = sorted({lr for e in table if e["adding"] for lr in e["adding"]["valid_by_lr"]})
+    lines = ["## Zoo: every registered cell", "",
+             f"Every cell in rnnlab/cells (found by listing the package) on adding T=100 exactly as the study's "
+             f"adding100 ({TASKS['zoo_adding100']['steps']} steps of batch 50, Adam, clipping 1.0, width matched to "
+             f"{TASKS['zoo_adding100']['budget']:,} parameters for the cell's layer count) and on the char-LM smoke "
+             f"(embedded corpus, {TASKS['smoke_lm']['steps']} steps, {TASKS['smoke_lm']['budget']:,} parameters), "
+             f"one seed, at every lr of {', '.join(f'{x:g}' for x in LRS)}; each cell's lr is chosen per task on "
+             f"the validation metric (eval MSE, valid bpc), never on test. "
+             + ", ".join(f"{k.upper() if k == 'lru' else 'IndRNN' if k == 'indrnn' else k} {v} layers"
+                         for k, v in ZOO_LAYERS.items())
+             + " as their papers run this task (ZOO_LAYERS in the experiment); every other cell 1 layer. "
+             f"Baseline MSE 1/6 = {ADDING_BASELINE:.4f} (always predict 1); 'below' means a test MSE under "
+             f"{BELOW_BASELINE:.3f} = 1/6 - 2 standard errors of the {ADDING_TEST_SEQUENCES}-sequence test "
+             f"estimate ({BELOW_BASELINE / ADDING_BASELINE:.3f} x baseline), so a hair under 1/6 is not counted. "
+             "tokens/s: training tokens between the first and the last logged step over the wall time between "
+             "them (after compilation; evaluations in between and the other jobs on the shared 2-core machine "
+             "included: compare ratios, not absolute speed).", ""]
+    if run_info.get("runs"):
+        secs = sum(r.get("seconds") or 0 for r in run_info["runs"])
+        states = [r["state"] for r in run_info["runs"]]
+        load = run_info.get("load_avg_start")
+        lines += [f"Run: {len(states)} trials, {states.count('finished')} finished; {secs / 60:.1f} min of trial "
+                  f"wall time" + (f", load average {load[0]:.1f} at start, {run_info['load_avg_end'][0]:.1f} at end"
+                                  if load and run_info.get("load_avg_end") else "") + ".", ""]
+    lines += ["| cell | layers x width | params | lr (chosen) | validation MSE at lr "
+              + " / ".join(f"{x:g}" for x in lrs) + " | adding T=100 test MSE | / baseline | below baseline | "
+              "tokens/s | LM smoke lr | LM test bpc | LM params (layers x width) | LM tokens/s |",
+              "|---|---|---:|---:|---|---:|---:|---|---:|---:|---:|---:|---:|"]
+    for e in table:
+        a, m = e["adding"], e["lm"]
+        if a and a["test"] is not None:
+            per_lr = " / ".join(_fmt(a["valid_by_lr"].get(x)) if a["valid_by_lr"].get(x) is not None else "failed"
+                                for x in lrs)
+            cols = [f"{a['layers']}x{a['d_hidden']}", f"{a['parameters']:,}", f"{a['lr']:g}", per_lr, _fmt(a["test"]),
+                    f"{a['ratio']:.3f}", "yes" if a["below_baseline"] else "**no**", _fmt(a["tokens_per_s"], ",.0f")]
+        else:
+            cols = ["-", "-", "-", "failed" if a else "not run", "-", "-", "**no**", "-"]
+        if m and m["test"] is not None:
+            cols += [f"{m['lr']:g}", _fmt(m["test"]), f"{m['parameters']:,} ({m['layers']}x{m['d_hidden']})",
+                     _fmt(m["tokens_per_s"], ",.0f")]
+        else:
+            cols += ["-", "failed" if m else "not run", "-", "-"]
+        lines.append(f"| {e['cell']} | " + " | ".join(cols) + " |")
+    below = [e["cell"] for e in table if e["adding"] and e["adding"].get("below_baseline")]
+    not_below = [f"{e['cell']} ({_fmt(e['adding']['ratio'], '.3f')} x baseline)" if e["adding"] and
+                 e["adding"].get("ratio") is not None else f"{e['cell']} (no finished trial)"
+                 for e in table if e["cell"] not in below]
+    lm_ok = [e["cell"] for e in table if e["lm"] and e["lm"]["test"] is not None]
+    lines += ["", f"Below the baseline on adding T=100: {len(below)} of {len(table)} cells"
+              + (f"; not: {', '.join(not_below)}." if not_below else ".")
+              + f" LM smoke finished: {len(lm_ok)} of {len(table)}. Why each cell passes or fails (steps, depth, "
+              "width), with the single-trial checks: the experiment's docstring (ZOO).", ""]
+    return lines
+
+
+def _zoo_curves(zoo_rows: list[dict], out_dir: str) -> list[str]:
+    summary = {t: s for t, s in summarize(zoo_rows).items() if t == "zoo_adding100"}
+    return plot_curves(zoo_rows, summary, out_dir) if summary else []
+
+
+def _zoo_json(zoo_rows: list[dict], table: list[dict]) -> dict:
+    return {"zoo": [{k: r[k] for k in ("name", "cell", "task", "lr", "layers", "d_hidden", "parameters", "tokens_per_s",
+                                       "finished", "result")} for r in zoo_rows],
+            "zoo_table": table}
+
+
 def report(root: str, out_dir: str, zoo_root: str = "") -> dict:
-    """Gather the trials under ``root`` (and ``zoo_root``), write README.md,
-    results.csv, trials.csv, curves_<task>.png and report.json into ``out_dir``."""
+    """Gather the trials under ``root`` (and ``zoo_root``; zoo tasks found under ``root``
+    count as the zoo), write README.md, results.csv, trials.csv, curves_<task>.png and
+    report.json into ``out_dir``. With zoo trials only and a study report already in
+    ``out_dir`` (report.json with a summary), update only its zoo section (update_zoo)."""
     from rnnlab import writers
 
     os.makedirs(out_dir, exist_ok=True)
-    rows = gather(root)
-    if not rows:
+    gathered = gather(root) if os.path.isdir(root) else []
+    rows = [r for r in gathered if r["task"] not in ZOO_TASKS]
+    zoo_rows = [r for r in gathered if r["task"] in ZOO_TASKS]
+    if zoo_root and os.path.isdir(zoo_root) and os.path.abspath(zoo_root) != os.path.abspath(root):
+        zoo_rows += gather(zoo_root)
+    if not rows and not zoo_rows:
         raise ValueError(f"no trials of lstm_vs_gru under {root}; run them first (--run)")
-    zoo_rows = gather(zoo_root) if zoo_root and os.path.isdir(zoo_root) else []
+    old = os.path.join(out_dir, "report.json")
+    if not rows and os.path.exists(old) and json.load(open(old)).get("summary"):
+        print(f"no study trials under {root}: updating only the zoo section of {out_dir} (the study's tables kept)",
+              flush=True)
+        return update_zoo(out_dir, zoo_rows)
     summary = summarize(rows)
-    figures = plot_curves(rows, summary, out_dir)
+    figures = plot_curves(rows, summary, out_dir) + _zoo_curves(zoo_rows, out_dir)
     write_csv(rows + zoo_rows, summary, out_dir)
     text = markdown(rows, summary, figures, zoo_rows)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write(text)
-    rep = {"summary": summary, "figures": figures,
-           "zoo": [{k: r[k] for k in ("name", "cell", "task", "parameters", "tokens_per_s", "finished", "result")}
-                   for r in zoo_rows]}
+    rep = {"summary": summary, "figures": figures, **_zoo_json(zoo_rows, zoo_table(zoo_rows))}
     writers.write_json_atomic(os.path.join(out_dir, "report.json"), rep)
     print(text, flush=True)
+    return rep
+
+
+def update_zoo(out_dir: str, zoo_rows: list[dict]) -> dict:
+    """Replace the zoo in an existing report (README.md's zoo section, report.json's
+    zoo entries, the zoo tasks' lines of trials.csv, the zoo figure), keeping the
+    study's tables, results.csv and figures as they are: for a zoo rerun when the
+    study's trials are not on this machine."""
+    import csv
+
+    from rnnlab import writers
+
+    table = zoo_table(zoo_rows)
+    figures = _zoo_curves(zoo_rows, out_dir)
+    section = zoo_markdown(table, _zoo_run_info(zoo_rows))
+    section[2:2] = ["_This section was regenerated from the zoo grid's trials alone (the study's trials were not "
+                    "under the report's root); the tables above are from the study's own run._", ""]
+    with open(os.path.join(out_dir, "README.md")) as f:
+        lines = f.read().split("\n")
+    starts = [i for i, line in enumerate(lines) if line.startswith("## Zoo")]
+    if starts:
+        end = next((i for i in range(starts[0] + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        lines[starts[0]:end] = section
+    else:
+        at = next((i for i, line in enumerate(lines) if line.startswith(("## Learning curves", "Files:"))), len(lines))
+        lines[at:at] = section
+    for fig in figures:
+        if f"![{fig}]({fig})" not in lines:
+            at = next((i for i, line in enumerate(lines) if line.startswith("Files:")), len(lines))
+            if not any(line.startswith("## Learning curves") for line in lines):
+                lines[at:at] = ["## Learning curves", ""]
+                at += 2
+            last_fig = max((i for i in range(at) if lines[i].startswith("![")), default=at - 1)
+            lines.insert(last_fig + 1, f"![{fig}]({fig})")
+    text = "\n".join(lines)
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write(text)
+    rep = json.load(open(os.path.join(out_dir, "report.json")))
+    rep.update(_zoo_json(zoo_rows, table))
+    rep["figures"] = list(rep.get("figures", [])) + [f for f in figures if f not in rep.get("figures", [])]
+    writers.write_json_atomic(os.path.join(out_dir, "report.json"), rep)
+    path = os.path.join(out_dir, "trials.csv")
+    kept = []
+    if os.path.exists(path):
+        with open(path, newline="") as f:
+            kept = [r for r in csv.DictReader(f) if r["task"] not in ZOO_TASKS]  # repeated columns: equal values
+    _write_trials_csv(path, kept + [_trial_record(r) for r in zoo_rows])
+    print("\n".join(section), flush=True)
     return rep
 
 

@@ -1,8 +1,11 @@
 """experiments/lstm_vs_gru.py: widths matched to a parameter budget (against
 closed-form counts and a brute-force search), the sweep covers the study and
 its overrides survive the command line, the zoo takes every registered cell
-(a new cell file included, with no edit), the smoke variant trains, and the
-report picks learning rates on validation and gives the CIs scipy gives."""
+(a new cell file included, with no edit) at every lr, with the study's adding
+setting and a budget matched for the cell's layer count, the smoke variant
+trains, the report picks learning rates on validation and gives the CIs scipy
+gives, and the zoo table judges 'below baseline' and replaces only the zoo part
+of an existing report."""
 
 import json
 import math
@@ -72,12 +75,35 @@ def test_zoo_takes_every_registered_cell_including_a_new_file(tmp_path, monkeypa
     assert "toy_h3_cell" in cells.available()
     added = []
     exp.zoo(lambda **kw: added.append(kw))
-    got = {(d["cell"], d["task"]) for d in (exp.describe(exp.resolve(o)) for o in added)}
+    got = {(d["cell"], d["task"], d["lr"]) for d in (exp.describe(exp.resolve(o)) for o in added)}
     labels = {"elman": "tanh"}
-    assert got == {(labels.get(n, n), t) for n in cells.available() for t in ("zoo_adding100", "smoke_lm")}
+    assert got == {(labels.get(n, n), t, lr) for n in cells.available() for t in exp.ZOO_TASKS for lr in exp.LRS}
+    assert len(added) == len(got)
     toy = exp.resolve(next(o for o in added if o.get("model.cell") == "toy_h3_cell"))
     tanh = exp.get_config("zoo_adding100,cell=tanh")
     assert toy.model.d_hidden == tanh.model.d_hidden  # same parameters as elman: the same matched width
+
+
+def test_zoo_adding_is_the_studys_adding100_with_paper_depth_at_the_budget():
+    study = exp.get_config("adding100,cell=gru").to_dict()
+    zoo = exp.get_config("zoo_adding100,cell=gru").to_dict()
+    zoo["study"]["task"] = "adding100"
+    assert zoo == study  # same steps, batch, optimizer, clipping, budget: only the name differs
+    for cell, layers in exp.ZOO_LAYERS.items():
+        for task in exp.ZOO_TASKS:
+            c = exp.get_config(f"{task},cell={cell}")
+            assert c.model.num_layers == layers
+            one = exp.get_config(f"{task},cell={cell},layers=1")
+            assert one.model.num_layers == 1 and one.model.d_hidden > c.model.d_hidden  # width follows the depth
+            count = exp.parameter_count(c, c.model.d_hidden)
+            assert abs(count - c.study.param_budget) <= abs(exp.parameter_count(c, c.model.d_hidden + 1)
+                                                           - c.study.param_budget)
+            assert abs(count - c.study.param_budget) / c.study.param_budget < 0.06
+    assert exp.get_config("adding100,cell=lru").model.num_layers == 1  # the study itself is unchanged
+    # 'below baseline' = more than 2 standard errors of a 500-sequence test MSE under 1/6
+    e = np.random.default_rng(0).uniform(size=(200_000, 2)).sum(1) - 1
+    se = np.std(e**2) / np.sqrt(exp.ADDING_TEST_SEQUENCES)
+    assert exp.BELOW_BASELINE == pytest.approx(1 / 6 - 2 * se, rel=2e-3)
 
 
 def test_smoke_variant_trains_and_a_sweep_trial_runs_from_the_command_line(tmp_path):
@@ -102,6 +128,7 @@ def test_smoke_variant_trains_and_a_sweep_trial_runs_from_the_command_line(tmp_p
 def _row(task, cell, lr, seed, valid, test):
     val_key, test_key = exp.METRICS[task][:2]
     return {"name": f"{task}_{cell}_{lr}_{seed}", "task": task, "cell": cell, "lr": lr, "seed": seed, "d_hidden": 8,
+            "layers": 1,
             "finished": True, "parameters": 100, "tokens_per_s": 1.0, "curve": [], "curve_metric": "eval loss",
             "result": {val_key: valid, test_key: test}}
 
@@ -150,3 +177,61 @@ def test_report_end_to_end(tmp_path, monkeypatch):
     text = open(os.path.join(out, "README.md")).read()
     assert "Chung et al. (2014)" in text and "Jozefowicz et al. (2015)" in text and "winner" in text
     assert exp.run_study(root, "tiny")[0].get("reused")  # a rerun reuses finished trials
+
+
+def _zoo_rows():
+    """Two cells on both zoo tasks at both lrs; lr 0.003 has the better test MSE but
+    the worse validation; 'slow' stays at the baseline; 'broken' diverges at 0.01."""
+    rows = []
+    for cell, (v3, t3, v1, t1) in {"fast": (0.02, 0.001, 0.01, 0.005), "slow": (0.2, 0.16, 0.17, 0.165),
+                                    "broken": (0.1, 0.09, None, None)}.items():
+        for lr, valid, test in ((0.003, v3, t3), (0.01, v1, t1)):
+            a = _row("zoo_adding100", cell, lr, 0, valid, test)
+            a["finished"] = valid is not None
+            a["result"] = a["result"] if valid is not None else {}
+            a["curve"] = [(300, 0.17), (600, valid)] if valid is not None else []
+            rows += [a, _row("smoke_lm", cell, lr, 0, 6.0 - lr, 6.1 - 10 * lr)]
+    return rows
+
+
+def test_zoo_table_chooses_lr_on_validation_and_judges_the_baseline():
+    table = {e["cell"]: e for e in exp.zoo_table(_zoo_rows())}
+    fast, slow, broken = table["fast"]["adding"], table["slow"]["adding"], table["broken"]["adding"]
+    assert fast["lr"] == 0.01 and fast["test"] == 0.005 and fast["below_baseline"]  # validation decides, not test
+    assert fast["ratio"] == pytest.approx(0.005 * 6)
+    assert slow["lr"] == 0.01 and not slow["below_baseline"]  # 0.165 < 1/6, but within the test estimate's noise
+    assert broken["lr"] == 0.003 and broken["valid_by_lr"][0.01] is None and broken["below_baseline"]
+    assert table["fast"]["lm"]["lr"] == 0.01 and table["fast"]["lm"]["test"] == pytest.approx(6.0)
+    text = "\n".join(exp.zoo_markdown(list(table.values()), {}))
+    assert "| slow | 1x8 | 100 | 0.01 |" in text and "**no**" in text and "failed" in text
+    assert "Below the baseline on adding T=100: 2 of 3 cells; not: slow (0.990 x baseline)." in text
+
+
+def test_zoo_update_keeps_the_study_tables(tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    readme = ["# study", "", "## adding100: test MSE", "", "| gru | ... |", "", "## Zoo: every registered cell", "",
+              "| old zoo line |", "", "## Learning curves", "", "![curves_adding100.png](curves_adding100.png)", "",
+              "Files: ...", ""]
+    (out / "README.md").write_text("\n".join(readme))
+    (out / "report.json").write_text(json.dumps({"summary": {"adding100": {"winner": "gru"}},
+                                                 "figures": ["curves_adding100.png"], "zoo": [{"old": 1}]}))
+    (out / "trials.csv").write_text("name,task,cell,finished,test_loss,finished\n"
+                                    "a,adding100,gru,True,0.001,True\nz,zoo_adding100,lru,True,0.16,True\n")
+    rows = _zoo_rows()
+    exp.update_zoo(str(out), rows)
+    text = (out / "README.md").read_text()
+    assert "| gru | ... |" in text and "old zoo line" not in text and "| fast | 1x8 |" in text
+    assert text.index("## Zoo") < text.index("## Learning curves") < text.index("curves_zoo_adding100.png")
+    assert text.index("curves_adding100.png") < text.index("curves_zoo_adding100.png") < text.index("Files:")
+    rep = json.load(open(out / "report.json"))
+    assert rep["summary"] == {"adding100": {"winner": "gru"}} and len(rep["zoo"]) == len(rows)
+    assert rep["figures"] == ["curves_adding100.png", "curves_zoo_adding100.png"]
+    import csv
+
+    with open(out / "trials.csv", newline="") as f:
+        trials = list(csv.DictReader(f))
+    assert [t["name"] for t in trials if t["task"] == "adding100"] == ["a"] and trials[0]["test_loss"] == "0.001"
+    assert len(trials) == 1 + len(rows) and "z" not in {t["name"] for t in trials}
+    exp.update_zoo(str(out), rows)  # idempotent
+    assert (out / "README.md").read_text() == text
