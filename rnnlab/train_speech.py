@@ -92,6 +92,7 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
     train, test = audio.split_by_speaker(clips, [s.strip() for s in d.test_speakers.split(",")])
     cache = d.cache_dir or os.path.join(workdir, "feature_cache")
     bank = audio.cached_bank(train + test, spec, cache, trim_db=d.trim_db)
+    bank = audio.normalise_speakers(bank, d.speaker_norm)  # per speaker, from its own clips: no labels
     n = len(train)
     return SpeechData(bank.subset(range(n)), bank.subset(range(n, n + len(test))), audio.noise_template(spec),
                       audio.DIGITS, connected_spec(d))
@@ -122,9 +123,21 @@ def learning_rate(optim: ml_collections.ConfigDict, step: int, total: int) -> fl
     return optim.lr * warm
 
 
+def ema_update(ema, params, decay):
+    """One step of an exponential moving average of the parameters:
+    ema <- decay * ema + (1 - decay) * params (started from zeros: see ``ema_params``)."""
+    return jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+
+
+def ema_params(ema, step: int, decay: float):
+    """The debiased average after ``step`` updates from zeros (Adam's bias correction,
+    optax.ema(debias=True)): sum_i w_i params_i with w_i proportional to decay^(step - i)."""
+    return jax.tree.map(lambda e: e / (1 - decay ** step), ema)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
 def train_step(model: speech_lib.SpeechModel, tx: optax.GradientTransformation, state: dict, batch: dict, lr,
-               rng):
+               rng, ema_decay=0.0):
     def loss_fn(params):
         return model.loss_and_metrics(params, batch, rng=rng, train=True)
 
@@ -134,7 +147,10 @@ def train_step(model: speech_lib.SpeechModel, tx: optax.GradientTransformation, 
     params = optax.apply_updates(state["params"], updates)
     metrics = {**aux, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
                "update_norm": optax.tree.norm(updates)}
-    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    if "ema" in state:  # weight averaging: evaluated instead of the last weights (train.ema_decay)
+        new["ema"] = ema_update(state["ema"], params, ema_decay)
+    return new, metrics
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -175,7 +191,7 @@ def evaluate(model: speech_lib.SpeechModel, params, config: ml_collections.Confi
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train (or resume) the speech model of ``config`` in ``workdir``; returns the
     final summary (also written to workdir/result.json once finished)."""
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()  # process_time: CPU seconds of all our threads
     check_and_write_config(config, workdir)
     result_path = os.path.join(workdir, "result.json")
     data = load_data(config, workdir)
@@ -184,15 +200,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tx = make_optimizer(config.optim)
     params = model.init(jax.random.key(config.seed))
     state = {"params": params, "opt_state": tx.init(params), "step": jnp.asarray(0, jnp.int32)}
+    if tr.ema_decay:
+        state["ema"] = jax.tree.map(jnp.zeros_like, params)
     state = jax.tree.map(jnp.array, state)  # own every buffer: train_step donates them
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
 
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=tr.keep_checkpoints, async_save=tr.async_checkpoint)
     restored = checkpointer.restore_latest(state)
-    start, seconds_before = 0, 0.0
+    start, seconds_before, cpu_before = 0, 0.0, 0.0
     if restored is not None:
         start, state, meta_in = restored
         seconds_before = meta_in.get("train_seconds", 0.0)
+        cpu_before = meta_in.get("cpu_seconds", 0.0)
         print(f"resumed from step {start} in {workdir}", flush=True)
     writer = writers.MetricWriter(workdir, tensorboard=tr.tensorboard)
     writer.truncate_after(start)
@@ -214,8 +233,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def host_copy(tree):  # the next step donates `state`: async saves must own their bytes
         return jax.tree.map(np.array, tree)
 
-    def meta(step: int) -> dict:  # train_seconds: wall time over every session of this run
-        return {"step": step, "train_seconds": seconds_before + time.time() - t_start}
+    def meta(step: int) -> dict:  # train_seconds: wall time over every session of this run; cpu_seconds:
+        # CPU time of this process (all threads) over them: the cost on a shared machine, where wall time
+        # also counts other people's jobs
+        return {"step": step, "train_seconds": seconds_before + time.time() - t_start,
+                "cpu_seconds": cpu_before + time.process_time() - cpu_start}
 
     def check(step: int, m: dict) -> dict:
         m = {k: float(v) for k, v in m.items()}
@@ -232,17 +254,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if step % tr.log_every and step != start + 1 and step != total:
             return
         m.update(lr=learning_rate(config.optim, step - 1, total))
+        loads.append(os.getloadavg()[0])  # the machine is shared: say how busy it was
         writer.write(step, m)
         progress.line(step, {"loss": m["loss"], "grad_norm": m["grad_norm"]}, frames_per_step[0])
 
-    def eval_and_log(step: int, beam_width: int = 0) -> dict:
-        ev = evaluate(model, state["params"], config, data, beam_width)
-        writer.write(step, {k: v for k, v in ev.items() if k != "examples"}, kind="eval")
-        print(f"eval at step {step}{f' (beam {beam_width})' if beam_width else ''}: WER {ev['wer']:.2%} "
+    def eval_and_log(step: int, beam_width: int = 0, raw: bool = False) -> dict:
+        """The EMA weights when train.ema_decay > 0 (raw=True: the last weights)."""
+        use_ema = tr.ema_decay and not raw
+        params = ema_params(state["ema"], step, tr.ema_decay) if use_ema else state["params"]
+        ev = evaluate(model, params, config, data, beam_width)
+        prefix = "raw_" if tr.ema_decay and raw else ""
+        writer.write(step, {prefix + k: v for k, v in ev.items() if k != "examples"}, kind="eval")
+        print(f"eval at step {step}{f' (beam {beam_width})' if beam_width else ''}"
+              f"{' (EMA weights)' if use_ema else ''}: WER {ev['wer']:.2%} "
               f"CER {ev['cer']:.2%} digit-string accuracy {ev['string_accuracy']:.2%} on {ev['utterances']} "
               f"held-out utterances; e.g. {ev['examples'][:2]}", flush=True)
         return ev
 
+    loads: list[float] = []  # 1-minute load average at each logged step (this session)
     pending = None  # (step, device metrics): fetched after the next step is dispatched
     deadline = t_start + 60 * tr.max_minutes if tr.max_minutes else None
     step, ev = start, None
@@ -252,7 +281,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                   config.data.batch_size)
         frames_per_step[0] = int(b.lengths_B.sum())
         state, dev_metrics = train_step(model, tx, state, _device_batch(b), jnp.float32(lr),
-                                        jax.random.fold_in(key, step))
+                                        jax.random.fold_in(key, step), jnp.float32(tr.ema_decay))
         if pending is not None:  # host sync on the previous step only: keeps the device busy
             log(pending[0], check(*pending))
         step += 1
@@ -264,6 +293,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             pending = None
         if evaluating and not last:
             ev = eval_and_log(step)
+            if tr.ema_decay:
+                eval_and_log(step, raw=True)
         if saving:
             checkpointer.save(step, host_copy(state), meta(step))
         if last:
@@ -271,10 +302,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer.wait()
     finished = step >= total
     train_seconds = seconds_before + time.time() - t_start
+    cpu_seconds = cpu_before + time.process_time() - cpu_start
     ev = eval_and_log(step)
     summary = {"step": step, "finished": finished, "parameters": n_params, "train_seconds": train_seconds,
+               "cpu_seconds": cpu_seconds, "load_average_1min_mean": float(np.mean(loads)) if loads else None,
                "held_out": config.data.test_speakers,
                **{f"eval_{k}": v for k, v in ev.items() if k != "examples"}, "examples": ev["examples"]}
+    if tr.ema_decay:  # the last weights too, for comparison (not the result)
+        evr = eval_and_log(step, raw=True)
+        summary.update({f"eval_raw_{k}": v for k, v in evr.items() if k != "examples"})
     if config.eval.beam_width:
         evb = eval_and_log(step, config.eval.beam_width)
         summary.update({f"eval_beam_{k}": v for k, v in evb.items() if k != "examples"})

@@ -4,7 +4,11 @@
 
 prints one line per file: ``path<TAB>transcript``. Any WAV is read (stereo is
 mixed down, other rates resampled to the run's rate); features, model and
-vocabulary come from the run's config.json and its latest checkpoint.
+vocabulary come from the run's config.json and its latest checkpoint (its EMA
+weights when the run kept them, train.ema_decay > 0). A run trained with
+speaker normalisation (data.speaker_norm) normalises the given files as ONE
+speaker, with statistics of their own (trimmed) frames: pass several files of
+the same speaker.
 """
 
 from __future__ import annotations
@@ -34,15 +38,45 @@ def load_run(workdir: str):
         config = ml_collections.ConfigDict(json.load(f))
     model = train_speech.build(config)
     like = jax.eval_shape(model.init, jax.random.key(0))
+    decay = config.train.get("ema_decay", 0.0)  # runs from before the EMA have no such key
+    if decay:
+        return model, _ema_params(workdir, like, decay), audio.DIGITS
     return model, ckpt_lib.load_params(workdir, like), audio.DIGITS
 
 
-def transcribe(model, params, vocab: ctc.Vocab, paths: Sequence[str], beam_width: int = 0) -> list[str]:
+def _ema_params(workdir: str, like, decay: float):
+    """The debiased EMA weights of the run's latest checkpoint."""
+    import orbax.checkpoint as ocp
+
+    d = os.path.join(os.path.abspath(workdir), "checkpoints")
+    steps = sorted((int(s) for s in os.listdir(d) if s.isdigit()), reverse=True) if os.path.isdir(d) else []
+    if not steps:
+        raise FileNotFoundError(f"{workdir} has no checkpoint: train it first")
+    with ocp.StandardCheckpointer() as reader:
+        full = reader.restore(os.path.join(d, str(steps[0]), "state"))
+    ema = train_speech.ema_params(full["ema"], int(full["step"]), decay)
+    return jax.tree.map(lambda lk, a: jnp.asarray(a, lk.dtype), like, ema)
+
+
+def _speaker_normalised(config, logmels: list[np.ndarray]) -> list[np.ndarray]:
+    """data.speaker_norm of the run, with the given clips as one speaker's."""
+    mode, trim_db = config.data.get("speaker_norm", "none"), config.data.trim_db
+    if mode == "none":
+        return logmels
+    frames = np.concatenate([audio.trim_silence(x, trim_db) if trim_db > 0 else x for x in logmels]).astype(np.float64)
+    mean_M, std_M = frames.mean(axis=0), frames.std(axis=0)
+    return [audio.speaker_transform(x, mean_M, std_M, mode) for x in logmels]
+
+
+def transcribe(model, params, vocab: ctc.Vocab, paths: Sequence[str], beam_width: int = 0,
+               config: ml_collections.ConfigDict | None = None) -> list[str]:
     """One transcript per WAV file (decoded one at a time: no padding to share)."""
     out = []
-    for p in paths:
-        wave = audio.read_wav(p, model.features.sample_rate)
-        lm_1xTxM = audio.clip_log_mel(model.features, wave)[None]
+    logmels = [audio.clip_log_mel(model.features, audio.read_wav(p, model.features.sample_rate)) for p in paths]
+    if config is not None:
+        logmels = _speaker_normalised(config, logmels)
+    for lm_TxM in logmels:
+        lm_1xTxM = lm_TxM[None]
         logits, n = train_speech.logits_step(model, params, jnp.asarray(lm_1xTxM),
                                              jnp.asarray([lm_1xTxM.shape[1]]))
         logits, n = np.asarray(logits[0], np.float32), int(n[0])
@@ -58,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("wavs", nargs="+")
     a = p.parse_args(argv)
     model, params, vocab = load_run(a.workdir)
-    for path, text in zip(a.wavs, transcribe(model, params, vocab, a.wavs, a.beam), strict=True):
+    with open(os.path.join(a.workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    for path, text in zip(a.wavs, transcribe(model, params, vocab, a.wavs, a.beam, config), strict=True):
         print(f"{path}\t{text}", flush=True)
 
 

@@ -163,3 +163,35 @@ def test_tempo_and_mel_warps_interpolate_linearly():
     low = audio.warp_clip(x, 1.0, 0.5)  # channel m reads channel m / 2
     want = np.stack([np.interp(np.arange(8) * 0.5, np.arange(8), row) for row in x])
     np.testing.assert_allclose(low, want, atol=1e-6)
+
+
+def test_speaker_normalisation_equals_numpy_and_uses_no_transcripts(tmp_path):
+    clips = audio.wav_folder(_fake_fsdd(tmp_path / "rec", speakers=("anna", "bob"), takes=2))
+    bank = audio.build_bank(clips, SPEC)
+    for mode in ("mean", "meanvar"):
+        out = audio.normalise_speakers(bank, mode)
+        for speaker in ("anna", "bob"):
+            ids = [i for i, c in enumerate(clips) if c.speaker == speaker]
+            x = np.concatenate([bank.frames(i) for i in ids]).astype(np.float64)
+            mu, sd = x.mean(axis=0), x.std(axis=0)
+            scale = sd.mean() / sd if mode == "meanvar" else 1.0
+            for i in ids:
+                want = (bank.frames(i) - mu) * scale + mu.mean()
+                np.testing.assert_allclose(out.frames(i), want, rtol=1e-5, atol=1e-4)
+                assert out.level[i] == pytest.approx(np.log(np.mean(np.exp(want))), abs=1e-4)
+            y = np.concatenate([out.frames(i) for i in ids]).astype(np.float64)
+            np.testing.assert_allclose(y.mean(axis=0), mu.mean(), atol=1e-4)  # flat average spectrum
+            if mode == "meanvar":
+                np.testing.assert_allclose(y.std(axis=0), sd.mean(), rtol=1e-4)
+        # transcripts and take numbers shuffled: the same output (only speaker names are used)
+        rng = np.random.default_rng(0)
+        relabelled = bank._replace(clips=[c._replace(text=str(rng.integers(10)), index=int(rng.integers(99)))
+                                          for c in bank.clips])
+        np.testing.assert_array_equal(audio.normalise_speakers(relabelled, mode).logmel_NxM, out.logmel_NxM)
+        # a speaker's frames depend on that speaker's clips only
+        anna = [i for i, c in enumerate(clips) if c.speaker == "anna"]
+        alone = audio.normalise_speakers(bank.subset(anna), mode)
+        np.testing.assert_array_equal(alone.logmel_NxM, out.subset(anna).logmel_NxM)
+    assert audio.normalise_speakers(bank, "none") is bank
+    with pytest.raises(ValueError, match="speaker_norm"):
+        audio.normalise_speakers(bank, "per-label")

@@ -80,6 +80,8 @@ def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp
     assert "eval at step 6" in r.stdout and "step 6/6" in r.stdout
     result = json.load(open(os.path.join(wd, "result.json")))
     assert result["finished"] and 0 <= result["eval_string_accuracy"] <= 1 and result["eval_utterances"] == 8
+    # the smoke variant keeps an EMA of the weights: evaluated as the result, the last weights beside it
+    assert 0 <= result["eval_raw_wer"] and result["cpu_seconds"] > 0 and "eval at step 6 (EMA weights)" in r.stdout
     assert {"loss", "grad_norm", "param_norm", "update_norm", "lr"} <= set(
         json.loads(open(os.path.join(wd, "metrics.jsonl")).readline()))
     again = _run(["-m", "rnnlab.main", cfg, f"--workdir={wd}"], repo)  # finished: reads the result back
@@ -130,3 +132,32 @@ def test_config_variants_sweep_and_report_table(tmp_path):
     assert rep["missing_speakers"] == ["jackson", "nicolas", "yweweler"] and rep["claim_wer_le_10pct"] is False
     table = open(tmp_path / "out" / "table.md").read()
     assert "| george | 1500 | 10.0 | 4.00% |" in table and "average (2 of 5)" in table
+
+
+def test_ema_is_the_hand_computed_weighted_average_and_the_train_step_keeps_it():
+    p = [{"w": np.array([1.0, -2.0], np.float32)}, {"w": np.array([3.0, 0.5], np.float32)},
+         {"w": np.array([-1.0, 4.0], np.float32)}]
+    ema = {"w": np.zeros(2, np.float32)}
+    for q in p:
+        ema = train_speech.ema_update(ema, q, 0.5)
+    # weights decay^(3 - i): 0.25, 0.5, 1 over their sum 1.75
+    want = (0.25 * p[0]["w"] + 0.5 * p[1]["w"] + 1.0 * p[2]["w"]) / 1.75
+    np.testing.assert_allclose(train_speech.ema_params(ema, 3, 0.5)["w"], want, rtol=1e-6)
+    # inside the jitted train step: after two steps, ema = d (1 - d) p1 + (1 - d) p2
+    import optax
+
+    model = SpeechModel(FEATS, ((3, 2, 8),), Stack("gru", 8, 4, num_layers=1, bidirectional=True), 11)
+    params = model.init(jax.random.key(0))
+    tx = optax.adam(1.0)
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.asarray(0, jnp.int32),
+             "ema": jax.tree.map(jnp.zeros_like, params)}
+    state = jax.tree.map(jnp.array, state)
+    batch = jax.tree.map(jnp.asarray, _batch(np.random.default_rng(0)))
+    seen = []
+    for k in range(2):
+        state, _ = train_speech.train_step(model, tx, state, batch, jnp.float32(1e-2), jax.random.key(k),
+                                           jnp.float32(0.9))
+        seen.append(jax.tree.map(np.asarray, state["params"]))
+    want = jax.tree.map(lambda a, b: 0.9 * 0.1 * a + 0.1 * b, *seen)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state["ema"], want)
+    assert not np.allclose(seen[0]["out_b_V"], seen[1]["out_b_V"])  # the weights did move

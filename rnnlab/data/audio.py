@@ -247,6 +247,47 @@ def cached_bank(clips: Sequence[Clip], spec: feat.FeatureSpec, cache_dir: str, *
     return bank
 
 
+SPEAKER_NORMS = ("none", "mean", "meanvar")
+
+
+def speaker_stats(bank: FeatureBank) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per speaker: mean and standard deviation (float64, per mel channel) of the log-mel
+    frames of all that speaker's clips. Uses no transcript: only the speaker name."""
+    out = {}
+    for speaker in sorted({c.speaker for c in bank.clips}):
+        ids = [i for i, c in enumerate(bank.clips) if c.speaker == speaker]
+        x = np.concatenate([bank.frames(i) for i in ids]).astype(np.float64)
+        out[speaker] = (x.mean(axis=0), x.std(axis=0))
+    return out
+
+
+def speaker_transform(frames_TxM: np.ndarray, mean_M: np.ndarray, std_M: np.ndarray, mode: str) -> np.ndarray:
+    """``normalise_speakers``' map of one clip's frames, given its speaker's statistics."""
+    x = frames_TxM.astype(np.float64) - mean_M
+    if mode == "meanvar":
+        x = x * (std_M.mean() / np.maximum(std_M, 1e-3))
+    return (x + mean_M.mean()).astype(np.float32) if mode != "none" else frames_TxM
+
+
+def normalise_speakers(bank: FeatureBank, mode: str = "mean") -> FeatureBank:
+    """Speaker-level cepstral-style mean (and variance) normalisation in the log-mel
+    domain, from each speaker's own unlabelled clips (test speakers included: the
+    statistics need no transcript). ``mean``: subtract the speaker's per-channel mean
+    and add back its mean over channels, i.e. a per-channel gain that flattens the
+    speaker's average spectrum (microphone, vocal tract tilt) and keeps its level,
+    so gains and noise power addition stay exact. ``meanvar``: additionally scale
+    each channel's deviations to the speaker's mean standard deviation over channels.
+    ``level`` (mean log power per clip) is recomputed."""
+    if mode not in SPEAKER_NORMS:
+        raise ValueError(f"data.speaker_norm must be one of {SPEAKER_NORMS}, got {mode!r}")
+    if mode == "none":
+        return bank
+    stats = speaker_stats(bank)
+    parts = [speaker_transform(bank.frames(i), *stats[c.speaker], mode) for i, c in enumerate(bank.clips)]
+    level = np.asarray([np.log(np.mean(np.exp(p.astype(np.float64)))) for p in parts], np.float32)
+    return FeatureBank(np.concatenate(parts), bank.offsets.copy(), level, list(bank.clips))
+
+
 def noise_template(spec: feat.FeatureSpec, n_frames: int = 4000, seed: int = 12345) -> np.ndarray:
     """log-mel frames of unit-variance white Gaussian noise, minus their mean log
     power (so adding ``level`` gives noise of that level)."""

@@ -35,6 +35,8 @@ class SpeechModel:
       stack: a bidirectional Stack whose d_in is the last conv's channels (or features.dim).
       num_labels: blank + vocabulary.
       spec_augment: (freq_masks, freq_width, time_masks, time_width); zeros: off.
+      spec_augment_blocks: 3: frequency bands mask the same mel channels of the log-mel,
+        delta and delta-delta blocks (features.spec_augment's ``blocks``); 1: anywhere.
     """
 
     features: feat.FeatureSpec
@@ -42,6 +44,7 @@ class SpeechModel:
     stack: Stack
     num_labels: int
     spec_augment: tuple[int, int, int, int] = (0, 0, 0, 0)
+    spec_augment_blocks: int = 1
 
     def __post_init__(self):
         d = self.conv[-1][2] if self.conv else self.features.dim
@@ -85,7 +88,7 @@ class SpeechModel:
                 raise ValueError("model.spec_augment is on: training needs an rng key")
             fm, fw, tm, tw = self.spec_augment
             x = feat.spec_augment(jax.random.fold_in(rng, 1), x, lengths_B, freq_masks=fm, freq_width=fw,
-                                  time_masks=tm, time_width=tw)
+                                  time_masks=tm, time_width=tw, blocks=self.spec_augment_blocks)
         for layer, (k, s, _) in zip(params["conv"], self.conv, strict=True):
             x = x * feat.valid_mask(lengths_B, x.shape[1])[..., None].astype(x.dtype)
             x = jax.lax.conv_general_dilated(x, layer["w_KxCxO"].astype(x.dtype), (s,), [(k // 2, k // 2)],
@@ -120,4 +123,5 @@ def build(model_cfg: Any, features: feat.FeatureSpec, num_labels: int) -> Speech
     stack = Stack(cell, d_in, model_cfg.d_hidden, num_layers=model_cfg.num_layers, bidirectional=True,
                   dropout=model_cfg.dropout, dropout_kind="variational", unroll=model_cfg.unroll)
     sa = tuple(int(v) for v in model_cfg.spec_augment.split(",")) if model_cfg.spec_augment else (0, 0, 0, 0)
-    return SpeechModel(features, conv, stack, num_labels, sa)
+    blocks = 3 if model_cfg.spec_augment_tied and features.deltas else 1
+    return SpeechModel(features, conv, stack, num_labels, sa, blocks)
