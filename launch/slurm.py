@@ -144,7 +144,18 @@ def wait(jobs: list, trials: list[Trial], poll_s: float = 2.0, report_every_s: f
     one status row per trial. squeue, not sacct: a cluster without accounting has no sacct."""
     t0, last = time.time(), time.time()
     ids = {j.job_id for j in jobs}
-    while ids & set(status_lib.squeue_states()):
+    gone, failing_since = 0, None
+    while gone < 2:  # out of the queue on two polls in a row: a requeue passes through transient states
+        queue = status_lib.squeue_states(strict=True)
+        if queue is None:  # squeue failed: the queue is unknown, not empty
+            failing_since = failing_since or time.time()
+            if time.time() - failing_since > 600:
+                raise RuntimeError("squeue has failed for 10 minutes; the jobs may still be running: "
+                                   "see `python -m launch status`")
+            time.sleep(poll_s)
+            continue
+        failing_since = None
+        gone = 0 if ids & set(queue) else gone + 1
         if time.time() - last > report_every_s:
             last = time.time()
             rows = status_lib.table(trials)

@@ -28,14 +28,18 @@ def read_status(workdir: str) -> dict:
         return json.load(f)
 
 
-def squeue_states() -> dict[str, str]:
-    """SLURM job id ('123_4' for array tasks) -> state, for the jobs in the queue ({} without SLURM)."""
+def squeue_states(strict: bool = False) -> dict[str, str] | None:
+    """SLURM job id ('123_4' for array tasks) -> state, for the jobs in the queue ({} without SLURM).
+    When squeue itself fails (a busy controller times out), {} or, with ``strict``, None: a
+    caller that waits for jobs to leave the queue must not take a failed query for an empty queue."""
     if shutil.which("squeue") is None:
         return {}
     try:
         out = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
-        return {}
+        return None if strict else {}
+    if out.returncode != 0:
+        return None if strict else {}
     return dict(line.split(None, 1) for line in out.stdout.splitlines() if line.strip())
 
 
