@@ -7,6 +7,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -68,11 +69,24 @@ class MetricWriter:
 
 def write_json_atomic(path: str, obj) -> None:
     """Write JSON to a temporary file and rename it over ``path``: a crash or kill
-    leaves either the old file or the new one, never half of one."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    leaves either the old file or the new one, never half of one.
+
+    The temporary file's name is unique (``tempfile.mkstemp``): processes of one
+    multi-host run write the same config.json into one shared workdir at the same
+    time, and with a shared ``.tmp`` name one rank's rename took the other's file
+    away (FileNotFoundError in the other rank)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path) or ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def read_finished_result(result_path: str) -> dict | None:
