@@ -11,13 +11,21 @@ import ml_collections
 
 def parse_arg(arg: str, default: str = "default") -> tuple[str, dict[str, str]]:
     """'smoke,cell=gru,optim.lr=0.1' -> ('smoke', {'cell': 'gru', 'optim.lr': '0.1'})."""
-    variant, overrides = default, {}
+    variant, overrides, seen_variant = default, {}, False
     for item in filter(None, (s.strip() for s in (arg or "").split(","))):
         if "=" in item:
             k, v = item.split("=", 1)
             overrides[k.strip()] = v.strip()
+        elif overrides:
+            last = next(reversed(overrides))
+            raise ValueError(
+                f"{item!r} follows {last}={overrides[last]!r} in the config string {arg!r}: a ',' separates "
+                f"overrides there, so a value cannot contain one; pass it as a flag instead, e.g. "
+                f"--config.{last}='{overrides[last]},{item},...' (the variant, if any, comes first)")
+        elif seen_variant:
+            raise ValueError(f"two variants in the config string {arg!r} ({variant!r} and {item!r}); give one")
         else:
-            variant = item
+            variant, seen_variant = item, True
     return variant, overrides
 
 

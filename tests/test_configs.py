@@ -27,6 +27,17 @@ def test_variant_args_and_errors():
         exp.get_config("smoke,optim.lrr=1")
 
 
+def test_a_comma_inside_a_value_is_named_with_the_flag_to_use():
+    """'model.spec_augment=2,10,2,8' in the config string splits into overrides; the
+    stray '10' must not be reported as an unknown variant."""
+    exp = importlib.import_module("experiments.speech_recognition")
+    with pytest.raises(ValueError, match=r"'10' follows model.spec_augment='2'.*--config.model.spec_augment="):
+        exp.get_config("fsdd,model.spec_augment=2,10,2,8")
+    with pytest.raises(ValueError, match="two variants"):
+        exp.get_config("fsdd,smoke")
+    assert exp.get_config("smoke").data.test_speakers == "jackson"
+
+
 def test_pytorch_example_matches_the_example_defaults():
     c = importlib.import_module("experiments.language_modelling").get_config("pytorch_example")
     assert (c.model.d_embed, c.model.d_hidden, c.model.num_layers) == (200, 200, 2)
