@@ -85,10 +85,15 @@ class Checkpointer:
         self.best.close()
 
 
-def load_params(path: str, like_params: Any) -> Any:
+def load_params(path: str, like_params: Any, *, item: str = "params", with_step: bool = False) -> Any:
     """Parameters from a workdir (its best checkpoint, else its latest) or from one
     checkpoint folder, for warm starts (``--config.init_from``) and inference.
-    Shapes must match ``like_params``; the error names the first mismatch."""
+    Shapes must match ``like_params``; the error names the first mismatch. An
+    unreadable checkpoint (a torn write) falls back to the next older one.
+
+    ``item``: which subtree of the saved state to return (``"ema"``: the running
+    average of the weights a speech run keeps, shaped like the parameters).
+    ``with_step``: return ``(tree, step)``, the step the checkpoint was saved at."""
     path = os.path.abspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"init_from: {path} does not exist; pass a run's workdir or a checkpoint folder")
@@ -106,7 +111,9 @@ def load_params(path: str, like_params: Any) -> Any:
             with ocp.StandardCheckpointer() as reader:
                 meta = reader.metadata(os.path.join(ckpt, "state"))
                 tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
-                saved = _shapes(tree["params"])
+                if item not in tree:
+                    raise ValueError(f"checkpoint {ckpt} has no {item!r} (it holds {sorted(tree)})")
+                saved = _shapes(tree[item])
                 wanted = _shapes(like_params)
                 if saved != wanted:
                     diff = next((k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)), "?")
@@ -115,7 +122,8 @@ def load_params(path: str, like_params: Any) -> Any:
                         f"{saved.get(diff)}, this config needs {wanted.get(diff)}"
                     )
                 full = reader.restore(os.path.join(ckpt, "state"))
-            return jax.tree.map(lambda like, a: jax.numpy.asarray(a, like.dtype), like_params, full["params"])
+            out = jax.tree.map(lambda like, a: jax.numpy.asarray(a, like.dtype), like_params, full[item])
+            return (out, int(full["step"])) if with_step else out
         except ValueError:
             raise
         except Exception as e:  # noqa: BLE001

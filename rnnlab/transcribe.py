@@ -39,23 +39,10 @@ def load_run(workdir: str):
     model = train_speech.build(config)
     like = jax.eval_shape(model.init, jax.random.key(0))
     decay = config.train.get("ema_decay", 0.0)  # runs from before the EMA have no such key
-    if decay:
-        return model, _ema_params(workdir, like, decay), audio.DIGITS
-    return model, ckpt_lib.load_params(workdir, like), audio.DIGITS
-
-
-def _ema_params(workdir: str, like, decay: float):
-    """The debiased EMA weights of the run's latest checkpoint."""
-    import orbax.checkpoint as ocp
-
-    d = os.path.join(os.path.abspath(workdir), "checkpoints")
-    steps = sorted((int(s) for s in os.listdir(d) if s.isdigit()), reverse=True) if os.path.isdir(d) else []
-    if not steps:
-        raise FileNotFoundError(f"{workdir} has no checkpoint: train it first")
-    with ocp.StandardCheckpointer() as reader:
-        full = reader.restore(os.path.join(d, str(steps[0]), "state"))
-    ema = train_speech.ema_params(full["ema"], int(full["step"]), decay)
-    return jax.tree.map(lambda lk, a: jnp.asarray(a, lk.dtype), like, ema)
+    if not decay:
+        return model, ckpt_lib.load_params(workdir, like), audio.DIGITS
+    ema, step = ckpt_lib.load_params(workdir, like, item="ema", with_step=True)
+    return model, train_speech.ema_params(ema, step, decay), audio.DIGITS
 
 
 def _speaker_normalised(config, logmels: list[np.ndarray]) -> list[np.ndarray]:
@@ -63,8 +50,7 @@ def _speaker_normalised(config, logmels: list[np.ndarray]) -> list[np.ndarray]:
     mode, trim_db = config.data.get("speaker_norm", "none"), config.data.trim_db
     if mode == "none":
         return logmels
-    frames = np.concatenate([audio.trim_silence(x, trim_db) if trim_db > 0 else x for x in logmels]).astype(np.float64)
-    mean_M, std_M = frames.mean(axis=0), frames.std(axis=0)
+    mean_M, std_M = audio.channel_stats([audio.trim_silence(x, trim_db) if trim_db > 0 else x for x in logmels])
     return [audio.speaker_transform(x, mean_M, std_M, mode) for x in logmels]
 
 

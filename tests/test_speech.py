@@ -94,6 +94,23 @@ def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp
     lines = t.stdout.strip().splitlines()
     assert [ln.split("\t")[0] for ln in lines] == wavs
     assert all(set(ln.split("\t")[1]) <= set("0123456789 ") for ln in lines)
+    # transcribe's weights: the debiased EMA of the newest checkpoint, read here straight from Orbax
+    import orbax.checkpoint as ocp
+
+    from rnnlab import checkpoint as ckpt_lib
+    from rnnlab.transcribe import load_run
+
+    model, params, _ = load_run(wd)
+    newest = max(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit())
+    with ocp.StandardCheckpointer() as reader:
+        full = reader.restore(os.path.join(wd, "checkpoints", str(newest), "state"))
+    decay = json.load(open(os.path.join(wd, "config.json")))["train"]["ema_decay"]
+    assert newest == 6 and int(full["step"]) == 6
+    jax.tree.map(lambda got, e: np.testing.assert_allclose(got, np.asarray(e) / (1 - decay ** 6), rtol=1e-6),
+                 params, full["ema"])
+    assert not np.allclose(jax.tree.leaves(params)[0], jax.tree.leaves(full["params"])[0])
+    with pytest.raises(ValueError, match="has no 'momentum'"):
+        ckpt_lib.load_params(wd, jax.eval_shape(model.init, jax.random.key(0)), item="momentum")
 
 
 def test_non_finite_loss_stops_the_run_without_saving(tmp_path):

@@ -255,18 +255,24 @@ def speaker_stats(bank: FeatureBank) -> dict[str, tuple[np.ndarray, np.ndarray]]
     frames of all that speaker's clips. Uses no transcript: only the speaker name."""
     out = {}
     for speaker in sorted({c.speaker for c in bank.clips}):
-        ids = [i for i, c in enumerate(bank.clips) if c.speaker == speaker]
-        x = np.concatenate([bank.frames(i) for i in ids]).astype(np.float64)
-        out[speaker] = (x.mean(axis=0), x.std(axis=0))
+        out[speaker] = channel_stats([bank.frames(i) for i, c in enumerate(bank.clips) if c.speaker == speaker])
     return out
+
+
+def channel_stats(clips_TxM: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation per channel (float64) over all frames of the clips."""
+    x = np.concatenate(list(clips_TxM)).astype(np.float64)
+    return x.mean(axis=0), x.std(axis=0)
 
 
 def speaker_transform(frames_TxM: np.ndarray, mean_M: np.ndarray, std_M: np.ndarray, mode: str) -> np.ndarray:
     """``normalise_speakers``' map of one clip's frames, given its speaker's statistics."""
+    if mode == "none":
+        return frames_TxM
     x = frames_TxM.astype(np.float64) - mean_M
     if mode == "meanvar":
         x = x * (std_M.mean() / np.maximum(std_M, 1e-3))
-    return (x + mean_M.mean()).astype(np.float32) if mode != "none" else frames_TxM
+    return (x + mean_M.mean()).astype(np.float32)
 
 
 def normalise_speakers(bank: FeatureBank, mode: str = "mean") -> FeatureBank:
