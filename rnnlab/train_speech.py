@@ -69,7 +69,7 @@ def feature_spec(config: ml_collections.ConfigDict) -> feat.FeatureSpec:
 def connected_spec(d: ml_collections.ConfigDict) -> audio.ConnectedSpec:
     return audio.ConnectedSpec(min_words=d.min_words, max_words=d.max_words, max_silence=d.max_silence,
                                gain_db=d.gain_db, snr_db=(d.snr_min_db, d.snr_max_db), bucket=d.bucket,
-                               tempo=d.tempo, mel_warp=d.mel_warp)
+                               tempo=d.tempo, mel_warp=d.mel_warp, tilt_db=d.get("tilt_db", 0.0))
 
 
 class SpeechData(NamedTuple):
@@ -178,7 +178,7 @@ def evaluate(model: speech_lib.SpeechModel, params, config: ml_collections.Confi
     refs, hyps = [], []
     for i in range(-(-ev.utterances // ev.batch_size)):
         n = min(ev.batch_size, ev.utterances - i * ev.batch_size)
-        test_utts = dataclasses.replace(data.utterances, tempo=0.0, mel_warp=0.0)  # no perturbation at test time
+        test_utts = dataclasses.replace(data.utterances, tempo=0.0, mel_warp=0.0, tilt_db=0.0)  # no perturbation at test time
         b = audio.connected_batch(data.test, data.noise_NxM, data.vocab, test_utts, config.seed, EVAL_STEP0 + i, n)
         refs += b.texts
         hyps += decode(model, params, b, data.vocab, beam_width)

@@ -165,6 +165,36 @@ def test_tempo_and_mel_warps_interpolate_linearly():
     np.testing.assert_allclose(low, want, atol=1e-6)
 
 
+def test_spectral_tilt_is_a_linear_ramp_over_the_mel_axis_applied_before_the_noise(tmp_path):
+    clips = audio.wav_folder(_fake_fsdd(tmp_path / "rec", speakers=("anna",), takes=1))
+    bank = audio.build_bank(clips, SPEC)
+    noise = audio.noise_template(SPEC, n_frames=500)
+    m = bank.logmel_NxM.shape[1]
+    quiet = audio.ConnectedSpec(max_silence=0, gain_db=0.0, snr_db=(300.0, 300.0), tilt_db=12.0)
+    tilts = []
+    for seed in range(8):
+        utt, _ = audio.connected_utterance(bank, noise, np.random.default_rng(seed), quiet, clip_ids=[4])
+        diff = (utt - bank.frames(4)).astype(np.float64) * 10 / np.log(10)  # dB
+        np.testing.assert_allclose(diff, np.broadcast_to(diff[0], diff.shape), atol=1e-3)  # the same every frame
+        np.testing.assert_allclose(diff[0], diff[0, -1] * np.arange(m) / (m - 1), atol=1e-3)  # 0 dB .. top, linear
+        tilts.append(diff[0, -1])
+    assert all(abs(t) <= 12.0 for t in tilts) and min(tilts) < -3 and max(tilts) > 3
+    # with noise, a downward tilt lowers the top band's SNR: that band moves towards the noise floor
+    steady = np.zeros((500, m), np.float32)  # noise of one constant spectrum: where it starts does not matter
+    noisy = audio.ConnectedSpec(max_silence=0, gain_db=0.0, snr_db=(10.0, 10.0))
+    flat, _ = audio.connected_utterance(bank, steady, np.random.default_rng(0), noisy, clip_ids=[4])
+    both = audio.ConnectedSpec(max_silence=0, gain_db=0.0, snr_db=(10.0, 10.0), tilt_db=30.0)
+    rng = np.random.default_rng(0)
+    tilted, _ = audio.connected_utterance(bank, steady, rng, both, clip_ids=[4])
+    replay = np.random.default_rng(0)  # the draws connected_utterance makes: silences, gains, then the tilts
+    replay.integers(0, 1, 2), replay.uniform(0.0, 0.0, 1)
+    t = replay.uniform(-30.0, 30.0, 1)[0] * np.log(10) / 10
+    noise_level = np.log(np.exp(flat) - np.exp(bank.frames(4)))  # what flat added to the clean frames
+    want = np.logaddexp(bank.frames(4) + t * np.linspace(0, 1, m), noise_level)
+    np.testing.assert_allclose(tilted, want, atol=1e-3)
+    assert np.allclose(flat[:, 0], tilted[:, 0], atol=1e-4) and not np.allclose(flat[:, -1], tilted[:, -1])
+
+
 def test_speaker_normalisation_equals_numpy_and_uses_no_transcripts(tmp_path):
     clips = audio.wav_folder(_fake_fsdd(tmp_path / "rec", speakers=("anna", "bob"), takes=2))
     bank = audio.build_bank(clips, SPEC)

@@ -317,6 +317,9 @@ class ConnectedSpec:
     bucket: int = 64  # batches are padded to a multiple of this many frames (few shapes to compile)
     tempo: float = 0.0  # per-clip time stretch by U(1 - tempo, 1 + tempo) (speaking rate)
     mel_warp: float = 0.0  # per-clip mel-axis scaling by U(1 - w, 1 + w) (vocal tract length, as VTLP)
+    tilt_db: float = 0.0  # per-clip spectral tilt U(-t, t) dB at the top mel channel, 0 dB at the bottom, linear
+    # in between, applied to the speech before the background noise (so it sets each band's SNR: a speaker or
+    # microphone with little energy above 1 kHz)
 
 
 def warp_clip(frames_TxM: np.ndarray, stretch: float, warp: float) -> np.ndarray:
@@ -365,8 +368,12 @@ def connected_utterance(bank: FeatureBank, noise_NxM: np.ndarray, rng: np.random
     parts = [np.full((sil[0], m), floor, np.float32)]
     stretch = rng.uniform(1 - spec.tempo, 1 + spec.tempo, len(clip_ids)) if spec.tempo else np.ones(len(clip_ids))
     warp = rng.uniform(1 - spec.mel_warp, 1 + spec.mel_warp, len(clip_ids)) if spec.mel_warp else np.ones(len(clip_ids))
+    tilt = rng.uniform(-spec.tilt_db, spec.tilt_db, len(clip_ids)) if spec.tilt_db else np.zeros(len(clip_ids))
+    ramp_M = np.linspace(0.0, 1.0, m, dtype=np.float32) * np.float32(math.log(10) / 10)  # dB -> natural-log power
     for k, i in enumerate(clip_ids):
         clip = warp_clip(bank.frames(i), stretch[k], warp[k])
+        if tilt[k]:
+            clip = clip + np.float32(tilt[k]) * ramp_M
         parts += [clip + np.float32(gains[k]), np.full((sil[k + 1], m), floor, np.float32)]
     speech = np.concatenate(parts)
     level = float(np.mean(bank.level[list(clip_ids)] + gains))
