@@ -169,6 +169,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
 LSTM_FB1 = {"model.cell": "lstm", "model.cell_options": "forget_bias=1.0"}
 LSTM_FB0 = {"model.cell": "lstm", "model.cell_options": "forget_bias=0.0"}
+LSTM_CHRONO = {"model.cell": "lstm", "model.cell_options": "chrono=200"}  # Tallec & Ollivier 2018, T_max = T
 GRU = {"model.cell": "gru", "model.cell_options": ""}
 TANH = {"model.cell": "elman", "model.cell_options": ""}  # tanh, orthogonal W_h (spectral radius 1)
 IRNN_CELL = {"model.cell": "elman", "model.cell_options": IRNN}
@@ -177,7 +178,7 @@ IRNN_CELL = {"model.cell": "elman", "model.cell_options": IRNN}
 def full(add):
     """The study behind docs/gradient_flow, sized to run (with its report) well
     within 30 minutes on 2 CPU cores. Adding problem, 1x64 cells, batch 50, Adam 1e-2."""
-    for cell in (LSTM_FB1, LSTM_FB0, GRU, TANH, IRNN_CELL):  # T = 200, clipping 1.0, 1500 steps
+    for cell in (LSTM_FB1, LSTM_FB0, LSTM_CHRONO, GRU, TANH, IRNN_CELL):  # T = 200, clipping 1.0, 1500 steps
         add(**cell)
     for rho in (0.5, 0.9, 1.1):  # rho = 1.0 is TANH: orthogonal has spectral radius 1
         add(**TANH, **{"model.recurrent_radius": rho, "train.num_steps": 1000})
@@ -250,6 +251,8 @@ def describe(config: Any) -> dict:
     if cell == "elman":
         family = "IRNN" if (init, nonlinearity) == ("identity", "relu") else f"{nonlinearity} RNN"
         tag = "_irnn" if family == "IRNN" else ("" if nonlinearity == "tanh" else f"_{nonlinearity}")
+    elif cell == "lstm" and opts.get("chrono"):
+        family, tag = f"LSTM chrono {int(opts['chrono'])}", f"_chrono{int(opts['chrono'])}"
     elif cell == "lstm":
         fb = float(opts.get("forget_bias", 1.0))
         family, tag = f"LSTM fb={fb:g}", f"_fb{fb:g}"
@@ -268,7 +271,8 @@ def describe(config: Any) -> dict:
         name += f"_seed{get('seed')}"
     return {"name": name, "label": label, "family": family, "cell": cell, "init": init,
             "nonlinearity": nonlinearity if cell == "elman" else None,
-            "forget_bias": float(opts.get("forget_bias", 1.0)) if cell == "lstm" else None,
+            "forget_bias": float(opts.get("forget_bias", 1.0)) if cell == "lstm" and not opts.get("chrono") else None,
+            "chrono": int(opts.get("chrono", 0)) if cell == "lstm" else None,
             "radius": rho, "clip": clip, "optimizer": optim, "lr": lr, "T": int(get("task.length")),
             "task": get("task.name"),
             "num_steps": int(get("train.num_steps")), "d_hidden": int(get("model.d_hidden"))}
@@ -537,6 +541,17 @@ def claims(trials_: dict) -> dict:
             "trained_range_h": s1["component_range_window"].get("layer_0/h"),
             "holds_at_init": s0["range_window"] < 10, "holds_after_training": s1["range_window"] < 10,
         }
+    chrono = _find(trials_, cell="lstm", chrono=200, **study)
+    if chrono is not None:
+        s0, s1 = _first(chrono), _last(chrono)
+        out["a_lstm_chrono"] = {
+            "trial": chrono["name"], "window_lags": [0, chrono["window"]], "init_range": s0["range_window"],
+            "init_range_from_lag1": s0["range_window_from_lag1"], "init_fitted_rate": s0["fit_window"]["rate"],
+            "trained_step": s1["step"], "trained_range": s1["range_window"],
+            "mse": (chrono["result"] or {}).get("eval_loss"),
+            "first_solved_step": (chrono["result"] or {}).get("first_solved_step"),
+            "holds_at_init": s0["range_window"] < 10, "holds_after_training": s1["range_window"] < 10,
+        }
     if lstm is not None and tanh is not None and lstm["result"] and tanh["result"]:
         base = lstm["baseline"]
         lm, tm = lstm["result"]["eval_loss"], tanh["result"]["eval_loss"]
@@ -691,6 +706,10 @@ def _claim_a_figure(trials_: dict, claims_: dict, out_dir: str) -> dict:
         for s, style in ((_first(lstm), "-"), (_last(lstm), "--")):
             y = np.array(s["norms_T"], dtype=float)
             _curve(axes[1], y / y[-1], ls=style, label=f"{lstm['label']} step {s['step']}")
+        if "a_lstm_chrono" in claims_:
+            chrono = trials_[claims_["a_lstm_chrono"]["trial"]]
+            y = np.array(_first(chrono)["norms_T"], dtype=float)
+            _curve(axes[1], y / y[-1], ls="-.", label=f"{chrono['label']} step {_first(chrono)['step']}")
         axes[1].axvspan(n - 1 - lstm["window"], n - 1, color="grey", alpha=0.1, label="last 100 steps")
         axes[1].axhline(0.1, color="grey", ls=":", label="1/10 of lag 0")
         axes[1].set(title="LSTM: norm relative to lag 0", xlabel="t")
@@ -799,6 +818,16 @@ def markdown(rep: dict) -> str:
             f"{_g(a['trained_fitted_rate'], '.4f')}/step) -> **{'yes' if a['holds_after_training'] else 'no'}**. "
             f"The h part alone, ||dL/dh_t||: {_g(a['init_range_h'])} at initialisation, {_g(a['trained_range_h'])} "
             "after training.", ""]
+    if "a_lstm_chrono" in c:
+        a = c["a_lstm_chrono"]
+        lines += [
+            f"**(a') LSTM, chrono initialisation** (Tallec & Ollivier 2018: b_f = log U(1, 199), b_i = -b_f; "
+            f"`{a['trial']}`): max/min over lags {a['window_lags'][0]}-{a['window_lags'][1]}: "
+            f"**{_g(a['init_range'])} at initialisation** ({_g(a['init_fitted_rate'], '.4f')}/step) -> within one "
+            f"order of magnitude: **{'yes' if a['holds_at_init'] else 'no'}**; after training (step "
+            f"{a['trained_step']}): {_g(a['trained_range'])}; adding MSE {_g(a['mse'], '.4g')} (first below the "
+            f"target at step {_g(a['first_solved_step'])}). The forget-gate bias that keeps the gradient at "
+            "initialisation is a spread of forgetting times up to T, not 1.", ""]
     if "b_adding_T200" in c:
         b = c["b_adding_T200"]
         lines += [

@@ -117,6 +117,37 @@ def test_config_shorthands_and_trial_names():
         gf.get_config("default,train.nmu_steps=3")
 
 
+def test_chrono_initialisation_biases_and_the_gradient_it_keeps_at_initialisation():
+    """Tallec & Ollivier 2018, eq. 13: b_f = log U(1, T_max - 1), b_i = -b_f, the
+    weights untouched; at initialisation it keeps ||dL/d(c,h)_t|| within one order of
+    magnitude over the last 100 of 200 steps, where forget bias 1 spans several."""
+    cell = cells.get("lstm", chrono=200)
+    p = cell.init(jax.random.key(3), 5, 64)
+    plain = cells.get("lstm").init(jax.random.key(3), 5, 64)
+    b = np.asarray(p["b_G"], np.float64)
+    b_i, b_f, b_g, b_o = np.split(b, 4)
+    np.testing.assert_array_equal(b_i, -b_f)
+    assert np.all(b_g == 0) and np.all(b_o == 0) and np.all(b_f >= 0) and np.all(b_f <= np.log(199) + 1e-6)
+    assert np.exp(b_f).min() < 10 and np.exp(b_f).max() > 150  # forgetting times spread over 2 .. 200
+    for k in ("w_x_DxG", "w_h_HxG"):
+        np.testing.assert_array_equal(p[k], plain[k])
+    with pytest.raises(ValueError, match="T_MAX > 2"):
+        cells.get("lstm", chrono=1).init(jax.random.key(0), 5, 8)
+    ranges = {}
+    for opts in ("chrono=200", "forget_bias=1.0"):
+        c = gf.get_config("default")
+        c.unlock()
+        c.model.cell_options = opts
+        c.lock()
+        model, spec = train_tasks.build(c)
+        params = model.init(jax.random.key(0))
+        xs, targets, mask = (jnp.asarray(a) for a in train_tasks.probe_batch(c, 16))
+        norms = np.asarray(model.grad_norms(params, xs, targets, mask).norms_T, np.float64)[-101:]
+        ranges[opts] = norms.max() / norms.min()
+    assert ranges["chrono=200"] < 10 < 1000 < ranges["forget_bias=1.0"], ranges
+    assert gf.describe(gf.get_config("default,model.cell_options=chrono=200"))["name"] == "lstm_chrono200_T200_clip"
+
+
 def test_model_losses_and_probe_loss_agree():
     """grad_norms' loss is the training loss: MSE at the last step, CE over a mask."""
     for task, kw in (("adding", {}), ("copy", {"task.length": 5}), ("temporal_order", {"task.length": 12})):
