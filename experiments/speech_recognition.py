@@ -76,6 +76,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.bucket = 64  # pad batches to a multiple of this many frames (few shapes to compile)
     d.tempo = 0.15  # per-digit time stretch U(1 -+ tempo) (speaking rate); 0: off
     d.mel_warp = 0.1  # per-digit mel-axis scaling U(1 -+ w) (vocal tract length, like VTLP); 0: off
+    d.rate_norm = 0.0  # >0: stretch each speaker's clips so its median spoken span is this many frames (no labels)
     d.tilt_db = 0.0  # per-digit spectral tilt U(-t, t) dB across the mel axis, before the noise (band SNRs); 0: off
     d.speaker_norm = "meanvar"  # 'none' | 'mean' | 'meanvar': per-speaker log-mel normalisation from each
     # speaker's own clips (test speaker too: no labels); jackson 24.7 -> 21.7 %, five-speaker average 15.0 either way

@@ -92,6 +92,7 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
     train, test = audio.split_by_speaker(clips, [s.strip() for s in d.test_speakers.split(",")])
     cache = d.cache_dir or os.path.join(workdir, "feature_cache")
     bank = audio.cached_bank(train + test, spec, cache, trim_db=d.trim_db)
+    bank = audio.normalise_rate(bank, d.get("rate_norm", 0.0))  # per speaker, from its own clips: no labels
     bank = audio.normalise_speakers(bank, d.speaker_norm)  # per speaker, from its own clips: no labels
     n = len(train)
     return SpeechData(bank.subset(range(n)), bank.subset(range(n, n + len(test))), audio.noise_template(spec),

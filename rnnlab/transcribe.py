@@ -46,7 +46,11 @@ def load_run(workdir: str):
 
 
 def _speaker_normalised(config, logmels: list[np.ndarray]) -> list[np.ndarray]:
-    """data.speaker_norm of the run, with the given clips as one speaker's."""
+    """data.rate_norm and data.speaker_norm of the run, with the given clips as one speaker's."""
+    target = config.data.get("rate_norm", 0.0)
+    if target > 0:
+        median = float(np.median([audio.active_span(x) for x in logmels]))
+        logmels = [audio.rate_transform(x, median, target) for x in logmels]
     mode, trim_db = config.data.get("speaker_norm", "none"), config.data.trim_db
     if mode == "none":
         return logmels

@@ -195,6 +195,39 @@ def test_spectral_tilt_is_a_linear_ramp_over_the_mel_axis_applied_before_the_noi
     assert np.allclose(flat[:, 0], tilted[:, 0], atol=1e-4) and not np.allclose(flat[:, -1], tilted[:, -1])
 
 
+def _word_bank(spans_by_speaker: dict[str, list[int]], m: int = 6) -> audio.FeatureBank:
+    """Clips of a loud 'word' of the given number of frames between 5 quiet frames (60 dB down) each side."""
+    rng = np.random.default_rng(0)
+    parts, clips = [], []
+    for speaker, spans in spans_by_speaker.items():
+        for k, n in enumerate(spans):
+            x = np.full((n + 10, m), np.log(1e-6), np.float32)
+            x[5:5 + n] = rng.normal(0.0, 0.3, (n, m))
+            parts.append(x)
+            clips.append(audio.Clip(f"{speaker}_{k}.wav", speaker, str(k % 10), k))
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+    level = np.asarray([np.log(np.mean(np.exp(p.astype(np.float64)))) for p in parts], np.float32)
+    return audio.FeatureBank(np.concatenate(parts), offsets, level, clips)
+
+
+def test_rate_normalisation_stretches_each_speaker_to_the_target_span_without_transcripts():
+    bank = _word_bank({"slow": [40, 44, 48, 60], "fast": [20, 22, 24, 30]})
+    assert [audio.active_span(bank.frames(i)) for i in range(8)] == [40, 44, 48, 60, 20, 22, 24, 30]
+    assert audio.speaker_rates(bank) == {"fast": 23.0, "slow": 46.0}
+    out = audio.normalise_rate(bank, 30.0)
+    spans = [audio.active_span(out.frames(i)) for i in range(8)]
+    # each clip scaled by 30 / its speaker's median: slow by 30/46, fast by 30/23 (linear interpolation,
+    # so the span is the scaled one within a frame or two)
+    for i, (want_span, speaker) in enumerate(zip([40, 44, 48, 60, 20, 22, 24, 30], ["slow"] * 4 + ["fast"] * 4, strict=True)):
+        scale = 30.0 / {"slow": 46.0, "fast": 23.0}[speaker]
+        assert abs(spans[i] - want_span * scale) <= 2, (i, spans[i], want_span * scale)
+        assert len(out.frames(i)) == round(len(bank.frames(i)) * scale)
+    # the texts play no part: shuffled transcripts give the same frames
+    shuffled = bank._replace(clips=[c._replace(text=str((int(c.text) + 3) % 10)) for c in bank.clips])
+    np.testing.assert_array_equal(audio.normalise_rate(shuffled, 30.0).logmel_NxM, out.logmel_NxM)
+    assert audio.normalise_rate(bank, 0.0) is bank
+
+
 def test_speaker_normalisation_equals_numpy_and_uses_no_transcripts(tmp_path):
     clips = audio.wav_folder(_fake_fsdd(tmp_path / "rec", speakers=("anna", "bob"), takes=2))
     bank = audio.build_bank(clips, SPEC)

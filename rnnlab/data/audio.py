@@ -294,6 +294,44 @@ def normalise_speakers(bank: FeatureBank, mode: str = "mean") -> FeatureBank:
     return FeatureBank(np.concatenate(parts), bank.offsets.copy(), level, list(bank.clips))
 
 
+def active_span(frames_TxM: np.ndarray, top_db: float = 25.0) -> int:
+    """Frames from the first to the last one within ``top_db`` of the clip's loudest
+    frame: the spoken part of a clip, whatever silence or noise surrounds it."""
+    power_T = np.log(np.mean(np.exp(frames_TxM.astype(np.float64)), axis=1))
+    loud = np.nonzero(power_T > power_T.max() - top_db * math.log(10) / 10)[0]
+    return int(loud[-1] - loud[0] + 1)
+
+
+def speaker_rates(bank: FeatureBank) -> dict[str, float]:
+    """Per speaker: the median ``active_span`` of its clips (frames). Uses no
+    transcript: only the speaker name."""
+    spans: dict[str, list[int]] = {}
+    for i, c in enumerate(bank.clips):
+        spans.setdefault(c.speaker, []).append(active_span(bank.frames(i)))
+    return {s: float(np.median(v)) for s, v in sorted(spans.items())}
+
+
+def rate_transform(frames_TxM: np.ndarray, median_span: float, target: float) -> np.ndarray:
+    """``normalise_rate``'s map of one clip, given its speaker's median active span."""
+    return warp_clip(frames_TxM, target / median_span, 1.0)
+
+
+def normalise_rate(bank: FeatureBank, target: float) -> FeatureBank:
+    """Speaking-rate normalisation, from each speaker's own unlabelled clips (test
+    speakers included, as ``normalise_speakers``): every clip of a speaker is
+    stretched in time by ``target`` / (that speaker's median active span), so each
+    speaker's words last about ``target`` frames at the median. A held-out slow
+    speaker (FSDD's jackson: median 41 frames against 26-36 for the others) then
+    does not look like another word's duration. ``target`` <= 0: unchanged."""
+    if target <= 0:
+        return bank
+    rates = speaker_rates(bank)
+    parts = [rate_transform(bank.frames(i), rates[c.speaker], target) for i, c in enumerate(bank.clips)]
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+    level = np.asarray([np.log(np.mean(np.exp(p.astype(np.float64)))) for p in parts], np.float32)
+    return FeatureBank(np.concatenate(parts), offsets, level, list(bank.clips))
+
+
 def noise_template(spec: feat.FeatureSpec, n_frames: int = 4000, seed: int = 12345) -> np.ndarray:
     """log-mel frames of unit-variance white Gaussian noise, minus their mean log
     power (so adding ``level`` gives noise of that level)."""
