@@ -92,7 +92,11 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
     train, test = audio.split_by_speaker(clips, [s.strip() for s in d.test_speakers.split(",")])
     cache = d.cache_dir or os.path.join(workdir, "feature_cache")
     bank = audio.cached_bank(train + test, spec, cache, trim_db=d.trim_db)
-    bank = audio.normalise_rate(bank, d.get("rate_norm", 0.0))  # per speaker, from its own clips: no labels
+    if d.get("rate_norm", 0.0) > 0:  # per speaker, from its own clips: no labels
+        spans = ", ".join(f"{s} {v:g}" for s, v in audio.speaker_rates(bank).items())
+        print(f"speaking-rate normalisation: median spoken span per speaker ({spans}) frames -> {d.rate_norm:g}",
+              flush=True)
+        bank = audio.normalise_rate(bank, d.rate_norm)
     bank = audio.normalise_speakers(bank, d.speaker_norm)  # per speaker, from its own clips: no labels
     n = len(train)
     return SpeechData(bank.subset(range(n)), bank.subset(range(n, n + len(test))), audio.noise_template(spec),

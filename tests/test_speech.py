@@ -178,3 +178,28 @@ def test_ema_is_the_hand_computed_weighted_average_and_the_train_step_keeps_it()
     want = jax.tree.map(lambda a, b: 0.9 * 0.1 * a + 0.1 * b, *seen)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), state["ema"], want)
     assert not np.allclose(seen[0]["out_b_V"], seen[1]["out_b_V"])  # the weights did move
+
+
+def test_transcribe_normalises_its_files_as_one_speaker_rate_and_spectrum():
+    """transcribe applies the run's data.rate_norm and data.speaker_norm to the given files as
+    one speaker: stretched by target / their median spoken span, then CMVN from their frames."""
+    import ml_collections
+
+    from rnnlab.data import audio
+    from rnnlab.transcribe import _speaker_normalised
+
+    rng = np.random.default_rng(0)
+    clips = []
+    for n in (30, 40, 50):
+        x = np.full((n + 10, 6), np.log(1e-6), np.float32)
+        x[5:5 + n] = rng.normal(0.0, 0.3, (n, 6))
+        clips.append(x)
+    config = ml_collections.ConfigDict({"data": {"rate_norm": 20.0, "speaker_norm": "none", "trim_db": 0.0}})
+    out = _speaker_normalised(config, clips)
+    assert [len(o) for o in out] == [round(len(c) * 20 / 40) for c in clips]  # median span 40
+    assert [audio.active_span(o) for o in out] == pytest.approx([15, 20, 25], abs=2)
+    config.data.speaker_norm = "meanvar"
+    normed = _speaker_normalised(config, clips)
+    mean_M, std_M = audio.channel_stats(out)
+    for got, stretched in zip(normed, out, strict=True):
+        np.testing.assert_allclose(got, audio.speaker_transform(stretched, mean_M, std_M, "meanvar"), rtol=1e-6)
