@@ -12,8 +12,9 @@ trials), then the report (per-speaker table + average); on a shared machine run 
 time with XLA on one thread each (each model: ~12 CPU-minutes for 3000 steps):
   nice -n 10 python experiments/speech_recognition.py --run --root=runs/speech --out=docs/speech \
       --jobs=2 --single_thread --extra=train.max_minutes=0
-Report only (from the trials' result.json files):
-  python experiments/speech_recognition.py --root=runs/speech --out=docs/speech
+Report only (from the trials' result.json files; --confusions adds which digit each held-out clip is
+heard as, per trial, from its checkpoint):
+  python experiments/speech_recognition.py --root=runs/speech --out=docs/speech [--confusions]
 Transcribe WAV files with a trained run:
   python -m rnnlab.transcribe --workdir=runs/speech/fsdd_jackson a.wav b.wav
 
@@ -261,6 +262,77 @@ def report(root: str, out_dir: str) -> dict:
     return rep
 
 
+def confusions(root: str, out_dir: str) -> dict:
+    """Which digit each held-out clip is heard as, per trial: every clip of the held-out
+    speaker as a one-digit utterance (made as the evaluation utterances are), decoded
+    greedily with the trial's evaluated weights (``train_speech.digit_confusions``).
+    Writes confusions.json (counts), confusions.md (accuracy and the most frequent
+    confusions per speaker) and confusions.png/.svg (row-normalised matrices)."""
+    import ml_collections
+    import numpy as np
+
+    from rnnlab import train_speech, transcribe
+
+    out = {}
+    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        wd = os.path.join(root, name)
+        if not os.path.exists(os.path.join(wd, "result.json")):
+            continue
+        with open(os.path.join(wd, "config.json")) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+        t0 = time.time()
+        data = train_speech.load_data(config, wd)
+        model, params, _ = transcribe.load_run(wd)
+        counts = train_speech.digit_confusions(model, params, config, data)
+        speaker = config.data.test_speakers
+        top = sorted(((int(counts[d, h]), str(d), str(h) if h < 10 else "other") for d in range(10) for h in range(11)
+                      if h != d and counts[d, h]), reverse=True)[:6]
+        out[speaker] = {"trial": name, "counts": counts.tolist(), "clips": int(counts.sum()),
+                        "accuracy": float(np.trace(counts[:, :10]) / counts.sum()),
+                        "top_confusions": [{"digit": d, "heard_as": h, "clips": n} for n, d, h in top]}
+        print(f"{name}: {speaker} isolated-digit accuracy {out[speaker]['accuracy']:.1%} over {counts.sum()} clips; "
+              f"most confused: {', '.join(f'{d}->{h} {n}' for n, d, h in top[:3])} ({time.time() - t0:.0f} s)",
+              flush=True)
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "confusions.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    lines = ["| held-out speaker | isolated-digit accuracy | most frequent confusions (digit -> heard as: clips) |",
+             "|---|---|---|"]
+    for speaker, r in out.items():
+        conf = ", ".join(f"{c['digit']} -> {c['heard_as']}: {c['clips']}" for c in r["top_confusions"])
+        lines.append(f"| {speaker} | {r['accuracy']:.1%} of {r['clips']} | {conf} |")
+    with open(os.path.join(out_dir, "confusions.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    if out:
+        _confusion_figure(out, out_dir)
+    return out
+
+
+def _confusion_figure(out: dict, out_dir: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(out), figsize=(3.2 * len(out), 3.4), squeeze=False)
+    for ax, (speaker, r) in zip(axes[0], out.items(), strict=True):
+        c = np.asarray(r["counts"], np.float64)
+        ax.imshow(c / np.maximum(c.sum(axis=1, keepdims=True), 1), vmin=0, vmax=1, cmap="Blues")
+        for d in range(c.shape[0]):
+            for h in range(c.shape[1]):
+                if c[d, h]:
+                    ax.text(h, d, int(c[d, h]), ha="center", va="center", fontsize=6,
+                            color="white" if c[d, h] > 0.5 * c[d].sum() else "black")
+        ax.set_xticks(range(11), [str(k) for k in range(10)] + ["?"], fontsize=7)
+        ax.set_yticks(range(10), [str(k) for k in range(10)], fontsize=7)
+        ax.set(title=f"{speaker}: {r['accuracy']:.0%}", xlabel="heard as ('?': other)", ylabel="digit")
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(os.path.join(out_dir, f"confusions.{ext}"), dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", action="store_true", help="train every held-out speaker first (resumes/reuses)")
@@ -270,10 +342,14 @@ def main(argv=None) -> None:
     p.add_argument("--extra", default="", help="more 'key=value' overrides for every trial")
     p.add_argument("--jobs", type=int, default=1, help="trials at a time (each on one XLA thread if --single_thread)")
     p.add_argument("--single_thread", action="store_true", help="XLA on one thread per trial (shared machines)")
+    p.add_argument("--confusions", action="store_true",
+                   help="also: which digit each held-out clip is heard as, per trial (confusions.{json,md,png})")
     a = p.parse_args(argv)
     if a.run:
         run_study(a.root, a.variant, a.extra, a.jobs, a.single_thread)
     report(a.root, a.out)
+    if a.confusions:
+        confusions(a.root, a.out)
 
 
 if __name__ == "__main__":

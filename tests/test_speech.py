@@ -111,6 +111,14 @@ def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp
     assert not np.allclose(jax.tree.leaves(params)[0], jax.tree.leaves(full["params"])[0])
     with pytest.raises(ValueError, match="has no 'momentum'"):
         ckpt_lib.load_params(wd, jax.eval_shape(model.init, jax.random.key(0)), item="momentum")
+    # which digit each held-out clip is heard as: every one of jackson's 3 x 10 clips counted once
+    from experiments import speech_recognition as exp
+
+    conf = exp.confusions(str(tmp_path), str(tmp_path / "out"))
+    assert list(conf) == ["jackson"] and conf["jackson"]["clips"] == 30
+    counts = np.asarray(conf["jackson"]["counts"])
+    assert counts.shape == (10, 11) and counts.sum(axis=1).tolist() == [3] * 10
+    assert all(os.path.exists(tmp_path / "out" / f) for f in ("confusions.json", "confusions.md", "confusions.png"))
 
 
 def test_non_finite_loss_stops_the_run_without_saving(tmp_path):
@@ -203,3 +211,12 @@ def test_transcribe_normalises_its_files_as_one_speaker_rate_and_spectrum():
     mean_M, std_M = audio.channel_stats(out)
     for got, stretched in zip(normed, out, strict=True):
         np.testing.assert_allclose(got, audio.speaker_transform(stretched, mean_M, std_M, "meanvar"), rtol=1e-6)
+
+
+def test_confusion_counts_put_each_one_word_utterance_in_its_cell():
+    refs = ["2", "2", "3", "0", "9", "1"]
+    hyps = ["4", "2", "", "0 0", "9", "x"]  # a substitution, a hit, a deletion, two words, a hit, unknown
+    got = train_speech.confusion_counts(refs, hyps, [str(d) for d in range(10)])
+    want = np.zeros((10, 11), np.int64)
+    want[2, 4] = want[2, 2] = want[3, 10] = want[0, 10] = want[9, 9] = want[1, 10] = 1
+    np.testing.assert_array_equal(got, want)
