@@ -9,6 +9,9 @@
 
 Biases: ``b_G`` holds PyTorch's b_ih plus the r,z parts of b_hh (summed, they
 only ever appear together); ``b_hn_H`` is b_hh's n part, which r multiplies.
+``chrono=T_MAX`` (> 2): chrono initialisation (Tallec & Ollivier 2018), the GRU
+form: b_z = log(u), u ~ U(1, T_MAX - 1), so each unit keeps its state for about
+1 + u steps at initialisation (z = sigmoid(b_z) = u / (1 + u) is the keep gate here).
 Carry: h_BxH.
 """
 
@@ -38,12 +41,19 @@ def init(
     input_init: str = "lecun_normal",
     recurrent_init: str = "orthogonal",
     bias_init: str = "zeros",
+    chrono: int = 0,
     dtype=jnp.float32,
 ) -> Params:
     k_dense, k_n = jax.random.split(key)
     params = init_dense(k_dense, d_in, d_h, N_GATES, input_init=input_init, recurrent_init=recurrent_init,
                         bias_init=bias_init, dtype=dtype)
     params["b_hn_H"] = initializer(bias_init, d_h)(k_n, (d_h,), dtype)
+    if chrono:
+        if chrono <= 2:
+            raise ValueError(f"gru chrono={chrono}: give the longest dependency to expect, T_MAX > 2 steps")
+        # its own stream: the weights stay those of the same key without chrono
+        u = jax.random.uniform(jax.random.fold_in(key, 0x6368726F), (d_h,), jnp.float32, 1.0, chrono - 1.0)
+        params["b_G"] = params["b_G"].at[d_h : 2 * d_h].set(jnp.log(u).astype(params["b_G"].dtype))  # r, z, n
     return params
 
 
