@@ -95,6 +95,17 @@ def init_dense(
     }
 
 
+def chrono_bias(key: Array, d_h: int, t_max: int, dtype, cell: str) -> Array:
+    """Chrono initialisation (Tallec & Ollivier 2018, eq. 13): log(u), u ~ U(1, t_max - 1)
+    per unit, the bias of the gate that keeps the state (LSTM forget, GRU keep), so the
+    units' memory times spread over 2 .. t_max steps. Drawn from its own stream of
+    ``key``: the weights stay those of the same key without chrono."""
+    if t_max <= 2:
+        raise ValueError(f"{cell} chrono={t_max}: give the longest dependency to expect, T_MAX > 2 steps")
+    u = jax.random.uniform(jax.random.fold_in(key, 0x6368726F), (d_h,), jnp.float32, 1.0, t_max - 1.0)
+    return jnp.log(u).astype(dtype)
+
+
 def split_gates(g_BxG: Array, n_gates: int) -> list[Array]:
     """Split gate pre-activations into ``n_gates`` blocks of H along the last axis."""
     return jnp.split(g_BxG, n_gates, axis=-1)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from rnnlab.cells._common import (
     Array,
     Params,
+    chrono_bias,
     dense_precompute,
     init_dense,
     initializer,
@@ -49,11 +50,7 @@ def init(
                         bias_init=bias_init, dtype=dtype)
     params["b_hn_H"] = initializer(bias_init, d_h)(k_n, (d_h,), dtype)
     if chrono:
-        if chrono <= 2:
-            raise ValueError(f"gru chrono={chrono}: give the longest dependency to expect, T_MAX > 2 steps")
-        # its own stream: the weights stay those of the same key without chrono
-        u = jax.random.uniform(jax.random.fold_in(key, 0x6368726F), (d_h,), jnp.float32, 1.0, chrono - 1.0)
-        params["b_G"] = params["b_G"].at[d_h : 2 * d_h].set(jnp.log(u).astype(params["b_G"].dtype))  # r, z, n
+        params["b_G"] = params["b_G"].at[d_h : 2 * d_h].set(chrono_bias(key, d_h, chrono, params["b_G"].dtype, "gru"))
     return params
 
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from rnnlab.cells._common import (
     Array,
     Params,
+    chrono_bias,
     dense_precompute,
     init_dense,
     recurrent_input,
@@ -48,11 +49,7 @@ def init(
     params = init_dense(key, d_in, d_h, N_GATES, input_init=input_init, recurrent_init=recurrent_init,
                         bias_init=bias_init, dtype=dtype)
     if chrono:
-        if chrono <= 2:
-            raise ValueError(f"lstm chrono={chrono}: give the longest dependency to expect, T_MAX > 2 steps")
-        # its own stream: the weights stay those of the same key without chrono
-        u = jax.random.uniform(jax.random.fold_in(key, 0x6368726F), (d_h,), jnp.float32, 1.0, chrono - 1.0)
-        b_f = jnp.log(u).astype(params["b_G"].dtype)
+        b_f = chrono_bias(key, d_h, chrono, params["b_G"].dtype, "lstm")
         return {**params, "b_G": params["b_G"].at[:d_h].set(-b_f).at[d_h : 2 * d_h].set(b_f)}  # i, f, g, o
     params["b_G"] = params["b_G"].at[d_h : 2 * d_h].add(forget_bias)  # gate order i, f, g, o
     return params
