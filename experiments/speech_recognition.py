@@ -32,7 +32,7 @@ seed=N; dotted keys (train.num_steps=...) go anywhere.
 
 RESULTS (docs/speech/README.md; greedy WER of the EMA weights on 400 held-out connected utterances, one
 run each, 11.7-13.3 CPU-minutes per model): george 19.1 %, jackson 11.3 %, lucas 8.8 %, nicolas 13.5 %,
-yweweler 9.5 %; average 12.4 %: the issue's <= 10 % does NOT hold. Speaking-rate normalisation took
+yweweler 9.5 %; average 12.4 % (seed 1: 11.6 %): the issue's <= 10 % does NOT hold. Speaking-rate normalisation took
 jackson, the slowest speaker, from 22.6 % (3000 steps, tempo +-50 %, no rate normalisation) to 11.3 %; the previous recipe
 (1500 steps, tempo +-15 %, no rate normalisation) averaged 15.0 %.
 """
