@@ -93,10 +93,11 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
     cache = d.cache_dir or os.path.join(workdir, "feature_cache")
     bank = audio.cached_bank(train + test, spec, cache, trim_db=d.trim_db)
     if d.get("rate_norm", 0.0) > 0:  # per speaker, from its own clips: no labels
-        spans = ", ".join(f"{s} {v:g}" for s, v in audio.speaker_rates(bank).items())
+        rates = audio.speaker_rates(bank)
+        spans = ", ".join(f"{s} {v:g}" for s, v in rates.items())
         print(f"speaking-rate normalisation: median spoken span per speaker ({spans}) frames -> {d.rate_norm:g}",
               flush=True)
-        bank = audio.normalise_rate(bank, d.rate_norm)
+        bank = audio.normalise_rate(bank, d.rate_norm, rates)
     bank = audio.normalise_speakers(bank, d.speaker_norm)  # per speaker, from its own clips: no labels
     n = len(train)
     return SpeechData(bank.subset(range(n)), bank.subset(range(n, n + len(test))), audio.noise_template(spec),
@@ -176,14 +177,20 @@ def decode(model: speech_lib.SpeechModel, params, batch: audio.Batch, vocab: ctc
     return hyps
 
 
+def eval_utterance_spec(spec: audio.ConnectedSpec) -> audio.ConnectedSpec:
+    """How held-out utterances are made: ``spec`` without its training perturbations
+    (tempo, mel warps, spectral tilt)."""
+    return dataclasses.replace(spec, tempo=0.0, mel_warp=0.0, tilt_db=0.0)
+
+
 def evaluate(model: speech_lib.SpeechModel, params, config: ml_collections.ConfigDict, data: SpeechData,
              beam_width: int = 0) -> dict:
     """CER / WER / digit-string accuracy on connected utterances of the held-out speakers."""
     ev = config.eval
     refs, hyps = [], []
+    test_utts = eval_utterance_spec(data.utterances)
     for i in range(-(-ev.utterances // ev.batch_size)):
         n = min(ev.batch_size, ev.utterances - i * ev.batch_size)
-        test_utts = dataclasses.replace(data.utterances, tempo=0.0, mel_warp=0.0, tilt_db=0.0)  # no perturbation at test time
         b = audio.connected_batch(data.test, data.noise_NxM, data.vocab, test_utts, config.seed, EVAL_STEP0 + i, n)
         refs += b.texts
         hyps += decode(model, params, b, data.vocab, beam_width)
@@ -211,7 +218,7 @@ def digit_confusions(model: speech_lib.SpeechModel, params, config: ml_collectio
     as a one-digit utterance made the way the evaluation utterances are (silences,
     gain, background noise; no tempo or warps), decoded greedily; counts as in
     ``confusion_counts`` with the words '0'..'9'."""
-    spec = dataclasses.replace(data.utterances, tempo=0.0, mel_warp=0.0, tilt_db=0.0)
+    spec = eval_utterance_spec(data.utterances)
     refs, hyps = [], []
     n = len(data.test.clips)
     for start in range(0, n, batch_size):

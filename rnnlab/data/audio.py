@@ -182,6 +182,14 @@ class FeatureBank(NamedTuple):
     def frames(self, i: int) -> np.ndarray:
         return self.logmel_NxM[self.offsets[i]:self.offsets[i + 1]]
 
+    @classmethod
+    def from_parts(cls, parts: Sequence[np.ndarray], clips: Sequence[Clip]) -> FeatureBank:
+        """A bank of the clips' frames ``parts`` (one T x M array per clip), each clip's
+        ``level`` computed from its frames."""
+        offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
+        level = np.asarray([np.log(np.mean(np.exp(p.astype(np.float64)))) for p in parts], np.float32)
+        return cls(np.concatenate(parts).astype(np.float32, copy=False), offsets, level, list(clips))
+
     def subset(self, keep: Sequence[int]) -> FeatureBank:
         parts = [self.frames(i) for i in keep]
         offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
@@ -206,13 +214,18 @@ def clip_log_mel(spec: feat.FeatureSpec, wave_N: np.ndarray) -> np.ndarray:
 _log_mel_jit = jax.jit(feat.log_mel, static_argnums=0)
 
 
+def _loud_frames(logmel_TxM: np.ndarray, top_db: float) -> np.ndarray:
+    """Indices of the frames whose power is within ``top_db`` of the loudest frame's."""
+    power_T = np.log(np.mean(np.exp(logmel_TxM.astype(np.float64)), axis=1))
+    return np.nonzero(power_T > power_T.max() - top_db * math.log(10) / 10)[0]
+
+
 def trim_silence(logmel_TxM: np.ndarray, top_db: float = 35.0, margin: int = 3) -> np.ndarray:
     """Drop leading/trailing frames whose power is ``top_db`` below the loudest frame
     (keeping ``margin`` frames of context): the clips' own silences vary from 0.1 to
     1 s, and the utterance builder adds its own."""
-    power_T = np.log(np.mean(np.exp(logmel_TxM.astype(np.float64)), axis=1))
-    loud = np.nonzero(power_T > power_T.max() - top_db * math.log(10) / 10)[0]
-    lo, hi = max(loud[0] - margin, 0), min(loud[-1] + margin + 1, len(power_T))
+    loud = _loud_frames(logmel_TxM, top_db)
+    lo, hi = max(loud[0] - margin, 0), min(loud[-1] + margin + 1, len(logmel_TxM))
     return logmel_TxM[lo:hi]
 
 
@@ -223,9 +236,7 @@ def build_bank(clips: Sequence[Clip], spec: feat.FeatureSpec, waves: Sequence[np
         wave = waves[i] if waves is not None else read_wav(c.path, spec.sample_rate)
         lm = clip_log_mel(spec, wave)
         parts.append(trim_silence(lm, trim_db) if trim_db > 0 else lm)
-    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
-    level = np.asarray([np.log(np.mean(np.exp(p.astype(np.float64)))) for p in parts], np.float32)
-    return FeatureBank(np.concatenate(parts).astype(np.float32), offsets, level, list(clips))
+    return FeatureBank.from_parts(parts, clips)
 
 
 def cached_bank(clips: Sequence[Clip], spec: feat.FeatureSpec, cache_dir: str, *, trim_db: float = 35.0) -> FeatureBank:
@@ -290,15 +301,13 @@ def normalise_speakers(bank: FeatureBank, mode: str = "mean") -> FeatureBank:
         return bank
     stats = speaker_stats(bank)
     parts = [speaker_transform(bank.frames(i), *stats[c.speaker], mode) for i, c in enumerate(bank.clips)]
-    level = np.asarray([np.log(np.mean(np.exp(p.astype(np.float64)))) for p in parts], np.float32)
-    return FeatureBank(np.concatenate(parts), bank.offsets.copy(), level, list(bank.clips))
+    return FeatureBank.from_parts(parts, bank.clips)
 
 
 def active_span(frames_TxM: np.ndarray, top_db: float = 25.0) -> int:
     """Frames from the first to the last one within ``top_db`` of the clip's loudest
     frame: the spoken part of a clip, whatever silence or noise surrounds it."""
-    power_T = np.log(np.mean(np.exp(frames_TxM.astype(np.float64)), axis=1))
-    loud = np.nonzero(power_T > power_T.max() - top_db * math.log(10) / 10)[0]
+    loud = _loud_frames(frames_TxM, top_db)
     return int(loud[-1] - loud[0] + 1)
 
 
@@ -316,20 +325,19 @@ def rate_transform(frames_TxM: np.ndarray, median_span: float, target: float) ->
     return warp_clip(frames_TxM, target / median_span, 1.0)
 
 
-def normalise_rate(bank: FeatureBank, target: float) -> FeatureBank:
+def normalise_rate(bank: FeatureBank, target: float, rates: dict[str, float] | None = None) -> FeatureBank:
     """Speaking-rate normalisation, from each speaker's own unlabelled clips (test
     speakers included, as ``normalise_speakers``): every clip of a speaker is
     stretched in time by ``target`` / (that speaker's median active span), so each
     speaker's words last about ``target`` frames at the median. A held-out slow
     speaker (FSDD's jackson: median 41 frames against 26-36 for the others) then
-    does not look like another word's duration. ``target`` <= 0: unchanged."""
+    does not look like another word's duration. ``target`` <= 0: unchanged.
+    ``rates``: ``speaker_rates(bank)`` when the caller has it already."""
     if target <= 0:
         return bank
-    rates = speaker_rates(bank)
+    rates = speaker_rates(bank) if rates is None else rates
     parts = [rate_transform(bank.frames(i), rates[c.speaker], target) for i, c in enumerate(bank.clips)]
-    offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
-    level = np.asarray([np.log(np.mean(np.exp(p.astype(np.float64)))) for p in parts], np.float32)
-    return FeatureBank(np.concatenate(parts), offsets, level, list(bank.clips))
+    return FeatureBank.from_parts(parts, bank.clips)
 
 
 def noise_template(spec: feat.FeatureSpec, n_frames: int = 4000, seed: int = 12345) -> np.ndarray:
@@ -407,7 +415,8 @@ def connected_utterance(bank: FeatureBank, noise_NxM: np.ndarray, rng: np.random
     stretch = rng.uniform(1 - spec.tempo, 1 + spec.tempo, len(clip_ids)) if spec.tempo else np.ones(len(clip_ids))
     warp = rng.uniform(1 - spec.mel_warp, 1 + spec.mel_warp, len(clip_ids)) if spec.mel_warp else np.ones(len(clip_ids))
     tilt = rng.uniform(-spec.tilt_db, spec.tilt_db, len(clip_ids)) if spec.tilt_db else np.zeros(len(clip_ids))
-    ramp_M = np.linspace(0.0, 1.0, m, dtype=np.float32) * np.float32(math.log(10) / 10)  # dB -> natural-log power
+    if spec.tilt_db:  # dB at the top channel, linear over the mel axis -> natural-log power
+        ramp_M = np.linspace(0.0, 1.0, m, dtype=np.float32) * np.float32(math.log(10) / 10)
     for k, i in enumerate(clip_ids):
         clip = warp_clip(bank.frames(i), stretch[k], warp[k])
         if tilt[k]:
