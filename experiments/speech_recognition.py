@@ -347,6 +347,8 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     if a.run:
         run_study(a.root, a.variant, a.extra, a.jobs, a.single_thread)
+    elif not os.path.isdir(a.root):
+        p.error(f"--root={a.root} does not exist: pass the folder of a study's trials, or add --run to train them")
     report(a.root, a.out)
     if a.confusions:
         confusions(a.root, a.out)
