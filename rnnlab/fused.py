@@ -33,6 +33,7 @@ import itertools
 import jax
 import jax.numpy as jnp
 
+from rnnlab import native as native_lib
 from rnnlab.cells._common import Array, Carry, Params
 
 STORES = ("activations", "recompute")
@@ -95,8 +96,18 @@ def _fused(cell, reverse: bool, unroll: int, store: str):
 
     module = cell.module
     opts_f, opts_b, opts_g = (cell._opts(getattr(module, n)) for n in FUNCTIONS)
+    # the native CPU loop (rnnlab.native) keeps activations; on other platforms, for other
+    # dtypes and for store='recompute' the loops below run (same residual layout: _pack)
+    native_cell = store == "activations" and cell.name in native_lib.CELLS
 
     def forward_loop(rec, carry0, carry_reset, xp, reset, valid, mask):
+        args = (rec, carry0, carry_reset, xp, reset, valid, mask)
+        if native_cell and native_lib.supports(cell.name, (rec, carry0, carry_reset, xp, mask)):
+            native = lambda *a: native_lib.forward(cell.name, *a, reverse)
+            return jax.lax.platform_dependent(*args, cpu=native, default=xla_forward_loop)
+        return xla_forward_loop(*args)
+
+    def xla_forward_loop(rec, carry0, carry_reset, xp, reset, valid, mask):
         def body(carry, inp):
             xp_t, r_t, v_t = inp
             carry_in = carry if r_t is None else _where(r_t, carry_reset, carry)
@@ -123,6 +134,21 @@ def _fused(cell, reverse: bool, unroll: int, store: str):
     def f_bwd(res, cotangents):
         rec, carry0, xp, reset, valid, mask, saved = res
         d_carry_T, dys = cotangents
+        d_carry_T = jax.tree.map(lambda d, c: jnp.zeros_like(c) if d is None else d, d_carry_T, carry0)
+        args = (rec, carry0, xp, reset, valid, mask, saved, d_carry_T, dys)
+        if native_cell and native_lib.supports(cell.name, (rec, carry0, xp, mask, saved, d_carry_T, dys)):
+            native = lambda rec, carry0, xp, reset, valid, mask, saved, d_carry_T, dys: native_lib.backward(
+                cell.name, rec, saved, dys, d_carry_T, reset, valid, mask, reverse)
+            d_carry0, d_reset, dxp, dhw = jax.lax.platform_dependent(*args, cpu=native, default=xla_backward_loop)
+        else:
+            d_carry0, d_reset, dxp, dhw = xla_backward_loop(*args)
+        carries_in, _ = _unpack(saved, carry0)
+        hm_TxBxH = _h_in(carries_in) if mask is None else _h_in(carries_in) * mask  # what entered the matmul
+        d_rec = module.fused_param_grads(rec, hm_TxBxH, dxp if dhw is None else dhw, **opts_g)
+        d_mask = None if mask is None else jnp.zeros_like(mask)  # a dropout mask is not trained
+        return (d_rec, d_carry0, d_reset, dxp.astype(xp.dtype), None, None, d_mask)
+
+    def xla_backward_loop(rec, carry0, xp, reset, valid, mask, saved, d_carry_T, dys):
         zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
         ones_mask = jnp.ones_like(_h_in(carry0), xp.dtype) if mask is None else mask
 
@@ -146,14 +172,9 @@ def _fused(cell, reverse: bool, unroll: int, store: str):
                 d_in = _where(r_t, zeros(d_in), d_in)
             return (d_in, d_reset), (dxp, dhw)
 
-        d_carry_T = jax.tree.map(lambda d, c: jnp.zeros_like(c) if d is None else d, d_carry_T, carry0)
         (d_carry0, d_reset), (dxp, dhw) = loop(
             body, (d_carry_T, zeros(carry0)), (xp, reset, valid, dys, saved), unroll=unroll, reverse=not reverse)
-        carries_in, _ = _unpack(saved, carry0)
-        hm_TxBxH = _h_in(carries_in) if mask is None else _h_in(carries_in) * mask  # what entered the matmul
-        d_rec = module.fused_param_grads(rec, hm_TxBxH, dxp if dhw is None else dhw, **opts_g)
-        d_mask = None if mask is None else jnp.zeros_like(mask)  # a dropout mask is not trained
-        return (d_rec, d_carry0, d_reset, dxp.astype(xp.dtype), None, None, d_mask)
+        return d_carry0, d_reset, dxp, dhw
 
     f.defvjp(f_fwd, f_bwd)
     return f

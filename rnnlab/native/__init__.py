@@ -1,0 +1,210 @@
+"""The native CPU time loop of the fused LSTM and GRU layers (``rnn_cpu.cc``).
+
+XLA:CPU runs a scanned recurrence as one small GEMM and a few elementwise kernels per
+step, each dispatched to its thread pool: at (B, H) = (32, 256) a step's
+``(32x256) @ (256x1024)`` takes about 140 us, 60 % of the two cores' peak. ``rnn_cpu.cc``
+runs the whole loop in one XLA FFI custom call: W_h packed once per call, a
+register-blocked GEMM kernel, the gate nonlinearities on the step's tile while it is in
+cache, and a persistent team of threads (batch rows split with no synchronisation, units
+split with one barrier per step). Only the sequential part is native: XLA keeps the input
+projection before the loop and the weight gradients after it (ONE GEMM each over all T*B
+rows), see ``rnnlab.fused``.
+
+The library is compiled on first use with the system C++ compiler (``-O3
+-march=native``, about 6 s) into ``$RNNLAB_CACHE_DIR`` (default ``~/.cache/rnnlab``),
+keyed by the source, the compiler, the jaxlib FFI headers and this machine's CPU, and
+then reused by every process. Where it cannot be built (no compiler, another OS) rnnlab
+warns once and uses the XLA fused layers, which compute the same function.
+
+Environment:
+  RNNLAB_NATIVE=0          use the XLA fused layers everywhere (the native loop is off)
+  RNNLAB_NATIVE_THREADS=N  threads of the native loop (default: the CPUs this process may use)
+  RNNLAB_CACHE_DIR=DIR     where the compiled library is kept
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SOURCE = Path(__file__).with_name("rnn_cpu.cc")
+CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-pthread", "-shared", "-fPIC")
+CELLS = ("lstm", "gru")  # the cells with a native loop (GRU: reset-after only, as its fused layer)
+TARGETS = ("rnnlab_lstm_forward", "rnnlab_lstm_backward", "rnnlab_gru_forward", "rnnlab_gru_backward")
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def switched_off() -> bool:
+    return os.environ.get("RNNLAB_NATIVE", "1").strip().lower() in ("0", "false", "off", "no")
+
+
+def threads() -> int:
+    value = os.environ.get("RNNLAB_NATIVE_THREADS")
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            raise ValueError(f"RNNLAB_NATIVE_THREADS must be a positive integer, got {value!r}") from None
+        if n < 1:
+            raise ValueError(f"RNNLAB_NATIVE_THREADS must be a positive integer, got {value!r}")
+        return n
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def cache_dir() -> Path:
+    if os.environ.get("RNNLAB_CACHE_DIR"):
+        return Path(os.environ["RNNLAB_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "rnnlab"
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if not cxx:
+        raise BuildError("no C++ compiler found (set CXX, or install g++)")
+    return cxx
+
+
+def _cpu_signature() -> str:
+    """-march=native code runs only on CPUs with the same features: key the cache by them."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("flags", "model name", "Features", "CPU part"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+def library_path() -> Path:
+    cxx = _compiler()
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True, check=False).stdout
+    ffi_header = Path(jax.ffi.include_dir()) / "xla" / "ffi" / "api" / "ffi.h"
+    key = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(CXX_FLAGS).encode(), cxx.encode(), version.encode(),
+                 ffi_header.read_bytes() if ffi_header.exists() else b"", _cpu_signature().encode()):
+        key.update(part)
+        key.update(b"\0")
+    return cache_dir() / "native" / key.hexdigest()[:20] / "rnn_cpu.so"
+
+
+def build() -> Path:
+    """The compiled library, built if this source/compiler/CPU has none in the cache yet.
+    Concurrent processes (pytest -n, several trials) take turns on a lock; the library
+    appears by an atomic rename, so nobody loads a half-written file."""
+    path = library_path()
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return path
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".so.tmp")
+        os.close(fd)
+        cmd = [_compiler(), *CXX_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            os.unlink(tmp)
+            raise BuildError(f"compiling {SOURCE.name} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
+        os.replace(tmp, path)
+    return path
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | None:
+    try:
+        if platform.system() != "Linux":
+            raise BuildError(f"the native loop is built for Linux only, this is {platform.system()}")
+        lib = ctypes.cdll.LoadLibrary(str(build()))
+    except (BuildError, OSError) as err:
+        warnings.warn(f"rnnlab: the native CPU loop is unavailable, using the XLA fused layers: {err}",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    for name in TARGETS:
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    return lib
+
+
+def available() -> bool:
+    """Whether the native loop is on (``RNNLAB_NATIVE`` is not 0, read at every trace) and
+    built and registered."""
+    return not switched_off() and _load() is not None
+
+
+def supports(cell_name: str, arrays) -> bool:
+    """Whether ``rnnlab.fused`` can hand this recurrence to the native loop: an LSTM or
+    GRU with every array float32 (float64 and bfloat16 stay on the XLA path)."""
+    return (cell_name in CELLS and all(a.dtype == jnp.float32 for a in jax.tree.leaves(arrays))
+            and available())
+
+
+# ----------------------------------------------------------------------------- the calls
+def _flag(mask_TxB):
+    return jnp.zeros((0,), jnp.uint8) if mask_TxB is None else mask_TxB.astype(jnp.uint8)
+
+
+def _h_mask(mask_BxH):
+    return jnp.zeros((0,), jnp.float32) if mask_BxH is None else mask_BxH
+
+
+def _call(target: str, out_shapes, *args, reverse: bool):
+    if not available():
+        raise RuntimeError("rnnlab's native CPU loop is not available (see the warning above, or RNNLAB_NATIVE)")
+    fn = jax.ffi.ffi_call(target, out_shapes, vmap_method="sequential")
+    return fn(*args, reverse=np.int64(bool(reverse)), threads=np.int64(threads()))
+
+
+def forward(cell_name: str, rec, carry0, carry_reset, xp_TxBxG, reset_TxB, valid_TxB, h_mask_BxH, reverse: bool):
+    """The forward loop: (carry_T, ys_TxBxH, saved_TxBxK), saved as ``fused._pack`` lays it out."""
+    t, b, _ = xp_TxBxG.shape
+    w = rec["w_h_HxG"]
+    h = w.shape[0]
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    masks = (_flag(reset_TxB), _flag(valid_TxB), _h_mask(h_mask_BxH))
+    if cell_name == "lstm":
+        (c0, h0), (cr, hr) = carry0, carry_reset
+        ys, c_t, h_t, saved = _call("rnnlab_lstm_forward", (f32(t, b, h), f32(b, h), f32(b, h), f32(t, b, 6 * h)),
+                                    xp_TxBxG, w, c0, h0, cr, hr, *masks, reverse=reverse)
+        return (c_t, h_t), ys, saved
+    ys, h_t, saved = _call("rnnlab_gru_forward", (f32(t, b, h), f32(b, h), f32(t, b, 5 * h)),
+                           xp_TxBxG, w, rec["b_hn_H"], carry0, carry_reset, *masks, reverse=reverse)
+    return h_t, ys, saved
+
+
+def backward(cell_name: str, rec, saved_TxBxK, dys_TxBxH, d_carry_T, reset_TxB, valid_TxB, h_mask_BxH,
+             reverse: bool):
+    """The backward loop: (d_carry0, d_carry_reset, dxp_TxBxG, dhw_TxBxG or None), as
+    ``fused``'s XLA backward loop returns them."""
+    t, b, h = dys_TxBxH.shape
+    w = rec["w_h_HxG"]
+    g = w.shape[1]
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
+    masks = (_flag(reset_TxB), _flag(valid_TxB), _h_mask(h_mask_BxH))
+    if cell_name == "lstm":
+        dc_t, dh_t = d_carry_T
+        dxp, dc0, dh0, dcr, dhr = _call(
+            "rnnlab_lstm_backward", (f32(t, b, g), f32(b, h), f32(b, h), f32(b, h), f32(b, h)),
+            w, saved_TxBxK, dys_TxBxH, dc_t, dh_t, *masks, reverse=reverse)
+        return (dc0, dh0), (dcr, dhr), dxp, None
+    dxp, dhw, dh0, dhr = _call("rnnlab_gru_backward", (f32(t, b, g), f32(t, b, g), f32(b, h), f32(b, h)),
+                               w, rec["b_hn_H"], saved_TxBxK, dys_TxBxH, d_carry_T, *masks, reverse=reverse)
+    return dh0, dhr, dxp, dhw
