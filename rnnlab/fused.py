@@ -60,20 +60,40 @@ def _h_in(carry) -> Array:
     return jax.tree.leaves(carry)[-1]
 
 
-def run(cell, params: Params, carry0: Carry, xp_TxBxG: Array, *, reset_TxB: Array | None,
+def run(cell, params: Params, carry0: Carry, xp_TxBxG: Array | None, *, reset_TxB: Array | None,
         valid_TxB: Array | None, reverse: bool, h_mask_BxH: Array | None, unroll: int = 1,
-        store: str = "activations", carry_reset: Carry | None = None) -> tuple[Carry, Array]:
+        store: str = "activations", carry_reset: Carry | None = None,
+        xs_TxBxD: Array | None = None) -> tuple[Carry, Array]:
     """The recurrence of ``scan.run`` (resets, lengths, reverse, recurrent dropout
     mask) with the fused backward. ``xp_TxBxG`` is the hoisted precompute. Masks
     that are None cost nothing: the loops are traced without them. A reset step
     starts again from ``carry_reset`` (default ``carry0``; a rematerialised chunk
-    passes the sequence's carry0)."""
+    passes the sequence's carry0). Given the inputs ``xs_TxBxD`` too, where
+    ``native_applies`` the whole layer (input projection included) runs in the native
+    CPU code (``rnnlab.native``) and ``xp_TxBxG`` may be None."""
     if store not in STORES:
         raise ValueError(f"fused store must be one of {STORES}, got {store!r}")
+    carry_reset = carry0 if carry_reset is None else carry_reset
+    if xs_TxBxD is not None and native_applies(cell, store, (params, carry0, carry_reset, xs_TxBxD, h_mask_BxH)):
+        return _native_layer(cell, reverse, unroll)(params, carry0, carry_reset, xs_TxBxD, reset_TxB, valid_TxB,
+                                                    h_mask_BxH)
+    if xp_TxBxG is None:
+        xp_TxBxG = cell.precompute(params, xs_TxBxD)
     rec = {k: params[k] for k in cell.module.RECURRENT_PARAMS}
     fn = _fused(cell, reverse, unroll, store)
-    carry_reset = carry0 if carry_reset is None else carry_reset
     return fn(rec, carry0, carry_reset, xp_TxBxG, reset_TxB, valid_TxB, h_mask_BxH)
+
+
+def native_applies(cell, store: str, arrays) -> bool:
+    """Whether ``run`` hands the layer to the native CPU code: an LSTM or reset-after GRU
+    with the dense input projection, activations kept (store='activations'), every
+    array float32, and the native library available (``rnnlab.native``). On a platform
+    other than the CPU the same call still lowers to the XLA fused layer."""
+    from rnnlab.cells._common import dense_precompute
+
+    return (store == "activations" and cell.name in native_lib.CELLS and supports(cell)
+            and getattr(cell.module, "precompute", None) is dense_precompute
+            and native_lib.supports(cell.name, arrays))
 
 
 def _pack(carry_in, acts) -> Array:
@@ -90,24 +110,17 @@ def _unpack(saved_BxK, carry_like):
 
 
 @functools.cache
-def _fused(cell, reverse: bool, unroll: int, store: str):
+def _loops(cell, reverse: bool, unroll: int, store: str):
+    """The XLA forward and backward loops of the fused layer, and the recurrent
+    parameter gradients from the backward loop's outputs."""
     # Imported here, not at the top: scan.py imports this module; every scan lives in scan.py.
     from rnnlab.scan import loop
 
     module = cell.module
     opts_f, opts_b, opts_g = (cell._opts(getattr(module, n)) for n in FUNCTIONS)
-    # the native CPU loop (rnnlab.native) keeps activations; on other platforms, for other
-    # dtypes and for store='recompute' the loops below run (same residual layout: _pack)
-    native_cell = store == "activations" and cell.name in native_lib.CELLS
 
     def forward_loop(rec, carry0, carry_reset, xp, reset, valid, mask):
-        args = (rec, carry0, carry_reset, xp, reset, valid, mask)
-        if native_cell and native_lib.supports(cell.name, (rec, carry0, carry_reset, xp, mask)):
-            native = lambda *a: native_lib.forward(cell.name, *a, reverse)
-            return jax.lax.platform_dependent(*args, cpu=native, default=xla_forward_loop)
-        return xla_forward_loop(*args)
-
-    def xla_forward_loop(rec, carry0, carry_reset, xp, reset, valid, mask):
+        """-> (carry_T, ys_TxBxH, saved_TxBxK), saved as ``_pack`` lays it out"""
         def body(carry, inp):
             xp_t, r_t, v_t = inp
             carry_in = carry if r_t is None else _where(r_t, carry_reset, carry)
@@ -122,35 +135,11 @@ def _fused(cell, reverse: bool, unroll: int, store: str):
         carry_T, (ys, saved) = loop(body, carry0, (xp, reset, valid), unroll=unroll, reverse=reverse)
         return carry_T, ys, saved
 
-    @jax.custom_vjp
-    def f(rec, carry0, carry_reset, xp, reset, valid, mask):
-        carry_T, ys, _ = forward_loop(rec, carry0, carry_reset, xp, reset, valid, mask)
-        return carry_T, ys
-
-    def f_fwd(rec, carry0, carry_reset, xp, reset, valid, mask):
-        carry_T, ys, saved = forward_loop(rec, carry0, carry_reset, xp, reset, valid, mask)
-        return (carry_T, ys), (rec, carry0, xp, reset, valid, mask, saved)
-
-    def f_bwd(res, cotangents):
-        rec, carry0, xp, reset, valid, mask, saved = res
-        d_carry_T, dys = cotangents
-        d_carry_T = jax.tree.map(lambda d, c: jnp.zeros_like(c) if d is None else d, d_carry_T, carry0)
-        args = (rec, carry0, xp, reset, valid, mask, saved, d_carry_T, dys)
-        if native_cell and native_lib.supports(cell.name, (rec, carry0, xp, mask, saved, d_carry_T, dys)):
-            native = lambda rec, carry0, xp, reset, valid, mask, saved, d_carry_T, dys: native_lib.backward(
-                cell.name, rec, saved, dys, d_carry_T, reset, valid, mask, reverse)
-            d_carry0, d_reset, dxp, dhw = jax.lax.platform_dependent(*args, cpu=native, default=xla_backward_loop)
-        else:
-            d_carry0, d_reset, dxp, dhw = xla_backward_loop(*args)
-        carries_in, _ = _unpack(saved, carry0)
-        hm_TxBxH = _h_in(carries_in) if mask is None else _h_in(carries_in) * mask  # what entered the matmul
-        d_rec = module.fused_param_grads(rec, hm_TxBxH, dxp if dhw is None else dhw, **opts_g)
-        d_mask = None if mask is None else jnp.zeros_like(mask)  # a dropout mask is not trained
-        return (d_rec, d_carry0, d_reset, dxp.astype(xp.dtype), None, None, d_mask)
-
-    def xla_backward_loop(rec, carry0, xp, reset, valid, mask, saved, d_carry_T, dys):
+    def backward_loop(rec, carry0, xp, reset, valid, mask, saved, d_carry_T, dys):
+        """-> (d_carry0, d_carry_reset, dxp_TxBxG, dhw_TxBxG or None); xp is only read
+        (and may be None) with store='activations'"""
         zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
-        ones_mask = jnp.ones_like(_h_in(carry0), xp.dtype) if mask is None else mask
+        ones_mask = jnp.ones_like(_h_in(carry0), dys.dtype) if mask is None else mask
 
         def body(state, inp):
             d_carry, d_reset = state
@@ -172,9 +161,99 @@ def _fused(cell, reverse: bool, unroll: int, store: str):
                 d_in = _where(r_t, zeros(d_in), d_in)
             return (d_in, d_reset), (dxp, dhw)
 
+        xp_in = xp if store == "recompute" else None
         (d_carry0, d_reset), (dxp, dhw) = loop(
-            body, (d_carry_T, zeros(carry0)), (xp, reset, valid, dys, saved), unroll=unroll, reverse=not reverse)
+            body, (d_carry_T, zeros(carry0)), (xp_in, reset, valid, dys, saved), unroll=unroll, reverse=not reverse)
         return d_carry0, d_reset, dxp, dhw
+
+    def recurrent_grads(rec, carry0, mask, saved, dxp, dhw):
+        carries_in, _ = _unpack(saved, carry0)
+        hm_TxBxH = _h_in(carries_in) if mask is None else _h_in(carries_in) * mask  # what entered the matmul
+        return module.fused_param_grads(rec, hm_TxBxH, dxp if dhw is None else dhw, **opts_g)
+
+    return forward_loop, backward_loop, recurrent_grads
+
+
+def _instantiate(d_carry_T, carry0):
+    return jax.tree.map(lambda d, c: jnp.zeros_like(c) if d is None else d, d_carry_T, carry0)
+
+
+@functools.cache
+def _fused(cell, reverse: bool, unroll: int, store: str):
+    """The fused layer over the hoisted precompute xp: differentiable in (rec, carry0,
+    carry_reset, xp)."""
+    forward_loop, backward_loop, recurrent_grads = _loops(cell, reverse, unroll, store)
+
+    @jax.custom_vjp
+    def f(rec, carry0, carry_reset, xp, reset, valid, mask):
+        carry_T, ys, _ = forward_loop(rec, carry0, carry_reset, xp, reset, valid, mask)
+        return carry_T, ys
+
+    def f_fwd(rec, carry0, carry_reset, xp, reset, valid, mask):
+        carry_T, ys, saved = forward_loop(rec, carry0, carry_reset, xp, reset, valid, mask)
+        return (carry_T, ys), (rec, carry0, xp, reset, valid, mask, saved)
+
+    def f_bwd(res, cotangents):
+        rec, carry0, xp, reset, valid, mask, saved = res
+        d_carry_T, dys = cotangents
+        d_carry0, d_reset, dxp, dhw = backward_loop(rec, carry0, xp, reset, valid, mask, saved,
+                                                    _instantiate(d_carry_T, carry0), dys)
+        d_rec = recurrent_grads(rec, carry0, mask, saved, dxp, dhw)
+        d_mask = None if mask is None else jnp.zeros_like(mask)  # a dropout mask is not trained
+        return (d_rec, d_carry0, d_reset, dxp.astype(xp.dtype), None, None, d_mask)
+
+    f.defvjp(f_fwd, f_bwd)
+    return f
+
+
+@functools.cache
+def _native_layer(cell, reverse: bool, unroll: int):
+    """The whole layer, input projection included, differentiable in (params, carry0,
+    carry_reset, xs): on the CPU one native call forward (projection, loop) and one
+    backward (loop, then d xs and every weight gradient as GEMMs over all T*B rows);
+    elsewhere (``platform_dependent``) the same function from the XLA loops, with the
+    same residuals."""
+    forward_loop, backward_loop, recurrent_grads = _loops(cell, reverse, unroll, "activations")
+    recurrent = cell.module.RECURRENT_PARAMS
+
+    def xla_forward(params, carry0, carry_reset, xs, reset, valid, mask):
+        rec = {k: params[k] for k in recurrent}
+        return forward_loop(rec, carry0, carry_reset, cell.precompute(params, xs), reset, valid, mask)
+
+    def native_forward(params, carry0, carry_reset, xs, reset, valid, mask):
+        return native_lib.forward(cell.name, params, carry0, carry_reset, xs, reset, valid, mask, reverse)
+
+    def forward(*args):
+        return jax.lax.platform_dependent(*args, cpu=native_forward, default=xla_forward)
+
+    def xla_backward(params, carry0, xs, reset, valid, mask, saved, d_carry_T, dys):
+        rec = {k: params[k] for k in recurrent}
+        d_carry0, d_reset, dxp, dhw = backward_loop(rec, carry0, None, reset, valid, mask, saved, d_carry_T, dys)
+        d_rec = recurrent_grads(rec, carry0, mask, saved, dxp, dhw)
+        _, vjp = jax.vjp(cell.precompute, params, xs)
+        d_params, dxs = vjp(dxp.astype(xs.dtype))
+        return {**d_params, **d_rec}, d_carry0, d_reset, dxs
+
+    def native_backward(params, carry0, xs, reset, valid, mask, saved, d_carry_T, dys):
+        return native_lib.backward(cell.name, params, xs, saved, dys, d_carry_T, reset, valid, mask, reverse)
+
+    @jax.custom_vjp
+    def f(params, carry0, carry_reset, xs, reset, valid, mask):
+        carry_T, ys, _ = forward(params, carry0, carry_reset, xs, reset, valid, mask)
+        return carry_T, ys
+
+    def f_fwd(params, carry0, carry_reset, xs, reset, valid, mask):
+        carry_T, ys, saved = forward(params, carry0, carry_reset, xs, reset, valid, mask)
+        return (carry_T, ys), (params, carry0, xs, reset, valid, mask, saved)
+
+    def f_bwd(res, cotangents):
+        params, carry0, xs, reset, valid, mask, saved = res
+        d_carry_T, dys = cotangents
+        args = (params, carry0, xs, reset, valid, mask, saved, _instantiate(d_carry_T, carry0), dys)
+        d_params, d_carry0, d_reset, dxs = jax.lax.platform_dependent(*args, cpu=native_backward,
+                                                                       default=xla_backward)
+        d_mask = None if mask is None else jnp.zeros_like(mask)  # a dropout mask is not trained
+        return (d_params, d_carry0, d_reset, dxs, None, None, d_mask)
 
     f.defvjp(f_fwd, f_bwd)
     return f

@@ -122,8 +122,12 @@ def run(
     carry0 = jax.tree.map(lambda c: c.astype(jnp.promote_types(c.dtype, param_dtype)), carry0)
     if compute_dtype is not None:
         params, xs_TxBxD = _cast_floats((params, xs_TxBxD), compute_dtype)
-    xp_TxBxG = cell.precompute(params, xs_TxBxD)  # hoisted: one matmul for all t
     n_steps = xs_TxBxD.shape[0]
+    chunk = remat_chunk(remat, n_steps)
+    # the native CPU layer does its own input projection; otherwise it is hoisted here
+    native = (fused and compute_dtype is None and chunk != 1 and cell.name in fused_lib.native_lib.CELLS
+              and fused_lib.native_applies(cell, fused_store, (params, carry0, xs_TxBxD, h_mask_BxH)))
+    xp_TxBxG = None if native else cell.precompute(params, xs_TxBxD)  # hoisted: one matmul for all t
 
     valid_TxB = None
     if lengths_B is not None:
@@ -141,12 +145,12 @@ def run(
             hs_TxBxH = hs_TxBxH.astype(compute_dtype)
         return carry_T, hs_TxBxH
 
-    chunk = remat_chunk(remat, n_steps)
     seq = dict(reverse=reverse, unroll=unroll, compute_dtype=compute_dtype, h_mask_BxH=h_mask_BxH,
                fused=fused, fused_store=fused_store)
     if chunk > 1:
-        return _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk, **seq)
-    return _sequential(cell, params, carry0, carry0, xp_TxBxG, reset_TxB, valid_TxB, remat_step=chunk == 1, **seq)
+        return _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk, native=native, **seq)
+    return _sequential(cell, params, carry0, carry0, xp_TxBxG, reset_TxB, valid_TxB, remat_step=chunk == 1,
+                       xs_TxBxD=xs_TxBxD if native else None, **seq)
 
 
 def remat_chunk(remat: bool | int, n_steps: int) -> int:
@@ -165,7 +169,7 @@ def remat_chunk(remat: bool | int, n_steps: int) -> int:
     return min(int(remat), n_steps) if int(remat) > 1 else 1
 
 
-def _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk: int, **seq):
+def _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk: int, native: bool, **seq):
     """Chunked rematerialisation: an outer scan over chunks of ``chunk`` steps, each
     a ``jax.checkpoint``-ed call of the sequential path (fused where the cell has one).
     T is padded to a multiple of ``chunk`` with invalid steps (carry frozen, output
@@ -185,6 +189,9 @@ def _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk: in
 
     @jax.checkpoint
     def one_chunk(params, carry, xs_c, reset_c, valid_c):
+        if native:  # the native layer projects its inputs itself
+            return _sequential(cell, params, carry, carry0, None, reset_c, valid_c, remat_step=False,
+                               xs_TxBxD=xs_c, **seq)
         xp_c = cell.precompute(params, xs_c)
         return _sequential(cell, params, carry, carry0, xp_c, reset_c, valid_c, remat_step=False, **seq)
 
@@ -197,13 +204,14 @@ def _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk: in
 
 
 def _sequential(cell, params, carry_init, carry_reset, xp_TxBxG, reset_TxB, valid_TxB, *, reverse, unroll,
-                compute_dtype, h_mask_BxH, fused, fused_store, remat_step):
+                compute_dtype, h_mask_BxH, fused, fused_store, remat_step, xs_TxBxD=None):
     """The step-by-step recurrence from ``carry_init``; a reset step starts again
-    from ``carry_reset`` (the sequence's carry0, also inside a rematerialised chunk)."""
+    from ``carry_reset`` (the sequence's carry0, also inside a rematerialised chunk).
+    ``xs_TxBxD`` is given (and ``xp_TxBxG`` None) where the native layer applies."""
     if fused and compute_dtype is None and not remat_step and fused_lib.supports(cell):
         return fused_lib.run(cell, params, carry_init, xp_TxBxG, reset_TxB=reset_TxB, valid_TxB=valid_TxB,
                              reverse=reverse, h_mask_BxH=h_mask_BxH, unroll=unroll, store=fused_store,
-                             carry_reset=carry_reset)
+                             carry_reset=carry_reset, xs_TxBxD=xs_TxBxD)
 
     def body(carry, inputs):
         xp_BxG, reset_B, valid_B = inputs

@@ -151,10 +151,13 @@ def available() -> bool:
 
 
 def supports(cell_name: str, arrays) -> bool:
-    """Whether ``rnnlab.fused`` can hand this recurrence to the native loop: an LSTM or
-    GRU with every array float32 (float64 and bfloat16 stay on the XLA path)."""
+    """Whether ``rnnlab.fused`` can hand this layer to the native code: an LSTM or GRU
+    with every array float32 (float64 and bfloat16 stay on the XLA path), in a process
+    with one device. With several (data parallel over forced CPU devices, or processes)
+    the batch is sharded, and XLA would gather it to run a custom call on every device
+    whole; the XLA fused layer is partitioned along the batch instead."""
     return (cell_name in CELLS and all(a.dtype == jnp.float32 for a in jax.tree.leaves(arrays))
-            and available())
+            and jax.device_count() == 1 and available())
 
 
 # ----------------------------------------------------------------------------- the calls
@@ -173,38 +176,45 @@ def _call(target: str, out_shapes, *args, reverse: bool):
     return fn(*args, reverse=np.int64(bool(reverse)), threads=np.int64(threads()))
 
 
-def forward(cell_name: str, rec, carry0, carry_reset, xp_TxBxG, reset_TxB, valid_TxB, h_mask_BxH, reverse: bool):
-    """The forward loop: (carry_T, ys_TxBxH, saved_TxBxK), saved as ``fused._pack`` lays it out."""
-    t, b, _ = xp_TxBxG.shape
-    w = rec["w_h_HxG"]
-    h = w.shape[0]
+def forward(cell_name: str, params, carry0, carry_reset, xs_TxBxD, reset_TxB, valid_TxB, h_mask_BxH, reverse: bool):
+    """The layer's forward pass: input projection and loop. -> (carry_T, ys_TxBxH,
+    saved_TxBxK), saved laid out as ``fused._pack`` does (per step and row: the carry
+    that entered the step, then the gate activations)."""
+    t, b, _ = xs_TxBxD.shape
+    w_h = params["w_h_HxG"]
+    h = w_h.shape[0]
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     masks = (_flag(reset_TxB), _flag(valid_TxB), _h_mask(h_mask_BxH))
+    dense = (xs_TxBxD, params["w_x_DxG"], params["b_G"], w_h)
     if cell_name == "lstm":
         (c0, h0), (cr, hr) = carry0, carry_reset
         ys, c_t, h_t, saved = _call("rnnlab_lstm_forward", (f32(t, b, h), f32(b, h), f32(b, h), f32(t, b, 6 * h)),
-                                    xp_TxBxG, w, c0, h0, cr, hr, *masks, reverse=reverse)
+                                    *dense, c0, h0, cr, hr, *masks, reverse=reverse)
         return (c_t, h_t), ys, saved
     ys, h_t, saved = _call("rnnlab_gru_forward", (f32(t, b, h), f32(b, h), f32(t, b, 5 * h)),
-                           xp_TxBxG, w, rec["b_hn_H"], carry0, carry_reset, *masks, reverse=reverse)
+                           *dense, params["b_hn_H"], carry0, carry_reset, *masks, reverse=reverse)
     return h_t, ys, saved
 
 
-def backward(cell_name: str, rec, saved_TxBxK, dys_TxBxH, d_carry_T, reset_TxB, valid_TxB, h_mask_BxH,
-             reverse: bool):
-    """The backward loop: (d_carry0, d_carry_reset, dxp_TxBxG, dhw_TxBxG or None), as
-    ``fused``'s XLA backward loop returns them."""
-    t, b, h = dys_TxBxH.shape
-    w = rec["w_h_HxG"]
-    g = w.shape[1]
+def backward(cell_name: str, params, xs_TxBxD, saved_TxBxK, dys_TxBxH, d_carry_T, reset_TxB, valid_TxB,
+             h_mask_BxH, reverse: bool):
+    """The layer's backward pass: loop, then d xs and every weight gradient as one GEMM
+    each. -> (d_params, d_carry0, d_carry_reset, d_xs)."""
+    t, b, d = xs_TxBxD.shape
+    w_x, w_h = params["w_x_DxG"], params["w_h_HxG"]
+    h, g = w_h.shape
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     masks = (_flag(reset_TxB), _flag(valid_TxB), _h_mask(h_mask_BxH))
+    grads = (f32(t, b, d), f32(d, g), f32(g), f32(h, g))
     if cell_name == "lstm":
         dc_t, dh_t = d_carry_T
-        dxp, dc0, dh0, dcr, dhr = _call(
-            "rnnlab_lstm_backward", (f32(t, b, g), f32(b, h), f32(b, h), f32(b, h), f32(b, h)),
-            w, saved_TxBxK, dys_TxBxH, dc_t, dh_t, *masks, reverse=reverse)
-        return (dc0, dh0), (dcr, dhr), dxp, None
-    dxp, dhw, dh0, dhr = _call("rnnlab_gru_backward", (f32(t, b, g), f32(t, b, g), f32(b, h), f32(b, h)),
-                               w, rec["b_hn_H"], saved_TxBxK, dys_TxBxH, d_carry_T, *masks, reverse=reverse)
-    return dh0, dhr, dxp, dhw
+        dx, dw_x, db, dw_h, dc0, dh0, dcr, dhr = _call(
+            "rnnlab_lstm_backward", (*grads, f32(b, h), f32(b, h), f32(b, h), f32(b, h)),
+            xs_TxBxD, w_x, w_h, saved_TxBxK, dys_TxBxH, dc_t, dh_t, *masks, reverse=reverse)
+        d_params = {"w_x_DxG": dw_x, "b_G": db, "w_h_HxG": dw_h}
+        return d_params, (dc0, dh0), (dcr, dhr), dx
+    dx, dw_x, db, dw_h, db_hn, dh0, dhr = _call(
+        "rnnlab_gru_backward", (*grads, f32(h), f32(b, h), f32(b, h)),
+        xs_TxBxD, w_x, w_h, params["b_hn_H"], saved_TxBxK, dys_TxBxH, d_carry_T, *masks, reverse=reverse)
+    d_params = {"w_x_DxG": dw_x, "b_G": db, "w_h_HxG": dw_h, "b_hn_H": db_hn}
+    return d_params, dh0, dhr, dx

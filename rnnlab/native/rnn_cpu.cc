@@ -126,6 +126,16 @@ static void run_steps(const Spawn& spawn, int n_steps, int n_chunks, const std::
   wait_for(tk->completed, tk->total);
 }
 
+// fn(i) for i < n, in contiguous chunks over the threads (independent items)
+static void parallel_for(int n, int threads, const Spawn& spawn, const std::function<void(int)>& fn) {
+  const int chunks = std::max(1, std::min(threads, n));
+  run_steps(spawn, 1, chunks, [&](int, int c) {
+    const int i0 = static_cast<int>(static_cast<int64_t>(n) * c / chunks);
+    const int i1 = static_cast<int>(static_cast<int64_t>(n) * (c + 1) / chunks);
+    for (int i = i0; i < i1; i++) fn(i);
+  });
+}
+
 struct AlignedFree {
   void operator()(float* p) const { std::free(p); }
 };
@@ -137,18 +147,51 @@ static Buf alloc(size_t n) {
   return Buf(p);
 }
 
+// Grow-only buffers kept per calling thread and reused by later calls. A fresh allocation of
+// tens of MB per call would be mmap-ed and page-faulted in again every time (one fault per
+// 4 KB, about 1 ms per 4 MB on this kind of machine). Contents are not preserved.
+// weights packed for the step GEMM up to this size keep the input projection in the loop: they are
+// read again every step and must stay in cache (L2 + a share of L3 here)
+#ifndef RNNLAB_FUSE_MB
+#define RNNLAB_FUSE_MB 8
+#endif
+constexpr double FUSE_BYTES = RNNLAB_FUSE_MB * double(1 << 20);
+
+enum Slot { XP, DXP, DHW, HM, PACK_F, PACK_B, GEMM_A, GEMM_B, GEMM_TILE, N_SLOTS };
+static float* scratch(Slot slot, size_t n) {
+  static thread_local Buf bufs[N_SLOTS];
+  static thread_local size_t sizes[N_SLOTS] = {};
+  if (sizes[slot] < n) {
+    bufs[slot] = alloc(n);
+    sizes[slot] = n;
+  }
+  return bufs[slot].get();
+}
+
 // ------------------------------------------------------------------------------------ GEMM
 // C[r, v*VL + l] (r < MR, v < NV) = sum_k A[r*lda + k] * P[k*NV*VL + v*VL + l], with P one packed
 // panel (K x NV*VL, contiguous). The tile stays in MR*NV vector registers over the whole K loop;
 // tile column group v is stored at C + r*ldc + v*vstride.
-template <int MR, int NV>
+template <int MR, int NV, bool ACC = false>
 static inline void kernel(int K, const float* __restrict A, int lda, const float* __restrict P,
                           float* __restrict C, int ldc, int vstride) {
   vf acc[MR][NV];
   for (int r = 0; r < MR; r++)
-    for (int v = 0; v < NV; v++) acc[r][v] = vf{};
+    for (int v = 0; v < NV; v++)
+      acc[r][v] = ACC ? *reinterpret_cast<const vfu*>(C + (size_t)r * ldc + v * vstride) : vf{};
+#if RNNLAB_KUNROLL == 4
+#pragma GCC unroll 4
+#elif RNNLAB_KUNROLL == 2
+#pragma GCC unroll 2
+#endif
   for (int k = 0; k < K; k++) {
     vf b[NV];
+#ifdef RNNLAB_PREFETCH
+    __builtin_prefetch(P + (size_t)(k + RNNLAB_PREFETCH) * NV * VL);
+    if (NV > 1) __builtin_prefetch(P + (size_t)(k + RNNLAB_PREFETCH) * NV * VL + 16);
+    if (NV > 2) __builtin_prefetch(P + (size_t)(k + RNNLAB_PREFETCH) * NV * VL + 32);
+    if (NV > 3) __builtin_prefetch(P + (size_t)(k + RNNLAB_PREFETCH) * NV * VL + 48);
+#endif
     for (int v = 0; v < NV; v++) b[v] = *reinterpret_cast<const vf*>(P + (size_t)k * NV * VL + v * VL);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; r++) {
@@ -160,51 +203,272 @@ static inline void kernel(int K, const float* __restrict A, int lda, const float
     for (int v = 0; v < NV; v++) *reinterpret_cast<vfu*>(C + (size_t)r * ldc + v * vstride) = acc[r][v];
 }
 
-template <int MR, int NV>
-static void panel_rows(int M, int K, const float* A, int lda, const float* P, float* C, int ldc, int vstride) {
-  int m = 0;
-  for (; m + MR <= M; m += MR) kernel<MR, NV>(K, A + (size_t)m * lda, lda, P, C + (size_t)m * ldc, ldc, vstride);
-  const float* a = A + (size_t)m * lda;
-  float* c = C + (size_t)m * ldc;
-  switch (M - m) {  // MR <= 8
-    case 7: kernel<7, NV>(K, a, lda, P, c, ldc, vstride); break;
-    case 6: kernel<6, NV>(K, a, lda, P, c, ldc, vstride); break;
-    case 5: kernel<5, NV>(K, a, lda, P, c, ldc, vstride); break;
-    case 4: kernel<4, NV>(K, a, lda, P, c, ldc, vstride); break;
-    case 3: kernel<3, NV>(K, a, lda, P, c, ldc, vstride); break;
-    case 2: kernel<2, NV>(K, a, lda, P, c, ldc, vstride); break;
-    case 1: kernel<1, NV>(K, a, lda, P, c, ldc, vstride); break;
-    default: break;
+// a tile of m < MR rows: the kernel instantiated for exactly m
+template <int M, int NV, bool ACC>
+static inline void rows_tail(int m, int K, const float* A, int lda, const float* P, float* C, int ldc, int vstride) {
+  if constexpr (M > 0) {
+    if (m == M) {
+      kernel<M, NV, ACC>(K, A, lda, P, C, ldc, vstride);
+    } else {
+      rows_tail<M - 1, NV, ACC>(m, K, A, lda, P, C, ldc, vstride);
+    }
   }
 }
 
-// Forward panels: units in groups of VL; panel p holds, for k < H, the NG gate columns of units
-// [p*VL, p*VL + VL): P[p][k][g*VL + l] = W[k][g*H + p*VL + l] (zero past H). One kernel tile is
-// then NG vectors per row: all gates of VL units, so the step's nonlinearities need no other data.
-static Buf pack_gate_panels(const float* W, int H, int NG, int n_panels) {
-  Buf P = alloc((size_t)n_panels * H * NG * VL);
+template <int MR, int NV, bool ACC = false>
+static void panel_rows(int M, int K, const float* A, int lda, const float* P, float* C, int ldc, int vstride) {
+  int m = 0;
+  for (; m + MR <= M; m += MR)
+    kernel<MR, NV, ACC>(K, A + (size_t)m * lda, lda, P, C + (size_t)m * ldc, ldc, vstride);
+  if (m < M) rows_tail<MR - 1, NV, ACC>(M - m, K, A + (size_t)m * lda, lda, P, C + (size_t)m * ldc, ldc, vstride);
+}
+
+// The forward step's tile: NACC vectors per row, the sum of two products over two operands,
+//   x_t (K1 = D columns, panel P1 with NV1 vectors per k) and h_{t-1} (K2 = H, P2 with NV2),
+// vector v of the second segment adding into accumulator acc2(v): the identity, except that with
+// NACC > NV2 its last vector goes to the last accumulator (GRU: r, z, n_x from x; r, z, n_h from h).
+// K1 = 0: the x part was projected before the loop (xp) and the tile is the h part alone.
+template <int NACC, int NV2>
+constexpr int acc2(int v) {
+  return (NACC > NV2 && v == NV2 - 1) ? NACC - 1 : v;
+}
+
+template <int MR, int NACC, int NV1, int NV2>
+static inline void kernel2(int K1, const float* __restrict A1, int lda1, const float* __restrict P1, int K2,
+                           const float* __restrict A2, int lda2, const float* __restrict P2, float* __restrict C,
+                           int ldc, int vstride) {
+  vf acc[MR][NACC];
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NACC; v++) acc[r][v] = vf{};
+  for (int k = 0; k < K1; k++) {
+    vf b[NV1];
+    for (int v = 0; v < NV1; v++) b[v] = *reinterpret_cast<const vf*>(P1 + (size_t)k * NV1 * VL + v * VL);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+      const float a = A1[(size_t)r * lda1 + k];
+      for (int v = 0; v < NV1; v++) acc[r][v] += a * b[v];
+    }
+  }
+  for (int k = 0; k < K2; k++) {
+    vf b[NV2];
+    for (int v = 0; v < NV2; v++) b[v] = *reinterpret_cast<const vf*>(P2 + (size_t)k * NV2 * VL + v * VL);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; r++) {
+      const float a = A2[(size_t)r * lda2 + k];
+      for (int v = 0; v < NV2; v++) acc[r][acc2<NACC, NV2>(v)] += a * b[v];
+    }
+  }
+  for (int r = 0; r < MR; r++)
+    for (int v = 0; v < NACC; v++) *reinterpret_cast<vfu*>(C + (size_t)r * ldc + v * vstride) = acc[r][v];
+}
+
+template <int M, int NACC, int NV1, int NV2>
+static inline void rows_tail2(int m, int K1, const float* A1, int lda1, const float* P1, int K2, const float* A2,
+                              int lda2, const float* P2, float* C, int ldc, int vstride) {
+  if constexpr (M > 0) {
+    if (m == M) {
+      kernel2<M, NACC, NV1, NV2>(K1, A1, lda1, P1, K2, A2, lda2, P2, C, ldc, vstride);
+    } else {
+      rows_tail2<M - 1, NACC, NV1, NV2>(m, K1, A1, lda1, P1, K2, A2, lda2, P2, C, ldc, vstride);
+    }
+  }
+}
+
+template <int MR, int NACC, int NV1, int NV2>
+static void panel_rows2(int M, int K1, const float* A1, int lda1, const float* P1, int K2, const float* A2, int lda2,
+                        const float* P2, float* C, int ldc, int vstride) {
+  int m = 0;
+  for (; m + MR <= M; m += MR)
+    kernel2<MR, NACC, NV1, NV2>(K1, A1 + (size_t)m * lda1, lda1, P1, K2, A2 + (size_t)m * lda2, lda2, P2,
+                                C + (size_t)m * ldc, ldc, vstride);
+  if (m < M)
+    rows_tail2<MR - 1, NACC, NV1, NV2>(M - m, K1, A1 + (size_t)m * lda1, lda1, P1, K2, A2 + (size_t)m * lda2, lda2,
+                                       P2, C + (size_t)m * ldc, ldc, vstride);
+}
+
+// Forward step panels, units in groups of VL: panel p holds the x part (K1 = D rows, the NV1
+// gate columns of W_x that the cell sums into its accumulators) and then the h part (K2 = H rows
+// of W_h's NV2 gate columns), each for units [p*VL, p*VL + VL), zero past H. One tile is then
+// all the gates of VL units, so the step's nonlinearities need no other data.
+static float* pack_step_panels(const float* W_x, int D, const float* W_h, int H, int NG, int NV1, int NV2,
+                               int n_panels, int threads, const Spawn& spawn) {
+  const size_t per_panel = (static_cast<size_t>(D) * NV1 + static_cast<size_t>(H) * NV2) * VL;
+  float* P = scratch(PACK_F, n_panels * per_panel);
   const int G = NG * H;
-  for (int p = 0; p < n_panels; p++)
+  // a row of VL units of one gate column block: contiguous in W and in the panel
+  auto copy_units = [H](float* dst, const float* src, int u0) {
+    const int n = std::max(0, std::min(VL, H - u0));
+    std::memcpy(dst, src, sizeof(float) * n);
+    std::memset(dst + n, 0, sizeof(float) * (VL - n));
+  };
+  parallel_for(n_panels, threads, spawn, [&](int p) {
+    float* x_part = P + p * per_panel;
+    float* h_part = x_part + static_cast<size_t>(D) * NV1 * VL;
+    const int u0 = p * VL;
+    for (int k = 0; k < D; k++)
+      for (int v = 0; v < NV1; v++) copy_units(x_part + ((size_t)k * NV1 + v) * VL, W_x + (size_t)k * G + v * H + u0, u0);
     for (int k = 0; k < H; k++)
-      for (int g = 0; g < NG; g++)
-        for (int l = 0; l < VL; l++) {
-          const int u = p * VL + l;
-          P[((size_t)p * H + k) * NG * VL + g * VL + l] = u < H ? W[(size_t)k * G + g * H + u] : 0.0f;
-        }
+      for (int v = 0; v < NV2; v++) copy_units(h_part + ((size_t)k * NV2 + v) * VL, W_h + (size_t)k * G + v * H + u0, u0);
+  });
   return P;
 }
 
 // Backward panels of W^T (G x H): P[p][k][l] = W[p*2VL + l][k], k < G: dh_rec = dhw @ W^T.
 constexpr int NVB = 2;  // vectors per backward tile row: 2*VL units
-static Buf pack_transposed_panels(const float* W, int H, int G, int n_panels) {
-  Buf P = alloc((size_t)n_panels * G * NVB * VL);
-  for (int p = 0; p < n_panels; p++)
-    for (int k = 0; k < G; k++)
-      for (int l = 0; l < NVB * VL; l++) {
-        const int u = p * NVB * VL + l;
-        P[((size_t)p * G + k) * NVB * VL + l] = u < H ? W[(size_t)u * G + k] : 0.0f;
+static float* pack_transposed_panels(const float* W, int H, int G, int n_panels, int threads, const Spawn& spawn) {
+  constexpr int W_ = NVB * VL;
+  float* P = scratch(PACK_B, static_cast<size_t>(n_panels) * G * W_);
+  parallel_for(n_panels, threads, spawn, [&](int p) {
+    float* panel = P + static_cast<size_t>(p) * G * W_;
+    for (int k0 = 0; k0 < G; k0 += 16) {  // a W_ x 16 block: read along W's rows, write along the panel's
+      const int nk = std::min(16, G - k0);
+      for (int l = 0; l < W_; l++) {
+        const int u = p * W_ + l;
+        const float* src = W + (size_t)u * G + k0;
+        for (int j = 0; j < nk; j++) panel[(size_t)(k0 + j) * W_ + l] = u < H ? src[j] : 0.0f;
       }
+    }
+  });
   return P;
+}
+
+
+// ------------------------------------------------------------------------------------ blocked GEMM
+// C (M x N, row stride ldc) = [C +] A @ B, for the products that are parallel in time: the input
+// projection before the loop, d x and the weight gradients after it (ONE GEMM each over all
+// T*B rows). Element (i, j) of A is A.p[i*A.rs + j*A.cs], so a transposed operand is only other
+// strides; likewise B. B is packed per KC-block into panels of GNR columns, A per MC x KC block
+// into rows, and the register kernel runs on each tile; columns (or rows, when there are too
+// few column panels) are split over the threads. Every element sums over k in order, so the
+// result does not depend on the split.
+struct Mat {
+  const float* p;
+  ptrdiff_t rs, cs;
+  float at(ptrdiff_t i, ptrdiff_t j) const { return p[i * rs + j * cs]; }
+};
+#ifndef RNNLAB_GNV
+#define RNNLAB_GNV 4
+#endif
+#ifndef RNNLAB_KC
+#define RNNLAB_KC 512
+#endif
+#ifndef RNNLAB_MCB
+#define RNNLAB_MCB 8
+#endif
+constexpr int GNV = RNNLAB_GNV, GNR = GNV * VL, GMR = tile_rows(GNV), KC = RNNLAB_KC, MC = RNNLAB_MCB * GMR;
+
+static void pack(float* dst, Mat src, int i0, int ni, int j0, int nj, int ld_dst, bool transpose_dst) {
+  // dst[i*ld + j] (or dst[j*ld + i] when transpose_dst) = src(i0 + i, j0 + j); walk src along its
+  // contiguous dimension
+  auto put = [&](int i, int j, float v) { dst[transpose_dst ? (size_t)j * ld_dst + i : (size_t)i * ld_dst + j] = v; };
+  if (std::abs(src.cs) <= std::abs(src.rs)) {
+    for (int i = 0; i < ni; i++)
+      for (int j = 0; j < nj; j++) put(i, j, src.at(i0 + i, j0 + j));
+  } else {
+    for (int j = 0; j < nj; j++)
+      for (int i = 0; i < ni; i++) put(i, j, src.at(i0 + i, j0 + j));
+  }
+}
+
+// one A operand and its C: C (M x N, row stride ldc) = A (M x K) @ B
+struct Part {
+  int M;
+  Mat A;
+  float* C;
+  int ldc;
+};
+
+// every part's C = [C +] A @ B, for parts that share B (packed once per KC block)
+static void gemm_parts(std::vector<Part> parts, int N, int K, Mat B, bool accumulate, int threads,
+                       const Spawn& spawn) {
+  int rows = 0;
+  for (const Part& pt : parts) rows += pt.M;
+  if (rows <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (const Part& pt : parts)
+        for (int i = 0; i < pt.M; i++) std::memset(pt.C + (size_t)i * pt.ldc, 0, sizeof(float) * N);
+    return;
+  }
+  const int n_panels = (N + GNR - 1) / GNR;
+  int m_blocks = 0;
+  for (const Part& pt : parts) m_blocks += (pt.M + GMR - 1) / GMR;
+  int chunks = 2.0 * rows * N * K < 4e6 ? 1 : std::max(1, threads);
+  const bool split_n = n_panels >= chunks;
+  if (!split_n) chunks = std::max(1, std::min(chunks, m_blocks));
+  auto cut = [chunks](int n, int c) { return static_cast<int>(static_cast<int64_t>(n) * c / chunks); };
+  run_steps(spawn, 1, chunks, [&](int, int c) {
+    const int p0 = split_n ? cut(n_panels, c) : 0, p1 = split_n ? cut(n_panels, c + 1) : n_panels;
+    // rows: blocks of GMR counted over the parts in order; this chunk's [b0, b1)
+    const int b0 = split_n ? 0 : cut(m_blocks, c), b1 = split_n ? m_blocks : cut(m_blocks, c + 1);
+    if (p0 >= p1 || b0 >= b1) return;
+    const int kc_max = std::min(KC, K);
+    float* Bp = scratch(GEMM_B, (size_t)(p1 - p0) * kc_max * GNR);
+    float* Ap = scratch(GEMM_A, (size_t)MC * kc_max);
+    float* tile = scratch(GEMM_TILE, (size_t)MC * GNR);
+    for (int k0 = 0; k0 < K; k0 += KC) {
+      const int kc = std::min(KC, K - k0);
+      for (int p = p0; p < p1; p++) {  // panel p: kc x GNR, zero past column N
+        float* panel = Bp + (size_t)(p - p0) * kc * GNR;
+        const int j0 = p * GNR, nj = std::min(GNR, N - j0);
+        pack(panel, B, k0, kc, j0, nj, GNR, false);
+        if (nj < GNR)
+          for (int k = 0; k < kc; k++) std::memset(panel + (size_t)k * GNR + nj, 0, sizeof(float) * (GNR - nj));
+      }
+      const bool acc = accumulate || k0 > 0;
+      int block = 0;
+      for (const Part& pt : parts) {
+        const int nb = (pt.M + GMR - 1) / GMR;
+        const int m0 = std::min(pt.M, std::max(0, b0 - block) * GMR), m1 = std::min(pt.M, std::max(0, b1 - block) * GMR);
+        block += nb;
+        for (int i0 = m0; i0 < m1; i0 += MC) {
+          const int mc = std::min(MC, m1 - i0);
+          pack(Ap, pt.A, i0, mc, k0, kc, kc, false);
+          for (int p = p0; p < p1; p++) {
+            const float* panel = Bp + (size_t)(p - p0) * kc * GNR;
+            const int j0 = p * GNR, nj = std::min(GNR, N - j0);
+            float* cc = pt.C + (size_t)i0 * pt.ldc + j0;
+            if (nj == GNR) {
+              if (acc) {
+                panel_rows<GMR, GNV, true>(mc, kc, Ap, kc, panel, cc, pt.ldc, VL);
+              } else {
+                panel_rows<GMR, GNV, false>(mc, kc, Ap, kc, panel, cc, pt.ldc, VL);
+              }
+            } else {  // a partial panel: through a full-width tile
+              for (int i = 0; i < mc; i++) {
+                float* t = tile + (size_t)i * GNR;
+                if (acc) std::memcpy(t, cc + (size_t)i * pt.ldc, sizeof(float) * nj);
+                std::memset(t + (acc ? nj : 0), 0, sizeof(float) * (GNR - (acc ? nj : 0)));
+              }
+              panel_rows<GMR, GNV, true>(mc, kc, Ap, kc, panel, tile, GNR, VL);
+              for (int i = 0; i < mc; i++)
+                std::memcpy(cc + (size_t)i * pt.ldc, tile + (size_t)i * GNR, sizeof(float) * nj);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+static void gemm(int M, int N, int K, Mat A, Mat B, float* C, int ldc, bool accumulate, int threads,
+                 const Spawn& spawn) {
+  gemm_parts({Part{M, A, C, ldc}}, N, K, B, accumulate, threads, spawn);
+}
+
+// out[j] = sum over rows i (in order) of X[i*ld + j], j < n: bias gradients
+static void column_sums(int rows, int n, const float* X, int ld, float* out, int threads, const Spawn& spawn) {
+  const int blocks = (n + 255) / 256;
+  const int chunks = std::max(1, std::min(threads, blocks));
+  run_steps(spawn, 1, chunks, [&](int, int c) {
+    const int j0 = std::min(n, static_cast<int>(static_cast<int64_t>(blocks) * c / chunks) * 256);
+    const int j1 = std::min(n, static_cast<int>(static_cast<int64_t>(blocks) * (c + 1) / chunks) * 256);
+    std::memset(out + j0, 0, sizeof(float) * (j1 - j0));
+    for (int i = 0; i < rows; i++) {
+      const float* x = X + (size_t)i * ld;
+      for (int j = j0; j < j1; j++) out[j] += x[j];
+    }
+  });
 }
 
 // ------------------------------------------------------------------------------------ cells
@@ -216,28 +480,39 @@ static Buf pack_transposed_panels(const float* W, int H, int G, int n_panels) {
 //            that does not go through W_h))
 struct Lstm {
   static constexpr int NG = 4, NC = 2, H_LEAF = 1;  // carry (c, h); acts i, f, g, o
+  static constexpr int NACC = 4, NV1 = 4, NV2 = 4;  // step tile: i, f, g, o (x and h parts summed)
   static constexpr int SAVED = NC + NG;            // saved row width in units of H
   static constexpr bool SEPARATE_DHW = false;      // d loss / d (hm @ W_h) equals dxp
   struct Params {
     Params from(int /*u0*/) const { return *this; }
   };
 
-  static inline void forward(int n, int H, const float* __restrict z, int zs, const float* __restrict xp, const float* __restrict saved,
-                             float* __restrict acts, float* __restrict c_new, float* __restrict h_new, const Params&) {
-    const float* __restrict c = saved;
-    for (int u = 0; u < n; u++) {
-      const float i = sigmoid_f(z[u] + xp[u]);
-      const float f = sigmoid_f(z[zs + u] + xp[H + u]);
-      const float g = tanh_f(z[2 * zs + u] + xp[2 * H + u]);
-      const float o = sigmoid_f(z[3 * zs + u] + xp[3 * H + u]);
-      const float cn = f * c[u] + i * g;
-      acts[u] = i;
-      acts[H + u] = f;
-      acts[2 * H + u] = g;
-      acts[3 * H + u] = o;
-      c_new[u] = cn;
-      h_new[u] = o * tanh_f(cn);
+  // z: the NACC accumulator rows of the step tile (each at z + g*zs); xp: the x part when it was
+  // projected before the loop (else null: z holds it already); b: the bias (G)
+  static inline void forward(int n, int H, const float* __restrict z, int zs, const float* __restrict xp,
+                             const float* __restrict b, const float* __restrict saved, float* __restrict acts,
+                             float* __restrict c_new, float* __restrict h_new, const Params&) {
+    if (xp) {
+      for (int u = 0; u < n; u++)
+        step(u, H, z[u] + (xp[u] + b[u]), z[zs + u] + (xp[H + u] + b[H + u]),
+             z[2 * zs + u] + (xp[2 * H + u] + b[2 * H + u]), z[3 * zs + u] + (xp[3 * H + u] + b[3 * H + u]), saved,
+             acts, c_new, h_new);
+    } else {
+      for (int u = 0; u < n; u++)
+        step(u, H, z[u] + b[u], z[zs + u] + b[H + u], z[2 * zs + u] + b[2 * H + u], z[3 * zs + u] + b[3 * H + u],
+             saved, acts, c_new, h_new);
     }
+  }
+  static inline void step(int u, int H, float zi, float zf, float zg, float zo, const float* __restrict c,
+                          float* __restrict acts, float* __restrict c_new, float* __restrict h_new) {
+    const float i = sigmoid_f(zi), f = sigmoid_f(zf), g = tanh_f(zg), o = sigmoid_f(zo);
+    const float cn = f * c[u] + i * g;
+    acts[u] = i;
+    acts[H + u] = f;
+    acts[2 * H + u] = g;
+    acts[3 * H + u] = o;
+    c_new[u] = cn;
+    h_new[u] = o * tanh_f(cn);
   }
 
   // d_carry: (dc, dh) of carry_out; returns d_in (dc_in, dh_in without the W_h term)
@@ -263,6 +538,7 @@ struct Lstm {
 
 struct Gru {
   static constexpr int NG = 3, NC = 1, H_LEAF = 0;  // carry h; acts r, z, n, hn
+  static constexpr int NACC = 4, NV1 = 3, NV2 = 3;  // step tile: r, z (x + h), n from x, n from h
   static constexpr int SAVED = NC + 4;
   static constexpr bool SEPARATE_DHW = true;  // the n block of dhw is dn * r
   struct Params {
@@ -270,20 +546,29 @@ struct Gru {
     Params from(int u0) const { return Params{b_hn + u0}; }  // a block's units start at u0
   };
 
-  static inline void forward(int n, int H, const float* __restrict z, int zs, const float* __restrict xp, const float* __restrict saved,
-                             float* __restrict acts, float* __restrict h_new, float* __restrict /*unused*/, const Params& prm) {
-    const float* __restrict h = saved;
-    for (int u = 0; u < n; u++) {
-      const float r = sigmoid_f(xp[u] + z[u]);
-      const float zz = sigmoid_f(xp[H + u] + z[zs + u]);
-      const float hn = z[2 * zs + u] + prm.b_hn[u];
-      const float nn = tanh_f(xp[2 * H + u] + r * hn);
-      acts[u] = r;
-      acts[H + u] = zz;
-      acts[2 * H + u] = nn;
-      acts[3 * H + u] = hn;
-      h_new[u] = (1.0f - zz) * nn + zz * h[u];
+  static inline void forward(int n, int H, const float* __restrict z, int zs, const float* __restrict xp,
+                             const float* __restrict b, const float* __restrict saved, float* __restrict acts,
+                             float* __restrict h_new, float* __restrict /*unused*/, const Params& prm) {
+    if (xp) {  // z[2*zs] (n from x) is 0 then: xp has the x part
+      for (int u = 0; u < n; u++)
+        step(u, H, (xp[u] + b[u]) + z[u], (xp[H + u] + b[H + u]) + z[zs + u], xp[2 * H + u] + b[2 * H + u],
+             z[3 * zs + u] + prm.b_hn[u], saved, acts, h_new);
+    } else {
+      for (int u = 0; u < n; u++)
+        step(u, H, z[u] + b[u], z[zs + u] + b[H + u], z[2 * zs + u] + b[2 * H + u], z[3 * zs + u] + prm.b_hn[u],
+             saved, acts, h_new);
     }
+  }
+  // pre-activations of r and z, the x part of n (with its bias), hn = h @ W_hn + b_hn
+  static inline void step(int u, int H, float zr, float zz_, float xn, float hn, const float* __restrict h,
+                          float* __restrict acts, float* __restrict h_new) {
+    const float r = sigmoid_f(zr), zz = sigmoid_f(zz_);
+    const float nn = tanh_f(xn + r * hn);
+    acts[u] = r;
+    acts[H + u] = zz;
+    acts[2 * H + u] = nn;
+    acts[3 * H + u] = hn;
+    h_new[u] = (1.0f - zz) * nn + zz * h[u];
   }
 
   static inline void backward(int n, int H, const float* __restrict saved, const float* __restrict dh, const float* __restrict /*unused*/,
@@ -362,22 +647,34 @@ Block Plan::block(int c, int B, int H) const {
 }
 
 // ------------------------------------------------------------------------------------ forward
-// xp: T x B x G; W: H x G; carry0/carry_reset: NC leaves of B x H; outputs ys (T x B x H),
-// carry_T (NC leaves), saved (T x B x SAVED*H).
+// X: T x B x D, W_x: D x G, b: G, W: H x G (W_h); carry0/carry_reset: NC leaves of B x H;
+// outputs ys (T x B x H), carry_T (NC leaves), saved (T x B x SAVED*H).
 template <class Cell>
-static void forward(const Shape& s, const float* xp, const float* W, const float* const* carry0,
-                    const float* const* carry_reset, const Masks& m, bool reverse, int threads,
-                    const Spawn& spawn, const typename Cell::Params& prm, float* ys, float* const* carry_T,
-                    float* saved) {
+static void forward(const Shape& s, int D, const float* X, const float* W_x, const float* bias, const float* W,
+                    const float* const* carry0, const float* const* carry_reset, const Masks& m, bool reverse,
+                    int threads, const Spawn& spawn, const typename Cell::Params& prm, float* ys,
+                    float* const* carry_T, float* saved) {
   const int T = s.T, B = s.B, H = s.H, NG = Cell::NG, NC = Cell::NC, G = NG * H;
   const int SW = Cell::SAVED * H;
   if (T == 0) {
     for (int c = 0; c < NC; c++) std::memcpy(carry_T[c], carry0[c], sizeof(float) * B * H);
     return;
   }
-  const Plan plan = make_plan(B, H, G, T, threads);
+  // The input projection: inside each step's GEMM (x_t and h_{t-1} against W_x and W_h stacked)
+  // while the packed weights stay in cache, else for all steps before the loop as ONE GEMM
+  // (xp; the bias is added with the gates either way).
+  const int NACC = Cell::NACC, NV1 = Cell::NV1, NV2 = Cell::NV2;
   const int n_panels = (H + VL - 1) / VL;
-  const Buf P = pack_gate_panels(W, H, NG, n_panels);
+  const bool fuse_x = static_cast<double>(n_panels) * (D * NV1 + H * NV2) * VL * sizeof(float) <= FUSE_BYTES;
+  const int K1 = fuse_x ? D : 0;
+  float* xp = nullptr;
+  if (!fuse_x) {
+    xp = scratch(XP, static_cast<size_t>(T) * B * G);
+    gemm(T * B, G, D, Mat{X, D, 1}, Mat{W_x, G, 1}, xp, G, false, threads, spawn);
+  }
+  const Plan plan = make_plan(B, H, G, T, threads);
+  const float* P = pack_step_panels(W_x, K1, W, H, NG, NV1, NV2, n_panels, threads, spawn);
+  const size_t per_panel = (static_cast<size_t>(K1) * NV1 + static_cast<size_t>(H) * NV2) * VL;
   const Buf hm_buf = m.h_mask ? alloc(static_cast<size_t>(2) * B * H) : Buf();  // h * mask, double-buffered
   auto step_at = [&](int i) { return reverse ? T - 1 - i : i; };
   std::vector<Block> blocks;
@@ -385,7 +682,7 @@ static void forward(const Shape& s, const float* xp, const float* W, const float
   for (int c = 0; c < plan.chunks; c++) {
     const Block k = plan.block(c, B, H);
     blocks.push_back(k);
-    z_tiles.push_back(alloc(static_cast<size_t>(k.nb()) * NG * (((k.nu() + VL - 1) / VL) * VL)));
+    z_tiles.push_back(alloc(static_cast<size_t>(k.nb()) * NACC * (((k.nu() + VL - 1) / VL) * VL)));
     new_carries.push_back(alloc(static_cast<size_t>(NC) * k.nu()));
   }
 
@@ -424,14 +721,18 @@ static void forward(const Shape& s, const float* xp, const float* W, const float
       A = saved + (static_cast<size_t>(t) * B + k.b0) * SW + Cell::H_LEAF * H;
       lda = SW;
     }
-    for (int p = k.u0 / VL; p < (k.u1 + VL - 1) / VL; p++)
-      panel_rows<tile_rows(NG), NG>(k.nb(), H, A, lda, P.get() + static_cast<size_t>(p) * H * NG * VL,
-                                    z + (p - k.u0 / VL) * VL, NG * zs, zs);
+    const float* x_t = X + (static_cast<size_t>(t) * B + k.b0) * D;
+    for (int p = k.u0 / VL; p < (k.u1 + VL - 1) / VL; p++) {
+      const float* panel = P + p * per_panel;
+      panel_rows2<tile_rows(NACC), NACC, NV1, NV2>(k.nb(), K1, x_t, D, panel, H, A, lda,
+                                                   panel + static_cast<size_t>(K1) * NV1 * VL,
+                                                   z + (p - k.u0 / VL) * VL, NACC * zs, zs);
+    }
     for (int b = k.b0; b < k.b1; b++) {
       const size_t rb = static_cast<size_t>(t) * B + b;
       float* row = saved + rb * SW;
-      Cell::forward(nu, H, z + static_cast<size_t>(b - k.b0) * NG * zs, zs, xp + rb * G + k.u0, row + k.u0,
-                    row + NC * H + k.u0, cn[0], cn[1], prm.from(k.u0));
+      Cell::forward(nu, H, z + static_cast<size_t>(b - k.b0) * NACC * zs, zs, xp ? xp + rb * G + k.u0 : nullptr,
+                    bias + k.u0, row + k.u0, row + NC * H + k.u0, cn[0], cn[1], prm.from(k.u0));
       float* y = ys + rb * H + k.u0;
       if (!m.valid || m.valid[rb]) {
         std::memcpy(y, cn[Cell::H_LEAF], sizeof(float) * nu);
@@ -464,24 +765,21 @@ static void forward(const Shape& s, const float* xp, const float* W, const float
 }
 
 // ------------------------------------------------------------------------------------ backward
-// saved: as written by forward; dys: T x B x H; d_carry_T: NC leaves. Outputs dxp (T x B x G),
-// dhw (T x B x G, only when Cell::SEPARATE_DHW), d_carry0 and d_carry_reset (NC leaves).
+// saved: as written by forward; dys: T x B x H; d_carry_T: NC leaves. Outputs: the gradients
+// w.r.t. X (T x B x D), W_x (D x G), b (G), W_h (H x G), for GRU b_hn (H), and d_carry0 and
+// d_carry_reset (NC leaves). The loop leaves d loss / d xp (dxp) and d loss / d (hm @ W_h)
+// (dhw; the same for LSTM) for every step; the rest is four GEMM-shaped products after it.
+// The sequential part of backward: dxp and dhw for every step, d_carry0, d_carry_reset.
 template <class Cell>
-static void backward(const Shape& s, const float* W, const float* saved, const float* dys,
-                     const float* const* d_carry_T, const Masks& m, bool reverse, int threads, const Spawn& spawn,
-                     const typename Cell::Params& prm, float* dxp, float* dhw_out, float* const* d_carry0,
-                     float* const* d_reset) {
+static void backward_loop(const Shape& s, const float* W, const float* saved, const float* dys,
+                          const float* const* d_carry_T, const Masks& m, bool reverse, int threads,
+                          const Spawn& spawn, const typename Cell::Params& prm, float* dxp, float* dhw,
+                          float* const* d_carry0, float* const* d_reset) {
   const int T = s.T, B = s.B, H = s.H, NG = Cell::NG, NC = Cell::NC, G = NG * H;
   const int SW = Cell::SAVED * H;
-  for (int c = 0; c < NC; c++) std::memset(d_reset[c], 0, sizeof(float) * B * H);
-  if (T == 0) {
-    for (int c = 0; c < NC; c++) std::memcpy(d_carry0[c], d_carry_T[c], sizeof(float) * B * H);
-    return;
-  }
   const Plan plan = make_plan(B, H, G, T, threads);
   const int n_panels = (H + NVB * VL - 1) / (NVB * VL);
-  const Buf P = pack_transposed_panels(W, H, G, n_panels);
-  float* dhw = Cell::SEPARATE_DHW ? dhw_out : dxp;
+  const float* P = pack_transposed_panels(W, H, G, n_panels, threads, spawn);
   // d carry (per leaf, B x H), each block's rows x units owned by its chunk; the W_h term of dh
   // lands in dh_rec, written by the chunk that owns those units (the one that reads them next)
   const Buf d_state = alloc(static_cast<size_t>(NC) * B * H);
@@ -530,7 +828,7 @@ static void backward(const Shape& s, const float* W, const float* saved, const f
     const int t = step_at(i), nu = k.nu();
     const float* A = dhw + (static_cast<size_t>(t) * B + k.b0) * G;
     for (int p = k.u0 / (NVB * VL); p < (k.u1 + NVB * VL - 1) / (NVB * VL); p++)
-      panel_rows<tile_rows(NVB), NVB>(k.nb(), G, A, G, P.get() + static_cast<size_t>(p) * G * NVB * VL,
+      panel_rows<tile_rows(NVB), NVB>(k.nb(), G, A, G, P + static_cast<size_t>(p) * G * NVB * VL,
                                       dh_rec.get() + static_cast<size_t>(k.b0) * ldr + p * NVB * VL, ldr, VL);
     for (int b = k.b0; b < k.b1; b++) {
       float* rec = dh_rec.get() + static_cast<size_t>(b) * ldr + k.u0;
@@ -580,6 +878,46 @@ static void backward(const Shape& s, const float* W, const float* saved, const f
   }
 }
 
+struct Grads {
+  float *dx, *dw_x, *db, *dw_h, *db_hn;
+};
+
+template <class Cell>
+static void backward(const Shape& s, int D, const float* X, const float* W_x, const float* W, const float* saved,
+                     const float* dys, const float* const* d_carry_T, const Masks& m, bool reverse, int threads,
+                     const Spawn& spawn, const typename Cell::Params& prm, const Grads& out,
+                     float* const* d_carry0, float* const* d_reset) {
+  const int T = s.T, B = s.B, H = s.H, NG = Cell::NG, NC = Cell::NC, G = NG * H;
+  const int SW = Cell::SAVED * H;
+  for (int c = 0; c < NC; c++) std::memset(d_reset[c], 0, sizeof(float) * B * H);
+  float* dxp = scratch(DXP, static_cast<size_t>(T) * B * G);
+  float* dhw = Cell::SEPARATE_DHW ? scratch(DHW, static_cast<size_t>(T) * B * G) : dxp;
+  if (T > 0) backward_loop<Cell>(s, W, saved, dys, d_carry_T, m, reverse, threads, spawn, prm, dxp, dhw, d_carry0,
+                                 d_reset);
+  else
+    for (int c = 0; c < NC; c++) std::memcpy(d_carry0[c], d_carry_T[c], sizeof(float) * B * H);
+  const int TB = T * B;
+  // d x = dxp @ W_x^T; d W_x = X^T @ dxp; d W_h = hm^T @ dhw (hm: h_in * mask, what entered W_h)
+  gemm(TB, D, G, Mat{dxp, G, 1}, Mat{W_x, 1, G}, out.dx, D, false, threads, spawn);
+  Mat hm{saved + Cell::H_LEAF * H, 1, SW};
+  if (m.h_mask && TB > 0) {
+    float* h = scratch(HM, static_cast<size_t>(TB) * H);
+    for (int r = 0; r < TB; r++)
+      for (int u = 0; u < H; u++)
+        h[(size_t)r * H + u] = saved[(size_t)r * SW + Cell::H_LEAF * H + u] * m.h_mask[(size_t)(r % B) * H + u];
+    hm = Mat{h, 1, H};
+  }
+  if (dhw == dxp) {  // LSTM: both weight gradients against the same dxp, packed once
+    gemm_parts({Part{D, Mat{X, 1, D}, out.dw_x, G}, Part{H, hm, out.dw_h, G}}, G, TB, Mat{dxp, G, 1}, false,
+               threads, spawn);
+  } else {
+    gemm(D, G, TB, Mat{X, 1, D}, Mat{dxp, G, 1}, out.dw_x, G, false, threads, spawn);
+    gemm(H, G, TB, hm, Mat{dhw, G, 1}, out.dw_h, G, false, threads, spawn);
+  }
+  column_sums(TB, G, dxp, G, out.db, threads, spawn);
+  if (out.db_hn) column_sums(TB, H, dhw + 2 * H, G, out.db_hn, threads, spawn);  // GRU: the n block of dhw
+}
+
 }  // namespace rnnlab
 
 // ------------------------------------------------------------------------------------ XLA FFI
@@ -607,63 +945,67 @@ static Spawn spawner(ffi::ThreadPool& pool) {
   return [&pool](std::function<void()> task) { pool.Schedule(std::move(task)); };
 }
 
-static Shape shape_of(const F32& ys_like) {  // T x B x X with X = H (dys) or G (xp)
-  auto d = ys_like.dimensions();
-  return Shape{static_cast<int>(d[0]), static_cast<int>(d[1]), 0};
+static Shape shape_of(const F32& x, const F32& w_h) {  // x: T x B x D, w_h: H x G
+  auto d = x.dimensions();
+  return Shape{static_cast<int>(d[0]), static_cast<int>(d[1]), static_cast<int>(w_h.dimensions()[0])};
 }
+static int d_in(const F32& x) { return static_cast<int>(x.dimensions()[2]); }
 
-static ffi::Error LstmForward(ffi::ThreadPool pool, F32 xp, F32 w, F32 c0, F32 h0, F32 cr, F32 hr, U8 reset, U8 valid, F32 h_mask,
-                              int64_t reverse, int64_t threads, Out ys, Out cT, Out hT, Out saved) {
+static ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 c0, F32 h0, F32 cr,
+                              F32 hr, U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out ys,
+                              Out cT, Out hT, Out saved) {
   const Spawn spawn = spawner(pool);
-  Shape s = shape_of(xp);
-  s.H = static_cast<int>(w.dimensions()[0]);
+  const Shape s = shape_of(x, w_h);
   const float* carry0[2] = {c0.typed_data(), h0.typed_data()};
   const float* carry_reset[2] = {cr.typed_data(), hr.typed_data()};
   float* carry_T[2] = {cT->typed_data(), hT->typed_data()};
-  forward<Lstm>(s, xp.typed_data(), w.typed_data(), carry0, carry_reset, masks(reset, valid, h_mask), reverse != 0,
-                static_cast<int>(threads), spawn, Lstm::Params{}, ys->typed_data(), carry_T, saved->typed_data());
+  forward<Lstm>(s, d_in(x), x.typed_data(), w_x.typed_data(), b.typed_data(), w_h.typed_data(), carry0, carry_reset,
+                masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads), spawn, Lstm::Params{},
+                ys->typed_data(), carry_T, saved->typed_data());
   return ffi::Error::Success();
 }
 
-static ffi::Error LstmBackward(ffi::ThreadPool pool, F32 w, F32 saved, F32 dys, F32 dcT, F32 dhT, U8 reset, U8 valid, F32 h_mask,
-                               int64_t reverse, int64_t threads, Out dxp, Out dc0, Out dh0, Out dcr, Out dhr) {
+static ffi::Error LstmBackward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 w_h, F32 saved, F32 dys, F32 dcT, F32 dhT,
+                               U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out dx, Out dw_x,
+                               Out db, Out dw_h, Out dc0, Out dh0, Out dcr, Out dhr) {
   const Spawn spawn = spawner(pool);
-  Shape s = shape_of(dys);
-  s.H = static_cast<int>(w.dimensions()[0]);
+  const Shape s = shape_of(x, w_h);
   const float* d_carry_T[2] = {dcT.typed_data(), dhT.typed_data()};
   float* d_carry0[2] = {dc0->typed_data(), dh0->typed_data()};
   float* d_reset[2] = {dcr->typed_data(), dhr->typed_data()};
-  backward<Lstm>(s, w.typed_data(), saved.typed_data(), dys.typed_data(), d_carry_T, masks(reset, valid, h_mask),
-                 reverse != 0, static_cast<int>(threads), spawn, Lstm::Params{}, dxp->typed_data(), nullptr, d_carry0,
-                 d_reset);
+  const Grads g{dx->typed_data(), dw_x->typed_data(), db->typed_data(), dw_h->typed_data(), nullptr};
+  backward<Lstm>(s, d_in(x), x.typed_data(), w_x.typed_data(), w_h.typed_data(), saved.typed_data(),
+                 dys.typed_data(), d_carry_T, masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads),
+                 spawn, Lstm::Params{}, g, d_carry0, d_reset);
   return ffi::Error::Success();
 }
 
-static ffi::Error GruForward(ffi::ThreadPool pool, F32 xp, F32 w, F32 b_hn, F32 h0, F32 hr, U8 reset, U8 valid, F32 h_mask,
-                             int64_t reverse, int64_t threads, Out ys, Out hT, Out saved) {
+static ffi::Error GruForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 b_hn, F32 h0, F32 hr,
+                             U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out ys, Out hT,
+                             Out saved) {
   const Spawn spawn = spawner(pool);
-  Shape s = shape_of(xp);
-  s.H = static_cast<int>(w.dimensions()[0]);
+  const Shape s = shape_of(x, w_h);
   const float* carry0[1] = {h0.typed_data()};
   const float* carry_reset[1] = {hr.typed_data()};
   float* carry_T[1] = {hT->typed_data()};
-  forward<Gru>(s, xp.typed_data(), w.typed_data(), carry0, carry_reset, masks(reset, valid, h_mask), reverse != 0,
-               static_cast<int>(threads), spawn, Gru::Params{b_hn.typed_data()}, ys->typed_data(), carry_T,
-               saved->typed_data());
+  forward<Gru>(s, d_in(x), x.typed_data(), w_x.typed_data(), b.typed_data(), w_h.typed_data(), carry0, carry_reset,
+               masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads), spawn,
+               Gru::Params{b_hn.typed_data()}, ys->typed_data(), carry_T, saved->typed_data());
   return ffi::Error::Success();
 }
 
-static ffi::Error GruBackward(ffi::ThreadPool pool, F32 w, F32 b_hn, F32 saved, F32 dys, F32 dhT, U8 reset, U8 valid, F32 h_mask,
-                              int64_t reverse, int64_t threads, Out dxp, Out dhw, Out dh0, Out dhr) {
+static ffi::Error GruBackward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 w_h, F32 b_hn, F32 saved, F32 dys, F32 dhT,
+                              U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out dx, Out dw_x,
+                              Out db, Out dw_h, Out db_hn, Out dh0, Out dhr) {
   const Spawn spawn = spawner(pool);
-  Shape s = shape_of(dys);
-  s.H = static_cast<int>(w.dimensions()[0]);
+  const Shape s = shape_of(x, w_h);
   const float* d_carry_T[1] = {dhT.typed_data()};
   float* d_carry0[1] = {dh0->typed_data()};
   float* d_reset[1] = {dhr->typed_data()};
-  backward<Gru>(s, w.typed_data(), saved.typed_data(), dys.typed_data(), d_carry_T, masks(reset, valid, h_mask),
-                reverse != 0, static_cast<int>(threads), spawn, Gru::Params{b_hn.typed_data()}, dxp->typed_data(),
-                dhw->typed_data(), d_carry0, d_reset);
+  const Grads g{dx->typed_data(), dw_x->typed_data(), db->typed_data(), dw_h->typed_data(), db_hn->typed_data()};
+  backward<Gru>(s, d_in(x), x.typed_data(), w_x.typed_data(), w_h.typed_data(), saved.typed_data(), dys.typed_data(),
+                d_carry_T, masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads), spawn,
+                Gru::Params{b_hn.typed_data()}, g, d_carry0, d_reset);
   return ffi::Error::Success();
 }
 
@@ -671,28 +1013,24 @@ static ffi::Error GruBackward(ffi::ThreadPool pool, F32 w, F32 b_hn, F32 saved, 
 
 #define RNNLAB_ATTRS .Attr<int64_t>("reverse").Attr<int64_t>("threads")
 
+#define RNNLAB_ARGS_4 .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
+#define RNNLAB_MASKS .Arg<U8>().Arg<U8>().Arg<F32>() RNNLAB_ATTRS
+#define RNNLAB_RETS_4 .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>()
+
+// x, w_x, b, w_h, c0, h0, c_reset, h_reset, reset, valid, h_mask -> ys, c_T, h_T, saved
 XLA_FFI_DEFINE_HANDLER_SYMBOL(rnnlab_lstm_forward, rnnlab::LstmForward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<U8>().Arg<U8>().Arg<F32>() RNNLAB_ATTRS
-                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() RNNLAB_ARGS_4 RNNLAB_ARGS_4 RNNLAB_MASKS
+                                  RNNLAB_RETS_4);
+// x, w_x, w_h, saved, dys, dc_T, dh_T, reset, valid, h_mask -> dx, dw_x, db, dw_h, dc0, dh0, dc_reset, dh_reset
 XLA_FFI_DEFINE_HANDLER_SYMBOL(rnnlab_lstm_backward, rnnlab::LstmBackward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<U8>().Arg<U8>().Arg<F32>() RNNLAB_ATTRS
-                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() RNNLAB_ARGS_4 .Arg<F32>().Arg<F32>().Arg<F32>()
+                                  RNNLAB_MASKS RNNLAB_RETS_4 RNNLAB_RETS_4);
+// x, w_x, b, w_h, b_hn, h0, h_reset, reset, valid, h_mask -> ys, h_T, saved
 XLA_FFI_DEFINE_HANDLER_SYMBOL(rnnlab_gru_forward, rnnlab::GruForward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<U8>().Arg<U8>().Arg<F32>() RNNLAB_ATTRS
-                                  .Ret<F32>().Ret<F32>().Ret<F32>());
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() RNNLAB_ARGS_4 .Arg<F32>().Arg<F32>().Arg<F32>()
+                                  RNNLAB_MASKS .Ret<F32>().Ret<F32>().Ret<F32>());
+// x, w_x, w_h, b_hn, saved, dys, dh_T, reset, valid, h_mask -> dx, dw_x, db, dw_h, db_hn, dh0, dh_reset
 XLA_FFI_DEFINE_HANDLER_SYMBOL(rnnlab_gru_backward, rnnlab::GruBackward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
-                                  .Arg<U8>().Arg<U8>().Arg<F32>() RNNLAB_ATTRS
-                                  .Ret<F32>().Ret<F32>().Ret<F32>().Ret<F32>());
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() RNNLAB_ARGS_4 .Arg<F32>().Arg<F32>().Arg<F32>()
+                                  RNNLAB_MASKS RNNLAB_RETS_4 .Ret<F32>().Ret<F32>().Ret<F32>());
 #endif  // RNNLAB_NO_FFI
