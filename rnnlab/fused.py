@@ -226,6 +226,13 @@ def _native_layer(cell, reverse: bool, unroll: int):
     def forward(*args):
         return jax.lax.platform_dependent(*args, cpu=native_forward, default=xla_forward)
 
+    def native_infer(params, carry0, carry_reset, xs, reset, valid, mask):  # no backward pass: nothing kept
+        return native_lib.forward(cell.name, params, carry0, carry_reset, xs, reset, valid, mask, reverse,
+                                  keep=False)[:2]
+
+    def infer(*args):
+        return jax.lax.platform_dependent(*args, cpu=native_infer, default=lambda *a: xla_forward(*a)[:2])
+
     def xla_backward(params, carry0, xs, reset, valid, mask, saved, d_carry_T, dys):
         rec = {k: params[k] for k in recurrent}
         d_carry0, d_reset, dxp, dhw = backward_loop(rec, carry0, None, reset, valid, mask, saved, d_carry_T, dys)
@@ -239,8 +246,7 @@ def _native_layer(cell, reverse: bool, unroll: int):
 
     @jax.custom_vjp
     def f(params, carry0, carry_reset, xs, reset, valid, mask):
-        carry_T, ys, _ = forward(params, carry0, carry_reset, xs, reset, valid, mask)
-        return carry_T, ys
+        return infer(params, carry0, carry_reset, xs, reset, valid, mask)
 
     def f_fwd(params, carry0, carry_reset, xs, reset, valid, mask):
         carry_T, ys, saved = forward(params, carry0, carry_reset, xs, reset, valid, mask)

@@ -85,6 +85,17 @@ def test_native_equals_autodiff_of_the_step(name, shape, features):
 
 
 @pytest.mark.parametrize("name", native.CELLS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_forward_only_keeps_nothing_and_equals_the_step(name, shape):
+    """Without a backward pass the native call writes no residual (the '_infer' target)."""
+    cell, params, xs, carry0, _, _, feats = _problem(name, shape, seed=2)
+    fn = lambda fused_on: jax.jit(lambda p, c, x: scan.run(cell, p, c, x, fused=fused_on, **feats))
+    hlo = fn(True).lower(params, carry0, xs).as_text()
+    assert f"rnnlab_{name}_infer" in hlo and f"rnnlab_{name}_forward" not in hlo
+    _close(fn(True)(params, carry0, xs), fn(False)(params, carry0, xs))
+
+
+@pytest.mark.parametrize("name", native.CELLS)
 @pytest.mark.parametrize("shape", SHAPES[:3], ids=lambda s: "x".join(map(str, s)))
 def test_results_do_not_depend_on_the_thread_count(name, shape, monkeypatch):
     cell, params, xs, carry0, r, rc, feats = _problem(name, shape, seed=1)

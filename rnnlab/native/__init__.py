@@ -43,7 +43,7 @@ import numpy as np
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
 CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-pthread", "-shared", "-fPIC")
 CELLS = ("lstm", "gru")  # the cells with a native loop (GRU: reset-after only, as its fused layer)
-TARGETS = ("rnnlab_lstm_forward", "rnnlab_lstm_backward", "rnnlab_gru_forward", "rnnlab_gru_backward")
+TARGETS = tuple(f"rnnlab_{cell}_{kind}" for cell in CELLS for kind in ("forward", "infer", "backward"))
 
 
 class BuildError(RuntimeError):
@@ -176,24 +176,27 @@ def _call(target: str, out_shapes, *args, reverse: bool):
     return fn(*args, reverse=np.int64(bool(reverse)), threads=np.int64(threads()))
 
 
-def forward(cell_name: str, params, carry0, carry_reset, xs_TxBxD, reset_TxB, valid_TxB, h_mask_BxH, reverse: bool):
+def forward(cell_name: str, params, carry0, carry_reset, xs_TxBxD, reset_TxB, valid_TxB, h_mask_BxH, reverse: bool,
+            keep: bool = True):
     """The layer's forward pass: input projection and loop. -> (carry_T, ys_TxBxH,
     saved_TxBxK), saved laid out as ``fused._pack`` does (per step and row: the carry
-    that entered the step, then the gate activations)."""
+    that entered the step, then the gate activations); ``keep=False`` (no backward pass
+    follows): saved is not written and None is returned in its place."""
     t, b, _ = xs_TxBxD.shape
     w_h = params["w_h_HxG"]
     h = w_h.shape[0]
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     masks = (_flag(reset_TxB), _flag(valid_TxB), _h_mask(h_mask_BxH))
     dense = (xs_TxBxD, params["w_x_DxG"], params["b_G"], w_h)
+    target = f"rnnlab_{cell_name}_{'forward' if keep else 'infer'}"
     if cell_name == "lstm":
         (c0, h0), (cr, hr) = carry0, carry_reset
-        ys, c_t, h_t, saved = _call("rnnlab_lstm_forward", (f32(t, b, h), f32(b, h), f32(b, h), f32(t, b, 6 * h)),
-                                    *dense, c0, h0, cr, hr, *masks, reverse=reverse)
-        return (c_t, h_t), ys, saved
-    ys, h_t, saved = _call("rnnlab_gru_forward", (f32(t, b, h), f32(b, h), f32(t, b, 5 * h)),
-                           *dense, params["b_hn_H"], carry0, carry_reset, *masks, reverse=reverse)
-    return h_t, ys, saved
+        outs = (f32(t, b, h), f32(b, h), f32(b, h), *([f32(t, b, 6 * h)] if keep else []))
+        ys, c_t, h_t, *saved = _call(target, outs, *dense, c0, h0, cr, hr, *masks, reverse=reverse)
+        return (c_t, h_t), ys, saved[0] if keep else None
+    outs = (f32(t, b, h), f32(b, h), *([f32(t, b, 5 * h)] if keep else []))
+    ys, h_t, *saved = _call(target, outs, *dense, params["b_hn_H"], carry0, carry_reset, *masks, reverse=reverse)
+    return h_t, ys, saved[0] if keep else None
 
 
 def backward(cell_name: str, params, xs_TxBxD, saved_TxBxK, dys_TxBxH, d_carry_T, reset_TxB, valid_TxB,

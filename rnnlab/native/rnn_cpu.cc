@@ -157,7 +157,7 @@ static Buf alloc(size_t n) {
 #endif
 constexpr double FUSE_BYTES = RNNLAB_FUSE_MB * double(1 << 20);
 
-enum Slot { XP, DXP, DHW, HM, PACK_F, PACK_B, GEMM_A, GEMM_B, GEMM_TILE, N_SLOTS };
+enum Slot { XP, DXP, DHW, HM, PACK_F, PACK_B, RING, GEMM_A, GEMM_B, GEMM_TILE, N_SLOTS };
 static float* scratch(Slot slot, size_t n) {
   static thread_local Buf bufs[N_SLOTS];
   static thread_local size_t sizes[N_SLOTS] = {};
@@ -357,17 +357,26 @@ struct Mat {
 #endif
 constexpr int GNV = RNNLAB_GNV, GNR = GNV * VL, GMR = tile_rows(GNV), KC = RNNLAB_KC, MC = RNNLAB_MCB * GMR;
 
-static void pack(float* dst, Mat src, int i0, int ni, int j0, int nj, int ld_dst, bool transpose_dst) {
-  // dst[i*ld + j] (or dst[j*ld + i] when transpose_dst) = src(i0 + i, j0 + j); walk src along its
-  // contiguous dimension
-  auto put = [&](int i, int j, float v) { dst[transpose_dst ? (size_t)j * ld_dst + i : (size_t)i * ld_dst + j] = v; };
-  if (std::abs(src.cs) <= std::abs(src.rs)) {
-    for (int i = 0; i < ni; i++)
-      for (int j = 0; j < nj; j++) put(i, j, src.at(i0 + i, j0 + j));
-  } else {
-    for (int j = 0; j < nj; j++)
-      for (int i = 0; i < ni; i++) put(i, j, src.at(i0 + i, j0 + j));
+// dst[i*ld + j] = src(i0 + i, j0 + j) for i < ni, j < nj: row copies when src's rows are
+// contiguous, else 16 x 16 blocks (read along src's columns, write along dst's rows)
+static void pack(float* __restrict dst, Mat src, int i0, int ni, int j0, int nj, int ld) {
+  if (src.cs == 1) {
+    for (int i = 0; i < ni; i++) std::memcpy(dst + (size_t)i * ld, src.p + (i0 + i) * src.rs + j0, sizeof(float) * nj);
+    return;
   }
+  if (src.rs == 1) {
+    for (int jb = 0; jb < nj; jb += 16)
+      for (int ib = 0; ib < ni; ib += 16) {
+        const int ie = std::min(ni, ib + 16), je = std::min(nj, jb + 16);
+        for (int j = jb; j < je; j++) {
+          const float* col = src.p + (j0 + j) * src.cs + i0;
+          for (int i = ib; i < ie; i++) dst[(size_t)i * ld + j] = col[i];
+        }
+      }
+    return;
+  }
+  for (int i = 0; i < ni; i++)
+    for (int j = 0; j < nj; j++) dst[(size_t)i * ld + j] = src.at(i0 + i, j0 + j);
 }
 
 // one A operand and its C: C (M x N, row stride ldc) = A (M x K) @ B
@@ -411,7 +420,7 @@ static void gemm_parts(std::vector<Part> parts, int N, int K, Mat B, bool accumu
       for (int p = p0; p < p1; p++) {  // panel p: kc x GNR, zero past column N
         float* panel = Bp + (size_t)(p - p0) * kc * GNR;
         const int j0 = p * GNR, nj = std::min(GNR, N - j0);
-        pack(panel, B, k0, kc, j0, nj, GNR, false);
+        pack(panel, B, k0, kc, j0, nj, GNR);
         if (nj < GNR)
           for (int k = 0; k < kc; k++) std::memset(panel + (size_t)k * GNR + nj, 0, sizeof(float) * (GNR - nj));
       }
@@ -423,7 +432,7 @@ static void gemm_parts(std::vector<Part> parts, int N, int K, Mat B, bool accumu
         block += nb;
         for (int i0 = m0; i0 < m1; i0 += MC) {
           const int mc = std::min(MC, m1 - i0);
-          pack(Ap, pt.A, i0, mc, k0, kc, kc, false);
+          pack(Ap, pt.A, i0, mc, k0, kc, kc);
           for (int p = p0; p < p1; p++) {
             const float* panel = Bp + (size_t)(p - p0) * kc * GNR;
             const int j0 = p * GNR, nj = std::min(GNR, N - j0);
@@ -491,28 +500,30 @@ struct Lstm {
   // projected before the loop (else null: z holds it already); b: the bias (G)
   static inline void forward(int n, int H, const float* __restrict z, int zs, const float* __restrict xp,
                              const float* __restrict b, const float* __restrict saved, float* __restrict acts,
-                             float* __restrict c_new, float* __restrict h_new, const Params&) {
+                             float* __restrict c_new, float* __restrict h_new, const Params& prm) {
     if (xp) {
-      for (int u = 0; u < n; u++)
-        step(u, H, z[u] + (xp[u] + b[u]), z[zs + u] + (xp[H + u] + b[H + u]),
-             z[2 * zs + u] + (xp[2 * H + u] + b[2 * H + u]), z[3 * zs + u] + (xp[3 * H + u] + b[3 * H + u]), saved,
-             acts, c_new, h_new);
+      forward_rows<true>(n, H, z, zs, xp, b, saved, acts, c_new, h_new, prm);
     } else {
-      for (int u = 0; u < n; u++)
-        step(u, H, z[u] + b[u], z[zs + u] + b[H + u], z[2 * zs + u] + b[2 * H + u], z[3 * zs + u] + b[3 * H + u],
-             saved, acts, c_new, h_new);
+      forward_rows<false>(n, H, z, zs, xp, b, saved, acts, c_new, h_new, prm);
     }
   }
-  static inline void step(int u, int H, float zi, float zf, float zg, float zo, const float* __restrict c,
-                          float* __restrict acts, float* __restrict c_new, float* __restrict h_new) {
-    const float i = sigmoid_f(zi), f = sigmoid_f(zf), g = tanh_f(zg), o = sigmoid_f(zo);
-    const float cn = f * c[u] + i * g;
-    acts[u] = i;
-    acts[H + u] = f;
-    acts[2 * H + u] = g;
-    acts[3 * H + u] = o;
-    c_new[u] = cn;
-    h_new[u] = o * tanh_f(cn);
+  template <bool XP>
+  static inline void forward_rows(int n, int H, const float* __restrict z, int zs, const float* __restrict xp,
+                                  const float* __restrict b, const float* __restrict c, float* __restrict acts,
+                                  float* __restrict c_new, float* __restrict h_new, const Params&) {
+    for (int u = 0; u < n; u++) {
+      const float i = sigmoid_f(z[u] + ((XP ? xp[u] : 0.0f) + b[u]));
+      const float f = sigmoid_f(z[zs + u] + ((XP ? xp[H + u] : 0.0f) + b[H + u]));
+      const float g = tanh_f(z[2 * zs + u] + ((XP ? xp[2 * H + u] : 0.0f) + b[2 * H + u]));
+      const float o = sigmoid_f(z[3 * zs + u] + ((XP ? xp[3 * H + u] : 0.0f) + b[3 * H + u]));
+      const float cn = f * c[u] + i * g;
+      acts[u] = i;
+      acts[H + u] = f;
+      acts[2 * H + u] = g;
+      acts[3 * H + u] = o;
+      c_new[u] = cn;
+      h_new[u] = o * tanh_f(cn);
+    }
   }
 
   // d_carry: (dc, dh) of carry_out; returns d_in (dc_in, dh_in without the W_h term)
@@ -549,26 +560,29 @@ struct Gru {
   static inline void forward(int n, int H, const float* __restrict z, int zs, const float* __restrict xp,
                              const float* __restrict b, const float* __restrict saved, float* __restrict acts,
                              float* __restrict h_new, float* __restrict /*unused*/, const Params& prm) {
-    if (xp) {  // z[2*zs] (n from x) is 0 then: xp has the x part
-      for (int u = 0; u < n; u++)
-        step(u, H, (xp[u] + b[u]) + z[u], (xp[H + u] + b[H + u]) + z[zs + u], xp[2 * H + u] + b[2 * H + u],
-             z[3 * zs + u] + prm.b_hn[u], saved, acts, h_new);
+    if (xp) {
+      forward_rows<true>(n, H, z, zs, xp, b, saved, acts, h_new, prm);
     } else {
-      for (int u = 0; u < n; u++)
-        step(u, H, z[u] + b[u], z[zs + u] + b[H + u], z[2 * zs + u] + b[2 * H + u], z[3 * zs + u] + prm.b_hn[u],
-             saved, acts, h_new);
+      forward_rows<false>(n, H, z, zs, xp, b, saved, acts, h_new, prm);
     }
   }
-  // pre-activations of r and z, the x part of n (with its bias), hn = h @ W_hn + b_hn
-  static inline void step(int u, int H, float zr, float zz_, float xn, float hn, const float* __restrict h,
-                          float* __restrict acts, float* __restrict h_new) {
-    const float r = sigmoid_f(zr), zz = sigmoid_f(zz_);
-    const float nn = tanh_f(xn + r * hn);
-    acts[u] = r;
-    acts[H + u] = zz;
-    acts[2 * H + u] = nn;
-    acts[3 * H + u] = hn;
-    h_new[u] = (1.0f - zz) * nn + zz * h[u];
+  // tile: r, z (x + h parts), n from x (0 when XP: xp has it), n from h (W_hn part, without b_hn)
+  template <bool XP>
+  static inline void forward_rows(int n, int H, const float* __restrict z, int zs, const float* __restrict xp,
+                                  const float* __restrict b, const float* __restrict h, float* __restrict acts,
+                                  float* __restrict h_new, const Params& prm) {
+    const float* __restrict b_hn = prm.b_hn;
+    for (int u = 0; u < n; u++) {
+      const float r = sigmoid_f(((XP ? xp[u] : 0.0f) + b[u]) + z[u]);
+      const float zz = sigmoid_f(((XP ? xp[H + u] : 0.0f) + b[H + u]) + z[zs + u]);
+      const float hn = z[3 * zs + u] + b_hn[u];
+      const float nn = tanh_f((XP ? xp[2 * H + u] : z[2 * zs + u]) + b[2 * H + u] + r * hn);
+      acts[u] = r;
+      acts[H + u] = zz;
+      acts[2 * H + u] = nn;
+      acts[3 * H + u] = hn;
+      h_new[u] = (1.0f - zz) * nn + zz * h[u];
+    }
   }
 
   static inline void backward(int n, int H, const float* __restrict saved, const float* __restrict dh, const float* __restrict /*unused*/,
@@ -648,7 +662,7 @@ Block Plan::block(int c, int B, int H) const {
 
 // ------------------------------------------------------------------------------------ forward
 // X: T x B x D, W_x: D x G, b: G, W: H x G (W_h); carry0/carry_reset: NC leaves of B x H;
-// outputs ys (T x B x H), carry_T (NC leaves), saved (T x B x SAVED*H).
+// outputs ys (T x B x H), carry_T (NC leaves), saved (T x B x SAVED*H; null: not kept, inference).
 template <class Cell>
 static void forward(const Shape& s, int D, const float* X, const float* W_x, const float* bias, const float* W,
                     const float* const* carry0, const float* const* carry_reset, const Masks& m, bool reverse,
@@ -686,10 +700,15 @@ static void forward(const Shape& s, int D, const float* X, const float* W_x, con
     new_carries.push_back(alloc(static_cast<size_t>(NC) * k.nu()));
   }
 
+  // step t's saved row for batch row b; without a saved output (inference) two steps' rows in turn
+  float* ring = saved ? nullptr : scratch(RING, static_cast<size_t>(2) * B * SW);
+  auto row_at = [&](int t, int b) {
+    return saved ? saved + (static_cast<size_t>(t) * B + b) * SW : ring + (static_cast<size_t>(t & 1) * B + b) * SW;
+  };
   // step t's carry_in for row b, this block's units: from[c] (nu values per leaf), or carry_reset
   // where step t starts a new segment; plus h * mask, the GEMM operand
   auto write_carry_in = [&](const Block& k, int t, int b, const float* const* from) {
-    float* row = saved + (static_cast<size_t>(t) * B + b) * SW;
+    float* row = row_at(t, b);
     const bool r = m.reset && m.reset[static_cast<size_t>(t) * B + b];
     for (int c = 0; c < NC; c++)
       std::memcpy(row + c * H + k.u0, r ? carry_reset[c] + static_cast<size_t>(b) * H + k.u0 : from[c],
@@ -718,7 +737,7 @@ static void forward(const Shape& s, int D, const float* X, const float* W_x, con
       A = hm_buf.get() + static_cast<size_t>(t & 1) * B * H + static_cast<size_t>(k.b0) * H;
       lda = H;
     } else {
-      A = saved + (static_cast<size_t>(t) * B + k.b0) * SW + Cell::H_LEAF * H;
+      A = row_at(t, k.b0) + Cell::H_LEAF * H;
       lda = SW;
     }
     const float* x_t = X + (static_cast<size_t>(t) * B + k.b0) * D;
@@ -730,7 +749,7 @@ static void forward(const Shape& s, int D, const float* X, const float* W_x, con
     }
     for (int b = k.b0; b < k.b1; b++) {
       const size_t rb = static_cast<size_t>(t) * B + b;
-      float* row = saved + rb * SW;
+      float* row = row_at(t, b);
       Cell::forward(nu, H, z + static_cast<size_t>(b - k.b0) * NACC * zs, zs, xp ? xp + rb * G + k.u0 : nullptr,
                     bias + k.u0, row + k.u0, row + NC * H + k.u0, cn[0], cn[1], prm.from(k.u0));
       float* y = ys + rb * H + k.u0;
@@ -965,6 +984,20 @@ static ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w
   return ffi::Error::Success();
 }
 
+static ffi::Error LstmInfer(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 c0, F32 h0, F32 cr, F32 hr,
+                            U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out ys, Out cT,
+                            Out hT) {
+  const Spawn spawn = spawner(pool);
+  const Shape s = shape_of(x, w_h);
+  const float* carry0[2] = {c0.typed_data(), h0.typed_data()};
+  const float* carry_reset[2] = {cr.typed_data(), hr.typed_data()};
+  float* carry_T[2] = {cT->typed_data(), hT->typed_data()};
+  forward<Lstm>(s, d_in(x), x.typed_data(), w_x.typed_data(), b.typed_data(), w_h.typed_data(), carry0, carry_reset,
+                masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads), spawn, Lstm::Params{},
+                ys->typed_data(), carry_T, nullptr);
+  return ffi::Error::Success();
+}
+
 static ffi::Error LstmBackward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 w_h, F32 saved, F32 dys, F32 dcT, F32 dhT,
                                U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out dx, Out dw_x,
                                Out db, Out dw_h, Out dc0, Out dh0, Out dcr, Out dhr) {
@@ -991,6 +1024,19 @@ static ffi::Error GruForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_
   forward<Gru>(s, d_in(x), x.typed_data(), w_x.typed_data(), b.typed_data(), w_h.typed_data(), carry0, carry_reset,
                masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads), spawn,
                Gru::Params{b_hn.typed_data()}, ys->typed_data(), carry_T, saved->typed_data());
+  return ffi::Error::Success();
+}
+
+static ffi::Error GruInfer(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 b_hn, F32 h0, F32 hr, U8 reset,
+                           U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out ys, Out hT) {
+  const Spawn spawn = spawner(pool);
+  const Shape s = shape_of(x, w_h);
+  const float* carry0[1] = {h0.typed_data()};
+  const float* carry_reset[1] = {hr.typed_data()};
+  float* carry_T[1] = {hT->typed_data()};
+  forward<Gru>(s, d_in(x), x.typed_data(), w_x.typed_data(), b.typed_data(), w_h.typed_data(), carry0, carry_reset,
+               masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads), spawn,
+               Gru::Params{b_hn.typed_data()}, ys->typed_data(), carry_T, nullptr);
   return ffi::Error::Success();
 }
 
@@ -1021,6 +1067,10 @@ static ffi::Error GruBackward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 w_h, F32
 XLA_FFI_DEFINE_HANDLER_SYMBOL(rnnlab_lstm_forward, rnnlab::LstmForward,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() RNNLAB_ARGS_4 RNNLAB_ARGS_4 RNNLAB_MASKS
                                   RNNLAB_RETS_4);
+// the same, without saved (inference)
+XLA_FFI_DEFINE_HANDLER_SYMBOL(rnnlab_lstm_infer, rnnlab::LstmInfer,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() RNNLAB_ARGS_4 RNNLAB_ARGS_4 RNNLAB_MASKS
+                                  .Ret<F32>().Ret<F32>().Ret<F32>());
 // x, w_x, w_h, saved, dys, dc_T, dh_T, reset, valid, h_mask -> dx, dw_x, db, dw_h, dc0, dh0, dc_reset, dh_reset
 XLA_FFI_DEFINE_HANDLER_SYMBOL(rnnlab_lstm_backward, rnnlab::LstmBackward,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() RNNLAB_ARGS_4 .Arg<F32>().Arg<F32>().Arg<F32>()
@@ -1029,6 +1079,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(rnnlab_lstm_backward, rnnlab::LstmBackward,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(rnnlab_gru_forward, rnnlab::GruForward,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() RNNLAB_ARGS_4 .Arg<F32>().Arg<F32>().Arg<F32>()
                                   RNNLAB_MASKS .Ret<F32>().Ret<F32>().Ret<F32>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(rnnlab_gru_infer, rnnlab::GruInfer,
+                              ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() RNNLAB_ARGS_4 .Arg<F32>().Arg<F32>().Arg<F32>()
+                                  RNNLAB_MASKS .Ret<F32>().Ret<F32>());
 // x, w_x, w_h, b_hn, saved, dys, dh_T, reset, valid, h_mask -> dx, dw_x, db, dw_h, db_hn, dh0, dh_reset
 XLA_FFI_DEFINE_HANDLER_SYMBOL(rnnlab_gru_backward, rnnlab::GruBackward,
                               ffi::Ffi::Bind().Ctx<ffi::ThreadPool>() RNNLAB_ARGS_4 .Arg<F32>().Arg<F32>().Arg<F32>()
