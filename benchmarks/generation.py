@@ -79,6 +79,10 @@ def torch_generate(model, batch: int, length: int):
 
 
 def main(argv=None) -> int:
+    sys.path.insert(0, ROOT)
+    from rnnlab import allocator
+
+    allocator.configure()  # as rnnlab.main does; one process, so for both peers
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--batches", default="1,64")
     p.add_argument("--length", type=int, default=200)

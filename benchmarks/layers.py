@@ -15,8 +15,10 @@ to the inputs and every weight -- mode 'fwdbwd' -- in float32, from a zero
 initial carry.
 
   * rnnlab: ``Stack(cell, D, H).apply`` inside ``jax.jit(jax.value_and_grad(...))``;
-            its fused layer (rnnlab.fused) is the default. ``rnnlab_unfused``:
-            the same with ``fused=False`` (autodiff of the plain scan).
+            on the CPU its native layer (rnnlab.native, two XLA FFI calls) is the default.
+            ``rnnlab_xla``: the same with the native code off (RNNLAB_NATIVE=0 while it is
+            traced): the XLA fused layer (rnnlab.fused), what runs on GPU/TPU.
+            ``rnnlab_unfused``: ``fused=False`` (autodiff of the plain scan).
   * flax:   ``flax.linen.RNN(cell, time_major=True)`` inside the same jit/value_and_grad.
             time_major=True: flax reads the same (T, B, D) array as the others, so no
             transposes are timed (flax's default is batch-major).
@@ -69,7 +71,7 @@ import numpy as np
 
 DEFAULT_SHAPES = ("32x100x128x256", "64x64x512x512", "8x256x64x128", "128x50x1024x1024")
 QUICK_SHAPE = "2x5x3x4"
-IMPLS = ("rnnlab", "torch", "flax", "keras", "rnnlab_unfused", "cudnn")
+IMPLS = ("rnnlab", "torch", "flax", "keras", "rnnlab_xla", "rnnlab_unfused", "cudnn")
 DEFAULT_IMPLS = ("rnnlab", "torch", "flax", "keras")
 CELLS = ("lstm", "gru")
 MODES = ("fwd", "fwdbwd")
@@ -180,20 +182,29 @@ def _compile_jax(name: str, loss_fn, args, mode: str) -> Impl:
     return Impl(name, call, check, compile_ms=compile_ms, memory_bytes=memory, memory_kind="xla")
 
 
-def make_rnnlab(cell: str, stack, params, x, r, mode: str, fused: bool = True) -> Impl:
+def make_rnnlab(cell: str, stack, params, x, r, mode: str, variant: str = "rnnlab") -> Impl:
     import jax.numpy as jnp
 
     from rnnlab import scan
 
     def loss_fn(params, x, r):
-        if fused:
+        if variant != "rnnlab_unfused":
             ys, _ = stack.apply(params, x)
         else:  # the same Stack with scan.run's fused path switched off
             ys = scan.run(stack.cell, params["layer_0"]["forward"], stack.cell.initial_carry(x.shape[1], stack.d_h),
                           x, fused=False)[1]
         return jnp.sum(ys * r)
 
-    return _compile_jax("rnnlab" if fused else "rnnlab_unfused", loss_fn, (params, x, r), mode)
+    saved = os.environ.get("RNNLAB_NATIVE")
+    if variant == "rnnlab_xla":  # read when the layer is traced, i.e. inside _compile_jax
+        os.environ["RNNLAB_NATIVE"] = "0"
+    try:
+        return _compile_jax(variant, loss_fn, (params, x, r), mode)
+    finally:
+        if saved is None:
+            os.environ.pop("RNNLAB_NATIVE", None)
+        else:
+            os.environ["RNNLAB_NATIVE"] = saved
 
 
 def make_flax(cell: str, layer_params, x, r, d_h: int, mode: str) -> Impl:
@@ -374,8 +385,8 @@ def build(cell: str, shape, impls, seed: int, mode: str, gpu: bool) -> list[Impl
     out = []
     for name in impls:
         log(f"    building {name} ...")
-        if name in ("rnnlab", "rnnlab_unfused"):
-            impl = make_rnnlab(cell, stack, params, x, r, mode, fused=name == "rnnlab")
+        if name in ("rnnlab", "rnnlab_xla", "rnnlab_unfused"):
+            impl = make_rnnlab(cell, stack, params, x, r, mode, variant=name)
         elif name == "flax":
             impl = make_flax(cell, layer, x, r, h, mode)
         elif name == "keras":
@@ -435,8 +446,44 @@ def time_round_robin(impls: list[Impl], repeats: int, warmup: int, gap_s: float,
             + ", ".join(f"{impl.name} {impl.times_ms[-1]:.1f} ms" for impl in impls))
 
 
-def summarize(shape, cell: str, mode: str, impls: list[Impl], agreement) -> tuple[list[dict], dict]:
+def flop_count(shape, cell: str, mode: str) -> float:
+    """Multiply-adds x 2 of the layer: the input and recurrent products, 2*T*B*(D+H)*G
+    forward with G = gates*H; the backward pass has twice as many (d x and d h, d W_x and
+    d W_h); the gate nonlinearities are not counted."""
+    b, t, d, h = shape
+    fwd = 2.0 * t * b * (d + h) * (4 if cell == "lstm" else 3) * h
+    return fwd if mode == "fwd" else 3 * fwd
+
+
+def peak_gflops(repeats: int = 5) -> dict:
+    """The machine's dense float32 GEMM rate, all threads: the best of torch.mm and XLA's
+    dot on 2048^3 (the ceiling any of the layers can reach)."""
+    import jax
+    import jax.numpy as jnp
+    import torch
+
+    n = 2048
+    a = torch.randn(n, n)
+    dot = jax.jit(jnp.dot)
+    x = jnp.asarray(a.numpy())
+    rates = {}
+    for name, call in (("torch.mm", lambda: torch.mm(a, a)), ("jax.dot", lambda: dot(x, x).block_until_ready())):
+        call()
+        best = min(_timed(call) for _ in range(repeats))
+        rates[name] = 2.0 * n**3 / best / 1e9
+    return {"gflops": max(rates.values()), **{f"{k}_gflops": v for k, v in rates.items()}}
+
+
+def _timed(call) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
+def summarize(shape, cell: str, mode: str, impls: list[Impl], agreement, peak: float | None = None
+              ) -> tuple[list[dict], dict]:
     med = {impl.name: statistics.median(impl.times_ms) for impl in impls}
+    flops = flop_count(shape, cell, mode)
     rows = []
     for impl in impls:
         rows.append({
@@ -447,10 +494,16 @@ def summarize(shape, cell: str, mode: str, impls: list[Impl], agreement) -> tupl
             "times_ms": impl.times_ms, "compile_ms": impl.compile_ms, "first_call_ms": impl.first_call_ms,
             "time_over_rnnlab": med[impl.name] / med["rnnlab"],
             "time_over_torch": med[impl.name] / med["torch"] if "torch" in med else None,
+            "gflops": flops / med[impl.name] / 1e6,
             "check": (agreement or {}).get(impl.name),
         })
     rn = next(i for i in impls if i.name == "rnnlab")
-    summary = {"shape": shape_name(shape), "cell": cell, "mode": mode}
+    summary = {"shape": shape_name(shape), "cell": cell, "mode": mode, "gflop": flops / 1e9}
+    if peak:
+        # no implementation can take less than flops / peak: the most anything can be faster than X
+        summary["flop_bound_ms"] = flops / peak / 1e6
+        for impl in impls:
+            summary[f"max_possible_speed_ratio_vs_{impl.name}"] = med[impl.name] / summary["flop_bound_ms"]
     for peer in impls:
         if peer.name == "rnnlab":
             continue
@@ -468,24 +521,30 @@ def fmt(v, spec: str) -> str:
 
 def markdown(rows: list[dict], summaries: list[dict], impls) -> str:
     lines = [
-        "| shape (BxTxDxH) | cell | mode | impl | median ms | min ms | compile ms | memory MiB | time / rnnlab "
-        "| time / torch |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| shape (BxTxDxH) | cell | mode | impl | median ms | min ms | GFLOP/s | compile ms | memory MiB "
+        "| time / rnnlab | time / torch |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         mem = None if r["memory_bytes"] is None else r["memory_bytes"] / 2**20
         lines.append(
             f"| {r['shape']} | {r['cell']} | {r['mode']} | {r['impl']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
-            f"{fmt(r['compile_ms'], '.0f')} | {fmt(mem, '.1f')} | {r['time_over_rnnlab']:.2f} | "
+            f"{r['gflops']:.0f} | {fmt(r['compile_ms'], '.0f')} | {fmt(mem, '.1f')} | {r['time_over_rnnlab']:.2f} | "
             f"{fmt(r['time_over_torch'], '.2f')} |"
         )
     lines.append("")
     for s in summaries:
         parts = []
         for peer in (i for i in impls if i != "rnnlab" and f"rnnlab_speed_ratio_vs_{i}" in s):
+            bound = s.get(f"max_possible_speed_ratio_vs_{peer}")
             parts.append(f"rnnlab speed ratio vs {peer} = {peer}_time/rnnlab_time = "
-                         f"{s[f'rnnlab_speed_ratio_vs_{peer}']:.2f}")
+                         f"{s[f'rnnlab_speed_ratio_vs_{peer}']:.2f}"
+                         + ("" if bound is None else f" (at most {bound:.2f} at peak)"))
         lines.append(f"- {s['shape']} {s['cell']} {s['mode']}: " + "; ".join(parts) + "  (>1 means rnnlab faster)")
+    if summaries and "flop_bound_ms" in summaries[0]:
+        lines.append("")
+        lines.append("'at most ... at peak': that implementation's time over the layer's FLOPs at the machine's "
+                     "peak GEMM rate (environment.peak), the largest speed ratio anything could have against it.")
     return "\n".join(lines)
 
 
@@ -514,6 +573,9 @@ def _version(package: str) -> str | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from rnnlab import allocator
+
+    allocator.configure()  # freed memory reused (as rnnlab.main does); the same process, so for every peer
     import torch
 
     torch.set_num_threads(args.torch_threads)
@@ -522,6 +584,10 @@ def main(argv=None) -> int:
     if env["loadavg_at_start"][0] > 0.5 * (os.cpu_count() or 1):
         log(f"WARNING: 1-minute load average {env['loadavg_at_start'][0]:.2f} on {os.cpu_count()} CPUs: "
             "other processes are running and will add noise to every timing")
+    if not args.quick and not args.gpu:
+        env["peak"] = peak_gflops()
+        log(f"peak dense GEMM rate (2048^3, all threads): {env['peak']['gflops']:.0f} GFLOP/s "
+            f"(torch.mm {env['peak']['torch.mm_gflops']:.0f}, jax.dot {env['peak']['jax.dot_gflops']:.0f})")
     log(f"shapes (BxTxDxH): {[shape_name(s) for s in args.shape_list]}, cells: {args.cell_list}, "
         f"impls: {args.impl_list}, repeats: {args.repeats}, warmup: {args.warmup}")
     impl_names = ["rnnlab"] + [i for i in args.impl_list if i != "rnnlab"]
@@ -534,7 +600,7 @@ def main(argv=None) -> int:
         agreement = None if args.no_check else check_agreement(impls)
         log(f"{label}: timing {args.repeats} rounds of {', '.join(i.name for i in impls)}")
         time_round_robin(impls, args.repeats, args.warmup, args.gap_ms / 1e3, label)
-        r, s = summarize(shape, cell, mode, impls, agreement)
+        r, s = summarize(shape, cell, mode, impls, agreement, env.get("peak", {}).get("gflops"))
         s["loadavg_after"] = os.getloadavg()
         rows += r
         summaries.append(s)

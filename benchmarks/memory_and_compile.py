@@ -158,6 +158,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=RESULTS, help="folder for memory_and_compile.{json,md}")
     p.add_argument("--_child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    sys.path.insert(0, ROOT)
+    from rnnlab import allocator
+
+    allocator.configure()  # as rnnlab.main does (freed memory kept for reuse: peaks are what a run sees)
     if args._child:
         if args._child == "torch":
             row = measure_torch(args.steps, args.batch, args.d_in, args.hidden)

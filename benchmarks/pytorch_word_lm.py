@@ -269,6 +269,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     t_start = time.time()
     args = parse_args(argv)
+    # the C allocator policy rnnlab.main applies, so that both sides of lm_vs_pytorch run under it
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from rnnlab import allocator
+
+    allocator.configure()
     torch.set_num_threads(args.threads)
     # Set the random seed manually for reproducibility.
     torch.manual_seed(args.seed)

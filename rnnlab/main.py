@@ -34,5 +34,8 @@ def trainer(spec: str):
 
 
 if __name__ == "__main__":
+    from rnnlab import allocator
+
+    allocator.configure()  # before JAX starts its threads: freed memory reused, not page-faulted anew
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)
