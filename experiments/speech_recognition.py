@@ -107,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.spec_augment = "2,10,2,8"  # freq_masks,freq_width,time_masks,time_width on the features ('' = off)
     m.spec_augment_tied = False  # True: a frequency band masks the same mel channels in the delta blocks too
     m.unroll = 1
+    m.members = 1  # >1: an ensemble of that many networks trained side by side, each decoded, transcripts voted (ROVER)
 
     c.optim = o = ml_collections.ConfigDict()
     o.name = "adam"
@@ -140,6 +141,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 SHORTHAND = {"held_out": "data.test_speakers", "cell": "model.cell", "H": "model.d_hidden", "L": "model.num_layers",
+             "members": "model.members",
              "steps": "train.num_steps", "lr": "optim.lr", "seed": "seed"}
 
 

@@ -172,6 +172,69 @@ def lm_from_rnn(model, params, *, bos: int, label_to_lm: Sequence[int]) -> LMFn:
     return fn
 
 
+# ----------------------------------------------------------------------------- system combination
+
+
+def _align(a: Sequence, b: Sequence) -> list[tuple[int | None, int | None]]:
+    """A minimum-edit alignment of a and b as (index in a or None, index in b or None)
+    pairs in order; ties prefer a match/substitution, then a deletion from a."""
+    n, m = len(a), len(b)
+    cost = [[0] * (m + 1) for _ in range(n + 1)]
+    for i in range(n + 1):
+        cost[i][0] = i
+    for j in range(m + 1):
+        cost[0][j] = j
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            cost[i][j] = min(cost[i - 1][j - 1] + (a[i - 1] != b[j - 1]), cost[i - 1][j] + 1, cost[i][j - 1] + 1)
+    pairs, i, j = [], n, m
+    while i or j:
+        if i and j and cost[i][j] == cost[i - 1][j - 1] + (a[i - 1] != b[j - 1]):
+            pairs.append((i - 1, j - 1))
+            i, j = i - 1, j - 1
+        elif i and cost[i][j] == cost[i - 1][j] + 1:
+            pairs.append((i - 1, None))
+            i -= 1
+        else:
+            pairs.append((None, j - 1))
+            j -= 1
+    return pairs[::-1]
+
+
+def rover(hyps: Sequence[Sequence[int]], weights: Sequence[float] | None = None) -> tuple[int, ...]:
+    """Combine several systems' label sequences by voting (ROVER, Fiscus 1997): each
+    hypothesis is aligned (minimum edits) to the word network built from those before
+    it; every slot of the network collects one vote per system, a label or 'nothing';
+    the output keeps, per slot, the label with the largest total weight when it beats
+    'nothing'. Ties go to the earlier system (list the most trusted first).
+
+    Averaging CTC frame posteriors instead fails: independently trained models emit
+    their label spikes at different frames, the average is blank everywhere the
+    spikes do not overlap, and whole words are deleted."""
+    if not hyps:
+        return ()
+    weights = [1.0] * len(hyps) if weights is None else list(weights)
+    slots: list[dict] = [{h: weights[0]} for h in hyps[0]]  # label (None: nothing) -> votes
+    for k in range(1, len(hyps)):
+        best = [max(s, key=lambda lab, s=s: (s[lab], lab is not None)) for s in slots]
+        new: list[dict] = []
+        for i, j in _align(best, hyps[k]):
+            if i is None:  # a label no earlier system has here: a new slot they all vote 'nothing' for
+                new.append({None: sum(weights[:k]), hyps[k][j]: weights[k]})
+            else:
+                s = dict(slots[i])
+                lab = None if j is None else hyps[k][j]
+                s[lab] = s.get(lab, 0.0) + weights[k]
+                new.append(s)
+        slots = new
+    out = []
+    for s in slots:
+        order = sorted(s.items(), key=lambda kv: -kv[1])  # stable: the first system's label wins ties
+        if order[0][0] is not None:
+            out.append(order[0][0])
+    return tuple(out)
+
+
 # ----------------------------------------------------------------------------- error rates
 
 

@@ -148,7 +148,9 @@ def train_step(model: speech_lib.SpeechModel, tx: optax.GradientTransformation, 
         return model.loss_and_metrics(params, batch, rng=rng, train=True)
 
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    direction, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    # an ensemble's members are optimised apart (their own gradient clipping, Adam moments)
+    update = tx.update if model.members == 1 else jax.vmap(tx.update)
+    direction, opt_state = update(grads, state["opt_state"], state["params"])
     updates = jax.tree.map(lambda d: -lr * d, direction)
     params = optax.apply_updates(state["params"], updates)
     metrics = {**aux, "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params),
@@ -166,14 +168,10 @@ def logits_step(model: speech_lib.SpeechModel, params, logmel_BxTxM, lengths_B):
 
 def decode(model: speech_lib.SpeechModel, params, batch: audio.Batch, vocab: ctc.Vocab,
            beam_width: int = 0) -> list[str]:
-    """Transcripts of a batch: greedy (beam_width 0) or prefix beam search."""
+    """Transcripts of a batch: greedy (beam_width 0) or prefix beam search (an ensemble:
+    per member, then ROVER)."""
     logits, out_len = logits_step(model, params, jnp.asarray(batch.logmel_BxTxM), jnp.asarray(batch.lengths_B))
-    logits, out_len = np.asarray(logits, np.float32), np.asarray(out_len)
-    hyps = []
-    for b in range(len(out_len)):
-        labels = (ctc.prefix_beam_search(logits[b], beam_width, length=out_len[b]) if beam_width
-                  else ctc.greedy_decode(logits[b], out_len[b]))
-        hyps.append(vocab.decode(labels))
+    hyps = [vocab.decode(labels) for labels in model.decode_labels(logits, out_len, beam_width)]
     return hyps
 
 
@@ -249,7 +247,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     total, tr = config.train.num_steps, config.train
     tx = make_optimizer(config.optim)
     params = model.init(jax.random.key(config.seed))
-    state = {"params": params, "opt_state": tx.init(params), "step": jnp.asarray(0, jnp.int32)}
+    opt_state = tx.init(params) if model.members == 1 else jax.vmap(tx.init)(params)
+    state = {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}
     if tr.ema_decay:
         state["ema"] = jax.tree.map(jnp.zeros_like, params)
     state = jax.tree.map(jnp.array, state)  # own every buffer: train_step donates them
@@ -273,7 +272,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"held out {sorted({c.speaker for c in data.test.clips})} ({len(data.test.clips)} clips); model: conv "
           f"{config.model.conv or 'none'} (x{model.subsampling}) -> {model.stack.num_layers}x{model.stack.d_h} "
           f"bi-{model.stack.cell.name}, {model.features.dim} {model.features.kind} features, {n_params:,} "
-          f"parameters; {config.optim.name} lr {config.optim.lr:g}; {total} steps", flush=True)
+          f"parameters{f' in {model.members} ensemble members' if model.members > 1 else ''}; "
+          f"{config.optim.name} lr {config.optim.lr:g}; {total} steps", flush=True)
     progress = writers.Progress(total, start)
     ckpt_every = tr.checkpoint_every or total
     eval_every = tr.eval_every or total

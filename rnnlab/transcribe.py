@@ -9,11 +9,18 @@ weights when the run kept them, train.ema_decay > 0). A run trained with
 speaker normalisation (data.speaker_norm) normalises the given files as ONE
 speaker, with statistics of their own (trimmed) frames: pass several files of
 the same speaker.
+
+    python -m rnnlab.transcribe --workdir=DIR --evaluate [--beam=8]
+
+re-scores the run on its own held-out evaluation utterances (those its training
+reported on) with today's decoding and prints WER / CER / digit-string accuracy;
+for an ensemble (model.members > 1) each member's too, then their vote.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -69,18 +76,46 @@ def transcribe(model, params, vocab: ctc.Vocab, paths: Sequence[str], beam_width
         lm_1xTxM = lm_TxM[None]
         logits, n = train_speech.logits_step(model, params, jnp.asarray(lm_1xTxM),
                                              jnp.asarray([lm_1xTxM.shape[1]]))
-        logits, n = np.asarray(logits[0], np.float32), int(n[0])
-        labels = ctc.prefix_beam_search(logits, beam_width, length=n) if beam_width else ctc.greedy_decode(logits, n)
-        out.append(vocab.decode(labels))
+        out.append(vocab.decode(model.decode_labels(logits, n, beam_width)[0]))
     return out
+
+
+def evaluate_run(workdir: str, beam_width: int = 0) -> dict:
+    """The run's held-out error rates with its evaluated weights (as ``--evaluate``
+    prints them); an ensemble adds ``members``: each member's alone."""
+    model, params, _ = load_run(workdir)
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    data = train_speech.load_data(config, workdir)
+    out = train_speech.evaluate(model, params, config, data, beam_width)
+    if model.members > 1:
+        one = dataclasses.replace(model, members=1)
+        out["members"] = [train_speech.evaluate(one, jax.tree.map(lambda a, k=k: a[k], params), config, data,
+                                                beam_width) for k in range(model.members)]
+    return out
+
+
+def _rates(r: dict) -> str:
+    return (f"WER {100 * r['wer']:.2f}% CER {100 * r['cer']:.2f}% digit-string accuracy "
+            f"{100 * r['string_accuracy']:.2f}% on {r['utterances']} utterances")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="a speech training run (config.json + checkpoints)")
     p.add_argument("--beam", type=int, default=0, help="prefix beam search width (0: greedy)")
-    p.add_argument("wavs", nargs="+")
+    p.add_argument("--evaluate", action="store_true",
+                   help="score the run on its held-out evaluation utterances instead of transcribing files")
+    p.add_argument("wavs", nargs="*")
     a = p.parse_args(argv)
+    if a.evaluate:
+        r = evaluate_run(a.workdir, a.beam)
+        for k, m in enumerate(r.get("members", [])):
+            print(f"member {k}: {_rates(m)}", flush=True)
+        print(f"{'vote of the members' if 'members' in r else 'model'}: {_rates(r)}", flush=True)
+        return
+    if not a.wavs:
+        p.error("give WAV files to transcribe, or --evaluate")
     model, params, vocab = load_run(a.workdir)
     with open(os.path.join(a.workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))

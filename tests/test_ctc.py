@@ -163,3 +163,33 @@ def test_vocabulary_encodes_decodes_and_names_bad_characters():
         chars.encode("aD")
     with pytest.raises(ValueError, match="distinct"):
         ctc.Vocab("aa")
+
+
+@pytest.mark.parametrize("hyps, weights, want", [
+    ([(1, 2, 3)], None, (1, 2, 3)),
+    ([(1, 2, 3), (1, 2, 3), (1, 4, 3)], None, (1, 2, 3)),  # a substitution outvoted
+    ([(1, 4, 3), (1, 2, 3), (1, 2, 3)], None, (1, 2, 3)),  # ... whichever system makes it
+    ([(1, 2, 3), (1, 3), (1, 2, 3)], None, (1, 2, 3)),  # a deletion outvoted
+    ([(1, 2, 3), (1, 3), (1, 3)], None, (1, 3)),  # a deletion by the majority wins
+    ([(1, 3), (1, 2, 3), (1, 3)], None, (1, 3)),  # an insertion outvoted
+    ([(1, 3), (1, 2, 3), (1, 2, 3)], None, (1, 2, 3)),  # a word the first system missed
+    ([(5, 6), (7, 8), (9,)], None, (5, 6)),  # no agreement: the first system's words
+    ([(1, 2), (1, 3)], None, (1, 2)),  # a tie goes to the earlier system
+    ([(1, 2), (1, 3), (1, 3)], (3.0, 1.0, 1.0), (1, 2)),  # weights count
+    ([(), (4,), (4,)], None, (4,)),
+    ([(4, 4), (4,), (4, 4)], None, (4, 4)),  # repeated words are separate slots
+])
+def test_rover_votes_word_by_word(hyps, weights, want):
+    assert ctc.rover(hyps, weights) == want
+
+
+def test_rover_alignment_is_a_minimum_edit_alignment():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = tuple(rng.integers(0, 4, rng.integers(0, 7)))
+        b = tuple(rng.integers(0, 4, rng.integers(0, 7)))
+        pairs = ctc._align(a, b)
+        assert [i for i, _ in pairs if i is not None] == list(range(len(a)))
+        assert [j for _, j in pairs if j is not None] == list(range(len(b)))
+        cost = sum(1 if i is None or j is None else int(a[i] != b[j]) for i, j in pairs)
+        assert cost == ctc.edit_distance(a, b)

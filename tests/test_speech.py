@@ -220,3 +220,69 @@ def test_confusion_counts_put_each_one_word_utterance_in_its_cell():
     want = np.zeros((10, 11), np.int64)
     want[2, 4] = want[2, 2] = want[3, 10] = want[0, 10] = want[9, 9] = want[1, 10] = 1
     np.testing.assert_array_equal(got, want)
+
+
+def test_an_ensemble_is_its_members_side_by_side():
+    """model.members = 2: stacked parameters (member k from fold_in(key, k)); the loss is the
+    sum of each member's own loss, so each member's gradient is its own loss's; apply
+    gives every member's logits, and decoding votes on the members' transcripts."""
+    import dataclasses
+
+    one = _model()
+    two = dataclasses.replace(one, members=2)
+    key, rng = jax.random.key(3), jax.random.key(4)
+    params = two.init(key)
+    member = [jax.tree.map(lambda a, k=k: a[k], params) for k in range(2)]
+    for k in range(2):
+        jax.tree.map(np.testing.assert_array_equal, member[k], one.init(jax.random.fold_in(key, k)))
+    batch = _batch(np.random.default_rng(2))
+    loss, metrics = two.loss_and_metrics(params, batch, rng=rng, train=True)
+    own = [one.loss_and_metrics(member[k], batch, rng=jax.random.fold_in(rng, k), train=True)[0] for k in range(2)]
+    np.testing.assert_allclose(loss, own[0] + own[1], rtol=1e-6)
+    np.testing.assert_allclose(metrics["loss"], (own[0] + own[1]) / 2, rtol=1e-6)
+    grads = jax.grad(lambda p: two.loss_and_metrics(p, batch, rng=rng, train=True)[0])(params)
+    g1 = jax.grad(lambda p: one.loss_and_metrics(p, batch, rng=jax.random.fold_in(rng, 1), train=True)[0])(member[1])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[1], b, rtol=1e-4, atol=1e-7), grads, g1)
+    x, n = jnp.asarray(batch["logmel"]), jnp.asarray(batch["lengths"])
+    logits, out_len = two.apply(params, x, n)
+    for k in range(2):
+        want, want_len = one.apply(member[k], x, n)
+        np.testing.assert_allclose(logits[k], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(out_len, want_len)
+
+
+def test_an_ensemble_decodes_each_member_then_votes():
+    """Three members whose greedy paths read '1 2 3', '1 3' (the 2 deleted) and
+    '1 2 4': the vote gives '1 2 3'; averaging their posteriors would not (the
+    members' spikes sit on different frames)."""
+    import dataclasses
+
+    three = dataclasses.replace(_model(), members=3)
+    paths = [[1, 0, 2, 0, 3, 0], [0, 1, 0, 0, 3, 0], [1, 1, 0, 2, 0, 4]]  # frame labels, 0 = blank
+    logits = np.full((3, 1, 6, 11), -5.0, np.float32)
+    for k, path in enumerate(paths):
+        logits[k, 0, np.arange(6), path] = 5.0
+    assert three.decode_labels(logits, np.array([6])) == [(1, 2, 3)]
+    assert three.decode_labels(logits, np.array([6]), beam_width=4) == [(1, 2, 3)]
+    assert three.decode_labels(logits[:, :, :4], np.array([4])) == [(1, 2)]  # lengths respected
+    one = dataclasses.replace(three, members=1)
+    assert one.decode_labels(logits[1], np.array([6])) == [(1, 3)]
+
+
+def test_an_ensemble_run_trains_and_transcribes(tmp_path):
+    repo = train_speech.REPO_ROOT
+    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
+    wd = str(tmp_path / "run")
+    cfg = f"--config={repo}/experiments/speech_recognition.py:smoke,data.root={root},members=2"
+    r = _run(["-m", "rnnlab.main", cfg, f"--workdir={wd}"], repo)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "in 2 ensemble members" in r.stdout and json.load(open(os.path.join(wd, "result.json")))["finished"]
+    t = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", os.path.join(root, "3_jackson_0.wav")], repo)
+    assert t.returncode == 0, t.stderr[-3000:]
+    assert set(t.stdout.strip().split("\t")[1]) <= set("0123456789 ")
+    e = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate"], repo)
+    assert e.returncode == 0, e.stderr[-3000:]
+    lines = [x for x in e.stdout.strip().splitlines() if x.startswith(("member", "vote"))]
+    assert [x.split(":")[0] for x in lines] == ["member 0", "member 1", "vote of the members"], e.stdout
+    result = json.load(open(os.path.join(wd, "result.json")))  # the run's own evaluation: the same utterances
+    assert f"WER {100 * result['eval_wer']:.2f}%" in lines[-1] and f"on {result['eval_utterances']} " in lines[-1]

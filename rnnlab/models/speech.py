@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rnnlab import ctc
 from rnnlab import features as feat
@@ -37,6 +38,14 @@ class SpeechModel:
       spec_augment: (freq_masks, freq_width, time_masks, time_width); zeros: off.
       spec_augment_blocks: 3: frequency bands mask the same mel channels of the log-mel,
         delta and delta-delta blocks (features.spec_augment's ``blocks``); 1: anywhere.
+      members: > 1: an ensemble of that many networks of this architecture, trained
+        together on the same batches from their own initial weights, dropout and
+        SpecAugment draws. Their parameters are stacked on a leading axis; ``apply``
+        returns every member's logits stacked (K x B x S x V), each decoded on its
+        own and the transcripts combined by voting (``decode_labels``, ROVER;
+        averaging CTC posteriors deletes words: the members' label spikes do not
+        line up); the loss is the sum of the members' own CTC losses (each
+        member's gradient is its own loss's).
     """
 
     features: feat.FeatureSpec
@@ -45,6 +54,7 @@ class SpeechModel:
     num_labels: int
     spec_augment: tuple[int, int, int, int] = (0, 0, 0, 0)
     spec_augment_blocks: int = 1
+    members: int = 1
 
     def __post_init__(self):
         d = self.conv[-1][2] if self.conv else self.features.dim
@@ -53,6 +63,8 @@ class SpeechModel:
         for k, s, _ in self.conv:
             if k % 2 == 0 or s < 1:
                 raise ValueError(f"model.conv: kernel {k} must be odd and stride {s} >= 1 ('same' padding k // 2)")
+        if self.members < 1:
+            raise ValueError(f"model.members must be >= 1 (networks in the ensemble), got {self.members}")
 
     @property
     def subsampling(self) -> int:
@@ -62,6 +74,13 @@ class SpeechModel:
         return out
 
     def init(self, key: Array) -> Params:
+        """One network's parameters, or (members > 1) the members' stacked, member k from
+        fold_in(key, k)."""
+        if self.members == 1:
+            return self._init_one(key)
+        return jax.vmap(lambda k: self._init_one(jax.random.fold_in(key, k)))(jnp.arange(self.members))
+
+    def _init_one(self, key: Array) -> Params:
         k_conv, k_stack, k_out = jax.random.split(key, 3)
         params: dict[str, Any] = {"conv": []}
         d = self.features.dim
@@ -81,7 +100,34 @@ class SpeechModel:
 
     def apply(self, params: Params, logmel_BxTxM: Array, lengths_B: Array, *, rng: Array | None = None,
               train: bool = False) -> tuple[Array, Array]:
-        """(logits_BxSxV, output lengths_B), S = ceil(T / subsampling)."""
+        """(logits_BxSxV, output lengths_B), S = ceil(T / subsampling). An ensemble:
+        (logits_KxBxSxV, lengths_B), one row of logits per member."""
+        if self.members == 1:
+            return self._apply_one(params, logmel_BxTxM, lengths_B, rng=rng, train=train)
+        logits_KxBxSxV, lengths_KxB = jax.vmap(
+            lambda p, k: self._apply_one(p, logmel_BxTxM, lengths_B, train=train,
+                                         rng=None if rng is None else jax.random.fold_in(rng, k)))(
+            params, jnp.arange(self.members))
+        return logits_KxBxSxV, lengths_KxB[0]
+
+    def decode_labels(self, logits: np.ndarray, lengths_B: np.ndarray, beam_width: int = 0) -> list[tuple[int, ...]]:
+        """Label sequences of ``apply``'s output: greedy (beam_width 0) or prefix beam
+        search; an ensemble decodes each member and combines them with ``ctc.rover``
+        (member 0 wins ties)."""
+        logits = np.asarray(logits, np.float32)
+        stacked = logits if self.members > 1 else logits[None]
+
+        def one(lo, n):
+            return ctc.prefix_beam_search(lo, beam_width, length=n) if beam_width else ctc.greedy_decode(lo, n)
+
+        out = []
+        for b, n in enumerate(np.asarray(lengths_B)):
+            hyps = [tuple(one(stacked[k, b], int(n))) for k in range(stacked.shape[0])]
+            out.append(hyps[0] if len(hyps) == 1 else ctc.rover(hyps))
+        return out
+
+    def _apply_one(self, params: Params, logmel_BxTxM: Array, lengths_B: Array, *, rng: Array | None = None,
+                   train: bool = False) -> tuple[Array, Array]:
         x = feat.postprocess(self.features, logmel_BxTxM, lengths_B)
         if train and any(self.spec_augment):
             if rng is None:
@@ -103,8 +149,19 @@ class SpeechModel:
     def loss_and_metrics(self, params: Params, batch: dict, *, rng: Array | None = None,
                          train: bool = False) -> tuple[Array, dict]:
         """CTC negative log-likelihood per label (summed over the batch, divided by
-        its number of labels), and the per-utterance mean for logging."""
-        logits, out_lengths = self.apply(params, batch["logmel"], batch["lengths"], rng=rng, train=train)
+        its number of labels), and the per-utterance mean for logging. An ensemble:
+        the sum of the members' losses (metrics: their mean)."""
+        if self.members == 1:
+            return self._loss_one(params, batch, rng=rng, train=train)
+        loss_K, metrics = jax.vmap(
+            lambda p, k: self._loss_one(p, batch, train=train,
+                                        rng=None if rng is None else jax.random.fold_in(rng, k)))(
+            params, jnp.arange(self.members))
+        return jnp.sum(loss_K), jax.tree.map(jnp.mean, metrics)
+
+    def _loss_one(self, params: Params, batch: dict, *, rng: Array | None = None,
+                  train: bool = False) -> tuple[Array, dict]:
+        logits, out_lengths = self._apply_one(params, batch["logmel"], batch["lengths"], rng=rng, train=train)
         nll_B = ctc.ctc_loss(logits, out_lengths, batch["labels"], batch["label_lengths"])
         n_labels = jnp.maximum(jnp.sum(batch["label_lengths"]), 1)
         loss = jnp.sum(nll_B) / n_labels
@@ -124,4 +181,4 @@ def build(model_cfg: Any, features: feat.FeatureSpec, num_labels: int) -> Speech
                   dropout=model_cfg.dropout, dropout_kind="variational", unroll=model_cfg.unroll)
     sa = tuple(int(v) for v in model_cfg.spec_augment.split(",")) if model_cfg.spec_augment else (0, 0, 0, 0)
     blocks = 3 if model_cfg.spec_augment_tied and features.deltas else 1
-    return SpeechModel(features, conv, stack, num_labels, sa, blocks)
+    return SpeechModel(features, conv, stack, num_labels, sa, blocks, members=model_cfg.get("members", 1))
