@@ -9,9 +9,10 @@ The same command on the same workdir resumes where it stopped.
 Variants (each with its command, CPU time on 2 cores, and the result it reached):
   default           embedded corpus (Python's documentation topics; no download),
                     char-level 1x256 LSTM, Adam 3e-3 cosine, 1200 steps of 32x100.
-                    Measured: 6m25s wall on 2 cores while the machine was shared
-                    (2m43s user CPU); valid 1.417 nats/char (2.04 bpc), test 1.268
-                    (1.83 bpc). Curve: docs/lm/default.png.
+                    Measured: 1m02s wall on 2 cores with the native CPU layers
+                    (1m51s user CPU; 6m25s on a shared machine before them);
+                    valid 1.415 nats/char (2.04 bpc), test 1.269 (1.83 bpc).
+                    Curve: docs/lm/default.png.
   smoke             seconds; tiny model, for tests.
   shakespeare_char  ../shared/data/tinyshakespeare/input.txt (90/5/5 split by
                     characters), 2x256 LSTM, dropout 0.1, Adam 2e-3 cosine, 3000
