@@ -50,9 +50,14 @@ def test_slurm_array_sweep_requeue_failure_and_report(cluster, tmp_path):
         assert time.time() < deadline, f"{job} did not checkpoint and requeue: {status.read_status(wd)}"
         time.sleep(0.2)
     # slurmctld holds a requeued job for 2 minutes (Reason=BeginTime); an admin may start it now
+    requeued_at = time.time()
     while status.squeue_states().get(job) != "PENDING":
         assert time.time() < deadline, f"{job} was not requeued: {status.squeue_states()}"
         time.sleep(0.2)
+    # slurmd refuses a job credential issued in the same second as the requeue revoked the old
+    # one ("Killing non-startable batch job: Job credential revoked"; seconds resolution), which
+    # is why slurmctld holds requeued jobs: start it no earlier than two seconds after
+    time.sleep(max(0.0, requeued_at + 2.0 - time.time()))
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
     reference, ref_wd = checks.start_reference(tmp_path)
     rc = run.wait(timeout=400)
