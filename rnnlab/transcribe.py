@@ -36,13 +36,18 @@ from rnnlab import ctc, train_speech
 from rnnlab.data import audio
 
 
-def load_run(workdir: str):
-    """(model, params, vocab) of a speech run's latest checkpoint."""
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+    """A speech run's config.json."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{workdir} has no config.json: pass the --workdir of a speech training run")
     with open(path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_run(workdir: str):
+    """(model, params, vocab) of a speech run's latest checkpoint."""
+    config = read_config(workdir)
     model = train_speech.build(config)
     like = jax.eval_shape(model.init, jax.random.key(0))
     decay = config.train.get("ema_decay", 0.0)  # runs from before the EMA have no such key
@@ -84,8 +89,7 @@ def evaluate_run(workdir: str, beam_width: int = 0) -> dict:
     """The run's held-out error rates with its evaluated weights (as ``--evaluate``
     prints them); an ensemble adds ``members``: each member's alone."""
     model, params, _ = load_run(workdir)
-    with open(os.path.join(workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = read_config(workdir)
     data = train_speech.load_data(config, workdir)
     out = train_speech.evaluate(model, params, config, data, beam_width)
     if model.members > 1:
@@ -117,8 +121,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not a.wavs:
         p.error("give WAV files to transcribe, or --evaluate")
     model, params, vocab = load_run(a.workdir)
-    with open(os.path.join(a.workdir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+    config = read_config(a.workdir)
     for path, text in zip(a.wavs, transcribe(model, params, vocab, a.wavs, a.beam, config), strict=True):
         print(f"{path}\t{text}", flush=True)
 

@@ -70,13 +70,20 @@ def _run(args, cwd):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp_path):
+def _smoke_run(tmp_path, extra: str = ""):
+    """Trains the smoke variant on fake FSDD recordings of two speakers: (repo, recordings,
+    workdir, --config flag, the training process)."""
     repo = train_speech.REPO_ROOT
     root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
     wd = str(tmp_path / "run")
-    cfg = f"--config={repo}/experiments/speech_recognition.py:smoke,data.root={root}"
+    cfg = f"--config={repo}/experiments/speech_recognition.py:smoke,data.root={root}{extra}"
     r = _run(["-m", "rnnlab.main", cfg, f"--workdir={wd}"], repo)
     assert r.returncode == 0, r.stderr[-3000:]
+    return repo, root, wd, cfg, r
+
+
+def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp_path):
+    repo, root, wd, cfg, r = _smoke_run(tmp_path)
     assert "eval at step 6" in r.stdout and "step 6/6" in r.stdout
     result = json.load(open(os.path.join(wd, "result.json")))
     assert result["finished"] and 0 <= result["eval_string_accuracy"] <= 1 and result["eval_utterances"] == 8
@@ -270,12 +277,7 @@ def test_an_ensemble_decodes_each_member_then_votes():
 
 
 def test_an_ensemble_run_trains_and_transcribes(tmp_path):
-    repo = train_speech.REPO_ROOT
-    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
-    wd = str(tmp_path / "run")
-    cfg = f"--config={repo}/experiments/speech_recognition.py:smoke,data.root={root},members=2"
-    r = _run(["-m", "rnnlab.main", cfg, f"--workdir={wd}"], repo)
-    assert r.returncode == 0, r.stderr[-3000:]
+    repo, root, wd, _, r = _smoke_run(tmp_path, ",members=2")
     assert "in 2 ensemble members" in r.stdout and json.load(open(os.path.join(wd, "result.json")))["finished"]
     t = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", os.path.join(root, "3_jackson_0.wav")], repo)
     assert t.returncode == 0, t.stderr[-3000:]
