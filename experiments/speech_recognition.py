@@ -98,8 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
     f.n_mfcc = 13
     f.deltas = True  # append first and second differences
     f.norm = "utterance"  # per-utterance mean/variance normalisation
+    f.floor_db = 0.0  # >0: white-noise floor this many dB below each utterance's mean power (train and test)
 
     c.model = m = ml_collections.ConfigDict()
+    m.conv2d = ""  # kernel:stride:channels per 2-D conv layer over (time, mel), before model.conv ('' = none)
     m.conv = "5:2:128,3:2:128"  # kernel:stride:channels per conv layer ('' = none)
     m.cell = "lstm"  # any module in rnnlab/cells
     m.cell_options = ""  # 'key=value,...' for the cell

@@ -43,6 +43,11 @@ class FeatureSpec:
       deltas: append first and second differences (x3 features).
       norm: 'utterance' (zero mean, unit variance per utterance and feature, over its
         valid frames), 'global' (fixed mean/std from the training set) or 'none'.
+      floor_db: > 0: a noise floor (``noise_floor``): every utterance's log-mel is
+        power-added to a constant white-noise spectrum ``floor_db`` dB below the
+        utterance's own mean power, in training and at test time alike, so detail
+        quieter than that (a recording's room, microphone and background) never
+        reaches the model, whatever the recording's SNR; 0: off.
     """
 
     sample_rate: int = 8000
@@ -57,12 +62,16 @@ class FeatureSpec:
     deltas: bool = True
     norm: str = "utterance"
     floor: float = 1e-6  # added to mel power before the log: silence gives log(1e-6), not -inf
+    floor_db: float = 0.0
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"features.kind must be one of {KINDS}, got {self.kind!r}")
         if self.norm not in NORMS:
             raise ValueError(f"features.norm must be one of {NORMS}, got {self.norm!r}")
+        if self.floor_db < 0:
+            raise ValueError(f"features.floor_db must be >= 0 (dB below each utterance's mean power; 0: off), "
+                             f"got {self.floor_db}")
         if self.win_length > self.n_fft:
             raise ValueError(f"features.n_fft={self.n_fft} is shorter than the window ({self.win_length} "
                              f"samples at {self.sample_rate} Hz); raise n_fft or shorten win_ms")
@@ -128,6 +137,26 @@ def log_mel(spec: FeatureSpec, wave_N: Array) -> Array:
     return jnp.log(power_spectrum(spec, wave_N) @ fb_FxM + spec.floor)
 
 
+def white_noise_profile(spec: FeatureSpec) -> np.ndarray:
+    """Mel power of white noise per channel, relative to its mean over the channels
+    (log, M): E|X_k|^2 is the same at every FFT bin, so channel m collects the sum of
+    its filter's weights."""
+    w_M = mel_filterbank(spec).sum(axis=0)
+    return np.log(w_M / w_M.mean())
+
+
+def noise_floor(spec: FeatureSpec, logmel_BxTxM: Array, lengths_B: Array) -> Array:
+    """logaddexp(x, floor): the floor is white noise (``white_noise_profile``) whose mean
+    power over channels is ``spec.floor_db`` dB below the utterance's mean power over
+    its valid frames and channels. A gain g (x + g) gives exactly the output + g."""
+    mask_BxTx1 = valid_mask(lengths_B, logmel_BxTxM.shape[1])[..., None]
+    n_B = jnp.maximum(jnp.asarray(lengths_B), 1).astype(logmel_BxTxM.dtype) * logmel_BxTxM.shape[2]
+    power_B = jax.nn.logsumexp(jnp.where(mask_BxTx1, logmel_BxTxM, -jnp.inf), axis=(1, 2)) - jnp.log(n_B)
+    level_B = power_B - spec.floor_db * np.log(10.0) / 10.0
+    floor_BxM = level_B[:, None] + jnp.asarray(white_noise_profile(spec), logmel_BxTxM.dtype)
+    return jnp.logaddexp(logmel_BxTxM, floor_BxM[:, None, :])
+
+
 def dct_ii(x_TxM: Array, n_out: int) -> Array:
     """Orthonormal DCT-II over the last axis, first ``n_out`` coefficients
     (scipy.fft.dct(x, type=2, norm='ortho')[..., :n_out])."""
@@ -160,8 +189,10 @@ def valid_mask(lengths_B: Array, n_frames: int) -> Array:
 def postprocess(spec: FeatureSpec, logmel_BxTxM: Array, lengths_B: Array,
                 mean_D: Array | None = None, std_D: Array | None = None) -> Array:
     """Log-mel -> model input B x T x spec.dim: MFCC (optional), deltas (optional),
-    normalisation; padded frames come out as zeros."""
-    x = logmel_BxTxM if spec.kind == "logmel" else dct_ii(logmel_BxTxM, spec.n_mfcc)
+    normalisation; padded frames come out as zeros. With ``spec.floor_db`` the noise
+    floor comes first."""
+    x = noise_floor(spec, logmel_BxTxM, lengths_B) if spec.floor_db else logmel_BxTxM
+    x = x if spec.kind == "logmel" else dct_ii(x, spec.n_mfcc)
     if spec.deltas:
         d1 = deltas(x, lengths_B)
         x = jnp.concatenate([x, d1, deltas(d1, lengths_B)], axis=-1)

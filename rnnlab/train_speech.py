@@ -63,7 +63,8 @@ def fsdd_root(root: str = "") -> str:
 def feature_spec(config: ml_collections.ConfigDict) -> feat.FeatureSpec:
     f = config.features
     return feat.FeatureSpec(sample_rate=f.sample_rate, win_ms=f.win_ms, hop_ms=f.hop_ms, n_fft=f.n_fft,
-                            n_mels=f.n_mels, kind=f.kind, n_mfcc=f.n_mfcc, deltas=f.deltas, norm=f.norm)
+                            n_mels=f.n_mels, kind=f.kind, n_mfcc=f.n_mfcc, deltas=f.deltas, norm=f.norm,
+                            floor_db=f.get("floor_db", 0.0))
 
 
 def connected_spec(d: ml_collections.ConfigDict) -> audio.ConnectedSpec:
@@ -269,7 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return summary
 
     print(f"speech: train speakers {sorted({c.speaker for c in data.train.clips})} ({len(data.train.clips)} clips), "
-          f"held out {sorted({c.speaker for c in data.test.clips})} ({len(data.test.clips)} clips); model: conv "
+          f"held out {sorted({c.speaker for c in data.test.clips})} ({len(data.test.clips)} clips); model: "
+          f"{f'conv2d {config.model.conv2d}, ' if config.model.get('conv2d') else ''}conv "
           f"{config.model.conv or 'none'} (x{model.subsampling}) -> {model.stack.num_layers}x{model.stack.d_h} "
           f"bi-{model.stack.cell.name}, {model.features.dim} {model.features.kind} features, {n_params:,} "
           f"parameters{f' in {model.members} ensemble members' if model.members > 1 else ''}; "

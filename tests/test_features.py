@@ -140,3 +140,36 @@ def test_tied_spec_augment_masks_the_same_mel_band_in_every_delta_block():
         np.testing.assert_array_equal(zero_channels[1], zero_channels[0])
         np.testing.assert_array_equal(zero_channels[2], zero_channels[0])
         assert zero_channels[0].sum() <= 8 and np.all((y[b] == 0) == zero_channels.reshape(-1)[None])
+
+
+def test_white_noise_profile_is_the_mel_spectrum_of_real_white_noise():
+    wave = np.random.default_rng(0).standard_normal(8000 * 60)  # a minute of white noise
+    power_M = np.exp(_reference_log_mel(wave, SPEC)).mean(axis=0)
+    np.testing.assert_allclose(feat.white_noise_profile(SPEC), np.log(power_M / power_M.mean()), atol=0.03)
+
+
+def test_noise_floor_is_white_noise_floor_db_below_each_utterance_and_ignores_padding():
+    spec = feat.FeatureSpec(n_mels=40, floor_db=20.0)
+    rng = np.random.default_rng(1)
+    lengths = np.array([50, 31])
+    x = (rng.normal(size=(2, 50, 40)) * 3 - 5).astype(np.float32)
+    x[1, 31:] = 1e3  # junk past utterance 1's length
+    got = np.asarray(feat.noise_floor(spec, jnp.asarray(x), jnp.asarray(lengths)))
+    profile = feat.white_noise_profile(spec)
+    assert abs(np.log(np.mean(np.exp(profile)))) < 1e-9  # the profile has mean power 1: the level is the floor's
+    for b, n in enumerate(lengths):
+        u = x[b, :n].astype(np.float64)
+        floor_M = np.log(np.mean(np.exp(u))) - 2.0 * np.log(10.0) + profile  # 20 dB = a factor 100 in power
+        np.testing.assert_allclose(got[b, :n], np.logaddexp(u, floor_M), rtol=1e-5, atol=1e-5)
+    # a gain moves the floor with the speech: the output moves by exactly the gain
+    np.testing.assert_allclose(np.asarray(feat.noise_floor(spec, jnp.asarray(x[:1] + 4.0), jnp.asarray(lengths[:1]))),
+                               got[:1] + 4.0, rtol=1e-5, atol=1e-4)
+    # quiet detail is lifted to the floor, loud frames pass unchanged
+    loud = np.full((1, 10, 40), 2.0, np.float32)
+    loud[0, 5:] = -30.0
+    out = np.asarray(feat.noise_floor(spec, jnp.asarray(loud), jnp.asarray([10])))
+    np.testing.assert_allclose(out[0, :5], 2.0, atol=0.02)
+    level = np.log(np.mean(np.exp(loud[0].astype(np.float64)))) - 2.0 * np.log(10.0)
+    np.testing.assert_allclose(out[0, 5:], np.broadcast_to(level + profile, (5, 40)), atol=1e-4)
+    with pytest.raises(ValueError, match="floor_db"):
+        feat.FeatureSpec(floor_db=-3.0)

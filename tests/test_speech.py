@@ -22,8 +22,8 @@ from tests.test_audio import _fake_fsdd
 FEATS = feat.FeatureSpec(n_mels=12, deltas=True)
 
 
-def _model(cell="lstm"):
-    return SpeechModel(FEATS, ((3, 2, 8), (3, 2, 8)), Stack(cell, 8, 6, num_layers=2, bidirectional=True), 11)
+def _model(cell="lstm", features=FEATS):
+    return SpeechModel(features, ((3, 2, 8), (3, 2, 8)), Stack(cell, 8, 6, num_layers=2, bidirectional=True), 11)
 
 
 def _batch(rng, n_t=37):
@@ -35,9 +35,9 @@ def _batch(rng, n_t=37):
             "label_lengths": np.array([3, 1, 2], np.int32)}
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_junk_frames_past_the_lengths_change_neither_loss_nor_gradients(cell):
-    model = _model(cell)
+@pytest.mark.parametrize("cell,floor_db", [("lstm", 0.0), ("gru", 0.0), ("lstm", 20.0)])
+def test_junk_frames_past_the_lengths_change_neither_loss_nor_gradients(cell, floor_db):
+    model = _model(cell, feat.FeatureSpec(n_mels=12, deltas=True, floor_db=floor_db))
     params = model.init(jax.random.key(0))
     rng = np.random.default_rng(0)
     batch = _batch(rng)
@@ -63,6 +63,38 @@ def test_output_lengths_follow_the_subsampling_and_one_step_changes_every_parame
     grads = jax.jit(jax.grad(lambda p: model.loss_and_metrics(p, batch)[0]))(params)
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
         assert float(jnp.max(jnp.abs(g))) > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
+
+
+def test_the_2d_front_end_is_torch_conv2d_over_time_and_mel_with_the_feature_blocks_as_channels():
+    torch = pytest.importorskip("torch")
+    model = SpeechModel(FEATS, (), Stack("lstm", 3 * 4, 6, num_layers=1, bidirectional=True), 11,
+                        conv2d=((3, 2, 5), (5, 2, 4)))
+    assert model.subsampling == 4 and model.front_end_width == 3 * 4  # 12 mel channels -> 6 -> 3, 4 channels
+    params = model.init(jax.random.key(2))
+    batch = _batch(np.random.default_rng(2))
+    x = feat.postprocess(FEATS, jnp.asarray(batch["logmel"]), jnp.asarray(batch["lengths"]))
+    got, got_len = model.front_end(params, x, jnp.asarray(batch["lengths"]))
+    np.testing.assert_array_equal(got_len, [10, 8, 6])
+    # torch: N x C x T x W, the blocks (log-mel, delta, delta-delta) as input channels; each utterance alone,
+    # cut to its length (so 'same' padding sees zeros past it, as the masks make the batch see)
+    for b, n in enumerate(batch["lengths"]):
+        h = torch.tensor(np.asarray(x[b, :n]).reshape(n, 3, 12).transpose(1, 0, 2)[None])
+        for layer, (k, s, _) in zip(params["conv2d"], model.conv2d, strict=True):
+            conv = torch.nn.Conv2d(h.shape[1], layer["b_O"].shape[0], k, stride=s, padding=k // 2)
+            with torch.no_grad():
+                conv.weight.copy_(torch.tensor(np.asarray(layer["w_KxKxCxO"]).transpose(3, 2, 0, 1)))
+                conv.bias.copy_(torch.tensor(np.asarray(layer["b_O"])))
+                h = torch.nn.functional.gelu(conv(h), approximate="tanh")
+        want = h[0].permute(1, 2, 0).reshape(h.shape[2], -1).numpy()  # T' x (W' x C)
+        np.testing.assert_allclose(np.asarray(got[b, :int(got_len[b])]), want, rtol=1e-4, atol=1e-5)
+    # and the whole model ignores junk past the lengths, gradients included
+    junk = dict(batch, logmel=np.concatenate([batch["logmel"], 9 * np.ones((3, 20, 12), np.float32)], 1))
+    junk["logmel"][2, 21:37] = -1e3
+    grad = jax.jit(jax.value_and_grad(lambda p, b: model.loss_and_metrics(p, b)[0]))
+    (l0, g0), (l1, g1) = grad(params, batch), grad(params, junk)
+    np.testing.assert_allclose(l1, l0, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
+    assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(g0))
 
 
 def _run(args, cwd):
