@@ -15,6 +15,8 @@ the same speaker.
 re-scores the run on its own held-out evaluation utterances (those its training
 reported on) with today's decoding and prints WER / CER / digit-string accuracy;
 for an ensemble (model.members > 1) each member's too, then their vote.
+``--floor_db=F`` adds a white-noise floor F dB below each utterance's mean power
+before the model (features.floor_db), at test time only.
 """
 
 from __future__ import annotations
@@ -45,10 +47,13 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def load_run(workdir: str):
-    """(model, params, vocab) of a speech run's latest checkpoint."""
+def load_run(workdir: str, floor_db: float | None = None):
+    """(model, params, vocab) of a speech run's latest checkpoint; ``floor_db`` (not None)
+    replaces the run's noise floor (features.floor_db: 0 removes it) at test time."""
     config = read_config(workdir)
     model = train_speech.build(config)
+    if floor_db is not None:
+        model = dataclasses.replace(model, features=dataclasses.replace(model.features, floor_db=floor_db))
     like = jax.eval_shape(model.init, jax.random.key(0))
     decay = config.train.get("ema_decay", 0.0)  # runs from before the EMA have no such key
     if not decay:
@@ -85,10 +90,11 @@ def transcribe(model, params, vocab: ctc.Vocab, paths: Sequence[str], beam_width
     return out
 
 
-def evaluate_run(workdir: str, beam_width: int = 0) -> dict:
+def evaluate_run(workdir: str, beam_width: int = 0, floor_db: float | None = None) -> dict:
     """The run's held-out error rates with its evaluated weights (as ``--evaluate``
-    prints them); an ensemble adds ``members``: each member's alone."""
-    model, params, _ = load_run(workdir)
+    prints them); an ensemble adds ``members``: each member's alone. ``floor_db``: as
+    ``load_run``."""
+    model, params, _ = load_run(workdir, floor_db)
     config = read_config(workdir)
     data = train_speech.load_data(config, workdir)
     out = train_speech.evaluate(model, params, config, data, beam_width)
@@ -108,19 +114,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="a speech training run (config.json + checkpoints)")
     p.add_argument("--beam", type=int, default=0, help="prefix beam search width (0: greedy)")
+    p.add_argument("--floor_db", type=float, default=None,
+                   help="test-time noise floor, dB below each utterance's mean power (features.floor_db; "
+                        "default: the run's own, usually none; 0: none)")
     p.add_argument("--evaluate", action="store_true",
                    help="score the run on its held-out evaluation utterances instead of transcribing files")
     p.add_argument("wavs", nargs="*")
     a = p.parse_args(argv)
     if a.evaluate:
-        r = evaluate_run(a.workdir, a.beam)
+        r = evaluate_run(a.workdir, a.beam, a.floor_db)
         for k, m in enumerate(r.get("members", [])):
             print(f"member {k}: {_rates(m)}", flush=True)
         print(f"{'vote of the members' if 'members' in r else 'model'}: {_rates(r)}", flush=True)
         return
     if not a.wavs:
         p.error("give WAV files to transcribe, or --evaluate")
-    model, params, vocab = load_run(a.workdir)
+    model, params, vocab = load_run(a.workdir, a.floor_db)
     config = read_config(a.workdir)
     for path, text in zip(a.wavs, transcribe(model, params, vocab, a.wavs, a.beam, config), strict=True):
         print(f"{path}\t{text}", flush=True)

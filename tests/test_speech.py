@@ -320,3 +320,15 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     assert [x.split(":")[0] for x in lines] == ["member 0", "member 1", "vote of the members"], e.stdout
     result = json.load(open(os.path.join(wd, "result.json")))  # the run's own evaluation: the same utterances
     assert f"WER {100 * result['eval_wer']:.2f}%" in lines[-1] and f"on {result['eval_utterances']} " in lines[-1]
+    # a test-time noise floor (--floor_db) is the run's model on floored log-mels
+    from rnnlab import transcribe
+    model, params, _ = transcribe.load_run(wd)
+    floored, same_params, _ = transcribe.load_run(wd, floor_db=15.0)
+    assert model.features.floor_db == 0 and floored.features.floor_db == 15.0
+    x = np.random.default_rng(0).normal(size=(2, 40, model.features.n_mels)).astype(np.float32)
+    n = jnp.asarray([40, 23])
+    want, _ = model.apply(params, feat.noise_floor(floored.features, jnp.asarray(x), n), n)
+    got, _ = floored.apply(same_params, jnp.asarray(x), n)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    f = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--floor_db=15"], repo)
+    assert f.returncode == 0 and "vote of the members: WER" in f.stdout, f.stderr[-3000:]
