@@ -167,13 +167,32 @@ def logits_step(model: speech_lib.SpeechModel, params, logmel_BxTxM, lengths_B):
     return model.apply(params, logmel_BxTxM, lengths_B)
 
 
+def eval_floors(config: ml_collections.ConfigDict) -> tuple[float, ...]:
+    """eval.test_floors ('15,20,25'): the test-time noise floors voted over ('' = none)."""
+    spec = config.eval.get("test_floors", "")
+    try:
+        floors = tuple(float(v) for v in spec.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"eval.test_floors={spec!r}: expected dB values, comma-separated (e.g. '15,20,25'), "
+                         "or '' for none") from None
+    if any(f < 0 for f in floors):
+        raise ValueError(f"eval.test_floors={spec!r}: floors are dB below the utterance's power, >= 0 (0: none)")
+    return floors
+
+
 def decode(model: speech_lib.SpeechModel, params, batch: audio.Batch, vocab: ctc.Vocab,
-           beam_width: int = 0) -> list[str]:
+           beam_width: int = 0, floors: tuple[float, ...] = ()) -> list[str]:
     """Transcripts of a batch: greedy (beam_width 0) or prefix beam search (an ensemble:
-    per member, then ROVER)."""
-    logits, out_len = logits_step(model, params, jnp.asarray(batch.logmel_BxTxM), jnp.asarray(batch.lengths_B))
-    hyps = [vocab.decode(labels) for labels in model.decode_labels(logits, out_len, beam_width)]
-    return hyps
+    per member, then ROVER). ``floors``: test-time noise floors (features.floor_db, dB):
+    the model runs once per floor and every (floor, member) transcript is voted on with
+    ROVER (ties go to the first floor's first member)."""
+    x, lengths = jnp.asarray(batch.logmel_BxTxM), jnp.asarray(batch.lengths_B)
+    hyps: list[list[tuple[int, ...]]] = [[] for _ in range(len(batch.lengths_B))]
+    for m in [model.with_floor(f) for f in floors] or [model]:
+        logits, out_len = logits_step(m, params, x, lengths)
+        for h, new in zip(hyps, m.member_labels(logits, out_len, beam_width), strict=True):
+            h += new
+    return [vocab.decode(h[0] if len(h) == 1 else ctc.rover(h)) for h in hyps]
 
 
 def eval_utterance_spec(spec: audio.ConnectedSpec) -> audio.ConnectedSpec:
@@ -183,16 +202,18 @@ def eval_utterance_spec(spec: audio.ConnectedSpec) -> audio.ConnectedSpec:
 
 
 def evaluate(model: speech_lib.SpeechModel, params, config: ml_collections.ConfigDict, data: SpeechData,
-             beam_width: int = 0) -> dict:
-    """CER / WER / digit-string accuracy on connected utterances of the held-out speakers."""
+             beam_width: int = 0, floors: tuple[float, ...] | None = None) -> dict:
+    """CER / WER / digit-string accuracy on connected utterances of the held-out speakers,
+    decoded as ``decode`` with ``floors`` (None: the config's eval.test_floors)."""
     ev = config.eval
+    floors = eval_floors(config) if floors is None else floors
     refs, hyps = [], []
     test_utts = eval_utterance_spec(data.utterances)
     for i in range(-(-ev.utterances // ev.batch_size)):
         n = min(ev.batch_size, ev.utterances - i * ev.batch_size)
         b = audio.connected_batch(data.test, data.noise_NxM, data.vocab, test_utts, config.seed, EVAL_STEP0 + i, n)
         refs += b.texts
-        hyps += decode(model, params, b, data.vocab, beam_width)
+        hyps += decode(model, params, b, data.vocab, beam_width, floors)
     return ctc.error_rates(refs, hyps) | {"examples": [[r, h] for r, h in list(zip(refs, hyps, strict=True))[:5]]}
 
 
@@ -230,7 +251,7 @@ def digit_confusions(model: speech_lib.SpeechModel, params, config: ml_collectio
             labels.append(data.vocab.encode(texts[-1]))
         b = audio.pad_batch(utts, labels, texts, spec.bucket, max(len(x) for x in labels))
         refs += texts
-        hyps += decode(model, params, b, data.vocab)
+        hyps += decode(model, params, b, data.vocab, 0, eval_floors(config))
     return confusion_counts(refs, hyps, [str(d) for d in range(10)])
 
 

@@ -15,8 +15,10 @@ the same speaker.
 re-scores the run on its own held-out evaluation utterances (those its training
 reported on) with today's decoding and prints WER / CER / digit-string accuracy;
 for an ensemble (model.members > 1) each member's too, then their vote.
-``--floor_db=F`` adds a white-noise floor F dB below each utterance's mean power
-before the model (features.floor_db), at test time only.
+Test-time noise floors (``--test_floors=15,20,25``, or the run's eval.test_floors):
+a white-noise floor F dB below each utterance's mean power is added before the
+model (features.floor_db), once per F, and the transcripts of every floor (and
+member) are voted on with ROVER; one value gives that floor alone.
 """
 
 from __future__ import annotations
@@ -47,13 +49,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def load_run(workdir: str, floor_db: float | None = None):
-    """(model, params, vocab) of a speech run's latest checkpoint; ``floor_db`` (not None)
-    replaces the run's noise floor (features.floor_db: 0 removes it) at test time."""
+def load_run(workdir: str):
+    """(model, params, vocab) of a speech run's latest checkpoint."""
     config = read_config(workdir)
     model = train_speech.build(config)
-    if floor_db is not None:
-        model = dataclasses.replace(model, features=dataclasses.replace(model.features, floor_db=floor_db))
     like = jax.eval_shape(model.init, jax.random.key(0))
     decay = config.train.get("ema_decay", 0.0)  # runs from before the EMA have no such key
     if not decay:
@@ -76,32 +75,33 @@ def _speaker_normalised(config, logmels: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def transcribe(model, params, vocab: ctc.Vocab, paths: Sequence[str], beam_width: int = 0,
-               config: ml_collections.ConfigDict | None = None) -> list[str]:
-    """One transcript per WAV file (decoded one at a time: no padding to share)."""
+               config: ml_collections.ConfigDict | None = None, floors: tuple[float, ...] = ()) -> list[str]:
+    """One transcript per WAV file (decoded one at a time: no padding to share), as
+    ``train_speech.decode`` with ``floors``."""
     out = []
     logmels = [audio.clip_log_mel(model.features, audio.read_wav(p, model.features.sample_rate)) for p in paths]
     if config is not None:
         logmels = _speaker_normalised(config, logmels)
     for lm_TxM in logmels:
-        lm_1xTxM = lm_TxM[None]
-        logits, n = train_speech.logits_step(model, params, jnp.asarray(lm_1xTxM),
-                                             jnp.asarray([lm_1xTxM.shape[1]]))
-        out.append(vocab.decode(model.decode_labels(logits, n, beam_width)[0]))
+        one = audio.Batch(lm_TxM[None], np.asarray([len(lm_TxM)], np.int32), np.zeros((1, 1), np.int32),
+                          np.zeros((1,), np.int32), [""])
+        out += train_speech.decode(model, params, one, vocab, beam_width, floors)
     return out
 
 
-def evaluate_run(workdir: str, beam_width: int = 0, floor_db: float | None = None) -> dict:
+def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | None = None) -> dict:
     """The run's held-out error rates with its evaluated weights (as ``--evaluate``
-    prints them); an ensemble adds ``members``: each member's alone. ``floor_db``: as
-    ``load_run``."""
-    model, params, _ = load_run(workdir, floor_db)
+    prints them); an ensemble adds ``members``: each member's alone. ``floors``: the
+    test-time noise floors voted over (None: the run's eval.test_floors)."""
+    model, params, _ = load_run(workdir)
     config = read_config(workdir)
+    floors = train_speech.eval_floors(config) if floors is None else floors
     data = train_speech.load_data(config, workdir)
-    out = train_speech.evaluate(model, params, config, data, beam_width)
+    out = train_speech.evaluate(model, params, config, data, beam_width, floors)
     if model.members > 1:
         one = dataclasses.replace(model, members=1)
         out["members"] = [train_speech.evaluate(one, jax.tree.map(lambda a, k=k: a[k], params), config, data,
-                                                beam_width) for k in range(model.members)]
+                                                beam_width, floors) for k in range(model.members)]
     return out
 
 
@@ -114,24 +114,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workdir", required=True, help="a speech training run (config.json + checkpoints)")
     p.add_argument("--beam", type=int, default=0, help="prefix beam search width (0: greedy)")
-    p.add_argument("--floor_db", type=float, default=None,
-                   help="test-time noise floor, dB below each utterance's mean power (features.floor_db; "
-                        "default: the run's own, usually none; 0: none)")
+    p.add_argument("--test_floors", default=None,
+                   help="test-time noise floors, dB below each utterance's mean power, comma-separated: the "
+                        "model runs once per floor (features.floor_db) and the transcripts of every floor and "
+                        "member are voted on (ROVER); one value: that floor alone; default: the run's "
+                        "eval.test_floors ('' = none)")
     p.add_argument("--evaluate", action="store_true",
                    help="score the run on its held-out evaluation utterances instead of transcribing files")
     p.add_argument("wavs", nargs="*")
     a = p.parse_args(argv)
+    config = read_config(a.workdir)
+    if a.test_floors is not None:
+        config.eval.test_floors = a.test_floors
+    floors = train_speech.eval_floors(config)
     if a.evaluate:
-        r = evaluate_run(a.workdir, a.beam, a.floor_db)
+        r = evaluate_run(a.workdir, a.beam, floors)
         for k, m in enumerate(r.get("members", [])):
             print(f"member {k}: {_rates(m)}", flush=True)
         print(f"{'vote of the members' if 'members' in r else 'model'}: {_rates(r)}", flush=True)
         return
     if not a.wavs:
         p.error("give WAV files to transcribe, or --evaluate")
-    model, params, vocab = load_run(a.workdir, a.floor_db)
-    config = read_config(a.workdir)
-    for path, text in zip(a.wavs, transcribe(model, params, vocab, a.wavs, a.beam, config), strict=True):
+    model, params, vocab = load_run(a.workdir)
+    for path, text in zip(a.wavs, transcribe(model, params, vocab, a.wavs, a.beam, config, floors), strict=True):
         print(f"{path}\t{text}", flush=True)
 
 

@@ -181,6 +181,11 @@ def test_config_variants_sweep_and_report_table(tmp_path):
 
     assert exp.get_config("fsdd,held_out=lucas").data.test_speakers == "lucas"
     assert exp.get_config("smoke").trainer == "rnnlab.train_speech:train_and_evaluate"
+    vote = exp.get_config("fsdd_vote,held_out=nicolas")
+    assert vote.model.members == 3 and train_speech.eval_floors(vote) == (15.0, 20.0, 25.0)
+    assert train_speech.eval_floors(exp.get_config("fsdd")) == ()
+    with pytest.raises(ValueError, match="eval.test_floors"):
+        train_speech.eval_floors(exp.get_config("fsdd,eval.test_floors=15;20"))
     with pytest.raises(ValueError, match="unknown variant"):
         exp.get_config("timit")
     with pytest.raises(AttributeError):
@@ -320,15 +325,27 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     assert [x.split(":")[0] for x in lines] == ["member 0", "member 1", "vote of the members"], e.stdout
     result = json.load(open(os.path.join(wd, "result.json")))  # the run's own evaluation: the same utterances
     assert f"WER {100 * result['eval_wer']:.2f}%" in lines[-1] and f"on {result['eval_utterances']} " in lines[-1]
-    # a test-time noise floor (--floor_db) is the run's model on floored log-mels
-    from rnnlab import transcribe
-    model, params, _ = transcribe.load_run(wd)
-    floored, same_params, _ = transcribe.load_run(wd, floor_db=15.0)
+    # a test-time noise floor is the run's model on floor-ed log-mels
+    from rnnlab import ctc, transcribe
+    from rnnlab.data import audio
+    model, params, vocab = transcribe.load_run(wd)
+    floored = model.with_floor(15.0)
     assert model.features.floor_db == 0 and floored.features.floor_db == 15.0
-    x = np.random.default_rng(0).normal(size=(2, 40, model.features.n_mels)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(2, 40, model.features.n_mels)).astype(np.float32) - 3.0
     n = jnp.asarray([40, 23])
     want, _ = model.apply(params, feat.noise_floor(floored.features, jnp.asarray(x), n), n)
-    got, _ = floored.apply(same_params, jnp.asarray(x), n)
+    got, _ = floored.apply(params, jnp.asarray(x), n)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
-    f = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--floor_db=15"], repo)
+    # several floors: every (floor, member) transcript voted on, floors in the given order
+    batch = audio.Batch(x, np.asarray(n), np.zeros((2, 1), np.int32), np.zeros(2, np.int32), ["", ""])
+    hyps = [[], []]
+    for f in (15.0, 30.0):
+        lo, out_n = model.with_floor(f).apply(params, jnp.asarray(x), n)
+        for b in range(2):
+            hyps[b] += [tuple(ctc.greedy_decode(np.asarray(lo[k, b]), int(out_n[b]))) for k in range(2)]
+    assert train_speech.decode(model, params, batch, vocab, 0, (15.0, 30.0)) == [
+        vocab.decode(ctc.rover(h)) for h in hyps]
+    f = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,20,25"], repo)
     assert f.returncode == 0 and "vote of the members: WER" in f.stdout, f.stderr[-3000:]
+    bad = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,loud"], repo)
+    assert bad.returncode != 0 and "eval.test_floors='15,loud'" in bad.stderr and "comma-separated" in bad.stderr

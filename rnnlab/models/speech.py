@@ -154,17 +154,24 @@ class SpeechModel:
         """Label sequences of ``apply``'s output: greedy (beam_width 0) or prefix beam
         search; an ensemble decodes each member and combines them with ``ctc.rover``
         (member 0 wins ties)."""
+        return [h[0] if len(h) == 1 else ctc.rover(h) for h in self.member_labels(logits, lengths_B, beam_width)]
+
+    def member_labels(self, logits: np.ndarray, lengths_B: np.ndarray,
+                      beam_width: int = 0) -> list[list[tuple[int, ...]]]:
+        """Per utterance, every member's decoded label sequence (one for a single network)."""
         logits = np.asarray(logits, np.float32)
         stacked = logits if self.members > 1 else logits[None]
 
         def one(lo, n):
             return ctc.prefix_beam_search(lo, beam_width, length=n) if beam_width else ctc.greedy_decode(lo, n)
 
-        out = []
-        for b, n in enumerate(np.asarray(lengths_B)):
-            hyps = [tuple(one(stacked[k, b], int(n))) for k in range(stacked.shape[0])]
-            out.append(hyps[0] if len(hyps) == 1 else ctc.rover(hyps))
-        return out
+        return [[tuple(one(stacked[k, b], int(n))) for k in range(stacked.shape[0])]
+                for b, n in enumerate(np.asarray(lengths_B))]
+
+    def with_floor(self, floor_db: float) -> SpeechModel:
+        """This model with another noise floor (features.floor_db; 0: none): the same
+        parameters, used at test time."""
+        return dataclasses.replace(self, features=dataclasses.replace(self.features, floor_db=float(floor_db)))
 
     def front_end(self, params: Params, x_BxTxD: Array, lengths_B: Array) -> tuple[Array, Array]:
         """The convolutions before the recurrent stack, on model-input features: the 2-D
