@@ -85,9 +85,15 @@ class FeatureSpec:
         return int(round(self.sample_rate * self.hop_ms / 1000))
 
     @property
+    def blocks(self) -> int:
+        """Equal blocks a frame is made of: the log-mel (or MFCC), then with deltas its
+        first and second differences."""
+        return 3 if self.deltas else 1
+
+    @property
     def dim(self) -> int:
         base = self.n_mels if self.kind == "logmel" else self.n_mfcc
-        return base * (3 if self.deltas else 1)
+        return base * self.blocks
 
     def num_frames(self, n_samples: int) -> int:
         return 0 if n_samples < self.win_length else 1 + (n_samples - self.win_length) // self.hop_length

@@ -37,7 +37,7 @@ def front_end_width(features: feat.FeatureSpec, conv, conv2d) -> int:
         return conv[-1][2]
     if not conv2d:
         return features.dim
-    w = features.dim // (3 if features.deltas else 1)
+    w = features.dim // features.blocks
     for _, s, _ in conv2d:
         w = -(-w // s)
     return w * conv2d[-1][2]
@@ -90,11 +90,6 @@ class SpeechModel:
             raise ValueError(f"model.members must be >= 1 (networks in the ensemble), got {self.members}")
 
     @property
-    def feature_blocks(self) -> int:
-        """Input channels of the 2-D front end: log-mel (or MFCC), deltas, delta-deltas."""
-        return 3 if self.features.deltas else 1
-
-    @property
     def front_end_width(self) -> int:
         return front_end_width(self.features, self.conv, self.conv2d)
 
@@ -118,7 +113,7 @@ class SpeechModel:
         d = self.features.dim
         if self.conv2d:
             params["conv2d"] = []
-            c_in = self.feature_blocks
+            c_in = self.features.blocks
             for i, (k, _, c) in enumerate(self.conv2d):
                 w = initializer("lecun_normal", 1)(jax.random.fold_in(k_conv, 100 + i), (k * k * c_in, c), jnp.float32)
                 params["conv2d"].append({"w_KxKxCxO": w.reshape(k, k, c_in, c), "b_O": jnp.zeros((c,), jnp.float32)})
@@ -182,7 +177,7 @@ class SpeechModel:
         x = x_BxTxD
         if self.conv2d:  # B x T x (blocks * W) -> B x T x W x blocks
             n_b, n_t, _ = x.shape
-            x = jnp.swapaxes(x.reshape(n_b, n_t, self.feature_blocks, -1), 2, 3)
+            x = jnp.swapaxes(x.reshape(n_b, n_t, self.features.blocks, -1), 2, 3)
             for layer, (k, s, _) in zip(params["conv2d"], self.conv2d, strict=True):
                 x = x * feat.valid_mask(lengths_B, x.shape[1])[..., None, None].astype(x.dtype)
                 x = jax.lax.conv_general_dilated(x, layer["w_KxKxCxO"].astype(x.dtype), (s, s),
@@ -255,6 +250,6 @@ def build(model_cfg: Any, features: feat.FeatureSpec, num_labels: int) -> Speech
     stack = Stack(cell, d_in, model_cfg.d_hidden, num_layers=model_cfg.num_layers, bidirectional=True,
                   dropout=model_cfg.dropout, dropout_kind="variational", unroll=model_cfg.unroll)
     sa = tuple(int(v) for v in model_cfg.spec_augment.split(",")) if model_cfg.spec_augment else (0, 0, 0, 0)
-    blocks = 3 if model_cfg.spec_augment_tied and features.deltas else 1
+    blocks = features.blocks if model_cfg.spec_augment_tied else 1
     return SpeechModel(features, conv, stack, num_labels, sa, blocks, members=model_cfg.get("members", 1),
                        conv2d=conv2d)
