@@ -40,7 +40,7 @@ RESULTS (docs/speech/README.md; greedy WER of the EMA weights on 400 held-out co
 run each): fsdd_vote (members=3, test-time floors 15/20/25 dB, nine transcripts voted; ~47 CPU-minutes,
 ~25 min alone on 2 cores): george 13.79 %, jackson 8.24 %, lucas 6.77 %, nicolas 12.84 %, yweweler 7.66 %;
 average 9.86 % (floors chosen by leave-one-speaker-out on these runs; the same ensembles without floors:
-11.29 %). fsdd (one network, 11.7-13.3 CPU-minutes): george 19.1 %, jackson 11.3 %, lucas 8.8 %, nicolas
+11.29 %); seed 1: 14.74 / 9.52 / 8.30 / 14.61 / 7.66 %, average 10.97 % (no floors: 11.54 %). fsdd (one network, 11.7-13.3 CPU-minutes): george 19.1 %, jackson 11.3 %, lucas 8.8 %, nicolas
 13.5 %, yweweler 9.5 %; average 12.4 % (seed 1: 11.6 %). Speaking-rate normalisation took jackson, the slowest
 speaker, from 22.6 % (3000 steps, tempo +-50 %, no rate normalisation) to 11.3 %.
 """
