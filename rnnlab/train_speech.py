@@ -192,7 +192,7 @@ def decode(model: speech_lib.SpeechModel, params, batch: audio.Batch, vocab: ctc
         logits, out_len = logits_step(m, params, x, lengths)
         for h, new in zip(hyps, m.member_labels(logits, out_len, beam_width), strict=True):
             h += new
-    return [vocab.decode(h[0] if len(h) == 1 else ctc.rover(h)) for h in hyps]
+    return [vocab.decode(ctc.rover(h)) for h in hyps]
 
 
 def eval_utterance_spec(spec: audio.ConnectedSpec) -> audio.ConnectedSpec:
@@ -238,7 +238,7 @@ def digit_confusions(model: speech_lib.SpeechModel, params, config: ml_collectio
     as a one-digit utterance made the way the evaluation utterances are (silences,
     gain, background noise; no tempo or warps), decoded greedily; counts as in
     ``confusion_counts`` with the words '0'..'9'."""
-    spec = eval_utterance_spec(data.utterances)
+    spec, floors = eval_utterance_spec(data.utterances), eval_floors(config)
     refs, hyps = [], []
     n = len(data.test.clips)
     for start in range(0, n, batch_size):
@@ -251,7 +251,7 @@ def digit_confusions(model: speech_lib.SpeechModel, params, config: ml_collectio
             labels.append(data.vocab.encode(texts[-1]))
         b = audio.pad_batch(utts, labels, texts, spec.bucket, max(len(x) for x in labels))
         refs += texts
-        hyps += decode(model, params, b, data.vocab, 0, eval_floors(config))
+        hyps += decode(model, params, b, data.vocab, 0, floors)
     return confusion_counts(refs, hyps, [str(d) for d in range(10)])
 
 

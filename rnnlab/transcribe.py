@@ -94,7 +94,6 @@ def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | 
     test-time noise floors voted over (None: the run's eval.test_floors)."""
     model, params, _ = load_run(workdir)
     config = read_config(workdir)
-    floors = train_speech.eval_floors(config) if floors is None else floors
     data = train_speech.load_data(config, workdir)
     out = train_speech.evaluate(model, params, config, data, beam_width, floors)
     if model.members > 1:

@@ -148,8 +148,8 @@ class SpeechModel:
     def decode_labels(self, logits: np.ndarray, lengths_B: np.ndarray, beam_width: int = 0) -> list[tuple[int, ...]]:
         """Label sequences of ``apply``'s output: greedy (beam_width 0) or prefix beam
         search; an ensemble decodes each member and combines them with ``ctc.rover``
-        (member 0 wins ties)."""
-        return [h[0] if len(h) == 1 else ctc.rover(h) for h in self.member_labels(logits, lengths_B, beam_width)]
+        (member 0 wins ties; the vote of one network is its own sequence)."""
+        return [ctc.rover(h) for h in self.member_labels(logits, lengths_B, beam_width)]
 
     def member_labels(self, logits: np.ndarray, lengths_B: np.ndarray,
                       beam_width: int = 0) -> list[list[tuple[int, ...]]]:
