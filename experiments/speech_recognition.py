@@ -135,6 +135,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.eval = e = ml_collections.ConfigDict()
     e.utterances = 400  # connected utterances of the held-out speakers
+    e.seed = -1  # the evaluation utterances' seed (-1: the run's seed); fix it to score several seeds on one test set
     e.batch_size = 100
     e.beam_width = 8  # final evaluation also with prefix beam search (0: greedy only)
     e.test_floors = ""  # test-time noise floors (dB, comma list): decoded once per floor, transcripts voted ('' = off)

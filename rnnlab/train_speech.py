@@ -9,7 +9,8 @@ connected-digit utterances: a fork of ``train_tasks.py``'s loop.
 
 Reproducibility: training batches are pure functions of (seed, step) (built from
 cached clip features), SpecAugment/dropout keys of (seed, step); evaluation
-utterances of (seed, EVAL_STEP0 + i). Params, optimizer state and step are in the
+utterances of (eval seed, EVAL_STEP0 + i), the eval seed being the run's seed
+unless eval.seed is set. Params, optimizer state and step are in the
 checkpoint and the learning rate is a function of the step, so the same command on
 the same workdir resumes and continues bitwise on CPU. A non-finite loss or norm
 stops the run before anything is saved.
@@ -195,6 +196,15 @@ def decode(model: speech_lib.SpeechModel, params, batch: audio.Batch, vocab: ctc
     return [vocab.decode(ctc.rover(h)) for h in hyps]
 
 
+def eval_seed(config: ml_collections.ConfigDict) -> int:
+    """The seed the evaluation utterances are drawn with: eval.seed, or the run's seed
+    when it is -1 (the default; runs from before the key have none)."""
+    s = config.eval.get("seed", -1)
+    if s < -1:
+        raise ValueError(f"eval.seed={s}: expected a seed >= 0, or -1 for the run's seed ({config.seed})")
+    return config.seed if s == -1 else s
+
+
 def eval_utterance_spec(spec: audio.ConnectedSpec) -> audio.ConnectedSpec:
     """How held-out utterances are made: ``spec`` without its training perturbations
     (tempo, mel warps, spectral tilt)."""
@@ -208,10 +218,10 @@ def evaluate(model: speech_lib.SpeechModel, params, config: ml_collections.Confi
     ev = config.eval
     floors = eval_floors(config) if floors is None else floors
     refs, hyps = [], []
-    test_utts = eval_utterance_spec(data.utterances)
+    test_utts, seed = eval_utterance_spec(data.utterances), eval_seed(config)
     for i in range(-(-ev.utterances // ev.batch_size)):
         n = min(ev.batch_size, ev.utterances - i * ev.batch_size)
-        b = audio.connected_batch(data.test, data.noise_NxM, data.vocab, test_utts, config.seed, EVAL_STEP0 + i, n)
+        b = audio.connected_batch(data.test, data.noise_NxM, data.vocab, test_utts, seed, EVAL_STEP0 + i, n)
         refs += b.texts
         hyps += decode(model, params, b, data.vocab, beam_width, floors)
     return ctc.error_rates(refs, hyps) | {"examples": [[r, h] for r, h in list(zip(refs, hyps, strict=True))[:5]]}
@@ -238,13 +248,13 @@ def digit_confusions(model: speech_lib.SpeechModel, params, config: ml_collectio
     as a one-digit utterance made the way the evaluation utterances are (silences,
     gain, background noise; no tempo or warps), decoded greedily; counts as in
     ``confusion_counts`` with the words '0'..'9'."""
-    spec, floors = eval_utterance_spec(data.utterances), eval_floors(config)
+    spec, floors, seed = eval_utterance_spec(data.utterances), eval_floors(config), eval_seed(config)
     refs, hyps = [], []
     n = len(data.test.clips)
     for start in range(0, n, batch_size):
         utts, labels, texts = [], [], []
         for i in range(start, min(start + batch_size, n)):
-            rng = np.random.default_rng([config.seed, CONFUSION_STEP0 + i])
+            rng = np.random.default_rng([seed, CONFUSION_STEP0 + i])
             u, _ = audio.connected_utterance(data.test, data.noise_NxM, rng, spec, clip_ids=[i])
             utts.append(u)
             texts.append(data.test.clips[i].text)

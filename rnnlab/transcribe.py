@@ -10,11 +10,14 @@ speaker normalisation (data.speaker_norm) normalises the given files as ONE
 speaker, with statistics of their own (trimmed) frames: pass several files of
 the same speaker.
 
-    python -m rnnlab.transcribe --workdir=DIR --evaluate [--beam=8]
+    python -m rnnlab.transcribe --workdir=DIR --evaluate [--beam=8] [--utterances=2000 --eval_seed=1000]
 
 re-scores the run on its own held-out evaluation utterances (those its training
 reported on) with today's decoding and prints WER / CER / digit-string accuracy;
 for an ensemble (model.members > 1) each member's too, then their vote.
+``--utterances`` / ``--eval_seed`` (eval.utterances / eval.seed) score it on more or
+other utterances of the held-out speakers: one eval seed for runs of several
+training seeds scores them all on the same test set.
 Test-time noise floors (``--test_floors=15,20,25``, or the run's eval.test_floors):
 a white-noise floor F dB below each utterance's mean power is added before the
 model (features.floor_db), once per F, and the transcripts of every floor (and
@@ -88,12 +91,15 @@ def transcribe(model, params, vocab: ctc.Vocab, paths: Sequence[str], beam_width
     return out
 
 
-def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | None = None) -> dict:
+def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | None = None,
+                 config: ml_collections.ConfigDict | None = None) -> dict:
     """The run's held-out error rates with its evaluated weights (as ``--evaluate``
     prints them); an ensemble adds ``members``: each member's alone. ``floors``: the
-    test-time noise floors voted over (None: the run's eval.test_floors)."""
+    test-time noise floors voted over (None: the run's eval.test_floors). ``config``:
+    the run's config.json as read by ``read_config``, eval.* changed at will
+    (utterances, seed); None: read it."""
     model, params, _ = load_run(workdir)
-    config = read_config(workdir)
+    config = read_config(workdir) if config is None else config
     data = train_speech.load_data(config, workdir)
     out = train_speech.evaluate(model, params, config, data, beam_width, floors)
     if model.members > 1:
@@ -119,14 +125,31 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "eval.test_floors ('' = none)")
     p.add_argument("--evaluate", action="store_true",
                    help="score the run on its held-out evaluation utterances instead of transcribing files")
+    p.add_argument("--utterances", type=int, default=None,
+                   help="with --evaluate: this many held-out utterances (default: the run's eval.utterances)")
+    p.add_argument("--eval_seed", type=int, default=None,
+                   help="with --evaluate: draw the held-out utterances with this seed (default: the run's "
+                        "eval.seed, i.e. its own seed): the same value scores runs of several seeds on one test set")
     p.add_argument("wavs", nargs="*")
     a = p.parse_args(argv)
     config = read_config(a.workdir)
     if a.test_floors is not None:
         config.eval.test_floors = a.test_floors
     floors = train_speech.eval_floors(config)
+    if not a.evaluate and (a.utterances is not None or a.eval_seed is not None):
+        p.error("--utterances and --eval_seed choose evaluation utterances: use them with --evaluate")
+    if a.utterances is not None:
+        if a.utterances < 1:
+            p.error(f"--utterances={a.utterances}: give at least 1")
+        config.eval.utterances = a.utterances
+    if a.eval_seed is not None:
+        config.eval.seed = a.eval_seed
     if a.evaluate:
-        r = evaluate_run(a.workdir, a.beam, floors)
+        seed = train_speech.eval_seed(config)
+        print(f"scoring {config.eval.utterances} held-out utterances of {config.data.test_speakers} drawn with seed "
+              f"{seed}{' (the run seed)' if seed == config.seed else ''}; test-time floors: "
+              f"{', '.join(f'{f:g}' for f in floors) or 'none'}", flush=True)
+        r = evaluate_run(a.workdir, a.beam, floors, config)
         for k, m in enumerate(r.get("members", [])):
             print(f"member {k}: {_rates(m)}", flush=True)
         print(f"{'vote of the members' if 'members' in r else 'model'}: {_rates(r)}", flush=True)

@@ -10,6 +10,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -349,3 +350,24 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     assert f.returncode == 0 and "vote of the members: WER" in f.stdout, f.stderr[-3000:]
     bad = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,loud"], repo)
     assert bad.returncode != 0 and "eval.test_floors='15,loud'" in bad.stderr and "comma-separated" in bad.stderr
+    # the evaluation utterances are drawn with eval.seed when set, else with the run's seed: one eval seed
+    # scores runs of several training seeds on the same utterances
+    config = transcribe.read_config(wd)
+    data = train_speech.load_data(config, wd)
+
+    def refs(seed, eval_seed):
+        c = ml_collections.ConfigDict(config.to_dict())
+        c.seed, c.eval.seed = seed, eval_seed
+        return [r for r, _ in train_speech.evaluate(model, params, c, data, floors=())["examples"]]
+
+    assert refs(0, 7) == refs(7, -1) == refs(3, 7) != refs(0, -1)
+    config.eval.seed = -2
+    with pytest.raises(ValueError, match=r"eval.seed=-2: expected a seed >= 0, or -1"):
+        train_speech.eval_seed(config)
+    o = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--utterances=3", "--eval_seed=7"], repo)
+    assert o.returncode == 0, o.stderr[-3000:]
+    assert "scoring 3 held-out utterances of jackson drawn with seed 7;" in o.stdout, o.stdout
+    assert o.stdout.count("on 3 utterances") == 3, o.stdout  # two members and the vote
+    wav = os.path.join(root, "3_jackson_0.wav")
+    w = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", wav, "--eval_seed=7"], repo)
+    assert w.returncode != 0 and "use them with --evaluate" in w.stderr
