@@ -272,6 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train (or resume) the speech model of ``config`` in ``workdir``; returns the
     final summary (also written to workdir/result.json once finished)."""
     t_start, cpu_start = time.time(), time.process_time()  # process_time: CPU seconds of all our threads
+    eval_floors(config), eval_seed(config)  # a bad eval.test_floors / eval.seed fails now, not at the first evaluation
     check_and_write_config(config, workdir)
     result_path = os.path.join(workdir, "result.json")
     data = load_data(config, workdir)

@@ -145,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.eval_seed is not None:
         config.eval.seed = a.eval_seed
     if a.evaluate:
-        seed = train_speech.eval_seed(config)
+        try:
+            seed = train_speech.eval_seed(config)
+        except ValueError as e:
+            p.error(str(e))
         print(f"scoring {config.eval.utterances} held-out utterances of {config.data.test_speakers} drawn with seed "
               f"{seed}{' (the run seed)' if seed == config.seed else ''}; test-time floors: "
               f"{', '.join(f'{f:g}' for f in floors) or 'none'}", flush=True)

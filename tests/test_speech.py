@@ -128,6 +128,10 @@ def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp
     assert again.returncode == 0 and "run already finished" in again.stdout
     other = _run(["-m", "rnnlab.main", cfg + ",H=32", f"--workdir={wd}"], repo)
     assert other.returncode != 0 and "model.d_hidden" in other.stderr
+    bad_wd = str(tmp_path / "bad_eval")  # a bad eval.* key fails before training, not at the first evaluation
+    bad = _run(["-m", "rnnlab.main", cfg + ",eval.seed=-2", f"--workdir={bad_wd}"], repo)
+    assert bad.returncode != 0 and "eval.seed=-2: expected a seed >= 0" in bad.stderr and "step 1/" not in bad.stdout
+    assert not os.path.exists(os.path.join(bad_wd, "config.json"))
     wavs = [os.path.join(root, "3_jackson_0.wav"), os.path.join(root, "8_jackson_1.wav")]
     t = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", *wavs, "--beam=2"], repo)
     assert t.returncode == 0, t.stderr[-3000:]
@@ -371,3 +375,5 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     wav = os.path.join(root, "3_jackson_0.wav")
     w = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", wav, "--eval_seed=7"], repo)
     assert w.returncode != 0 and "use them with --evaluate" in w.stderr
+    n = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--eval_seed=-3"], repo)
+    assert n.returncode != 0 and "eval.seed=-3: expected a seed >= 0, or -1" in n.stderr and "Traceback" not in n.stderr
