@@ -135,7 +135,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = read_config(a.workdir)
     if a.test_floors is not None:
         config.eval.test_floors = a.test_floors
-    floors = train_speech.eval_floors(config)
+    try:
+        floors = train_speech.eval_floors(config)
+    except ValueError as e:
+        p.error(str(e))
     if not a.evaluate and (a.utterances is not None or a.eval_seed is not None):
         p.error("--utterances and --eval_seed choose evaluation utterances: use them with --evaluate")
     if a.utterances is not None:

@@ -354,6 +354,7 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     assert f.returncode == 0 and "vote of the members: WER" in f.stdout, f.stderr[-3000:]
     bad = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,loud"], repo)
     assert bad.returncode != 0 and "eval.test_floors='15,loud'" in bad.stderr and "comma-separated" in bad.stderr
+    assert "Traceback" not in bad.stderr and "usage:" in bad.stderr, bad.stderr[-3000:]
     # the evaluation utterances are drawn with eval.seed when set, else with the run's seed: one eval seed
     # scores runs of several training seeds on the same utterances
     config = transcribe.read_config(wd)
