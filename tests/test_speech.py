@@ -188,6 +188,11 @@ def test_config_variants_sweep_and_report_table(tmp_path):
     assert exp.get_config("smoke").trainer == "rnnlab.train_speech:train_and_evaluate"
     vote = exp.get_config("fsdd_vote,held_out=nicolas")
     assert vote.model.members == 3 and train_speech.eval_floors(vote) == (15.0, 20.0, 25.0)
+    gru = exp.get_config("fsdd_vote_gru,held_out=nicolas")
+    assert gru.model.cell == "gru" and vote.model.cell == "lstm"
+    same = gru.to_dict()
+    same["model"]["cell"] = "lstm"
+    assert same == vote.to_dict()  # fsdd_vote with GRU layers, nothing else
     assert train_speech.eval_floors(exp.get_config("fsdd")) == ()
     with pytest.raises(ValueError, match="eval.test_floors"):
         train_speech.eval_floors(exp.get_config("fsdd,eval.test_floors=15;20"))
