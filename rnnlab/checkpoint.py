@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 # Orbax logs every save at INFO through absl; our progress lines say what matters.
 logging.getLogger("absl").setLevel(logging.WARNING)
@@ -85,6 +86,10 @@ class Checkpointer:
         self.best.close()
 
 
+class CheckpointMismatch(ValueError):
+    """A readable checkpoint that does not fit the asking config (another model, no such item)."""
+
+
 def load_params(path: str, like_params: Any, *, item: str = "params", with_step: bool = False) -> Any:
     """Parameters from a workdir (its best checkpoint, else its latest) or from one
     checkpoint folder, for warm starts (``--config.init_from``) and inference.
@@ -108,25 +113,32 @@ def load_params(path: str, like_params: Any, *, item: str = "params", with_step:
     last_error = None
     for ckpt in candidates:
         try:
-            with ocp.StandardCheckpointer() as reader:
-                meta = reader.metadata(os.path.join(ckpt, "state"))
+            # The handler, not a StandardCheckpointer: the latter looks for the
+            # step's _CHECKPOINT_METADATA inside state/ and logs a spurious
+            # "Metadata file does not exist" warning on every load.
+            state_dir = epath.Path(ckpt) / "state"
+            reader = ocp.StandardCheckpointHandler()
+            try:
+                meta = reader.metadata(state_dir)
                 tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
                 if item not in tree:
-                    raise ValueError(f"checkpoint {ckpt} has no {item!r} (it holds {sorted(tree)})")
+                    raise CheckpointMismatch(f"checkpoint {ckpt} has no {item!r} (it holds {sorted(tree)})")
                 saved = _shapes(tree[item])
                 wanted = _shapes(like_params)
                 if saved != wanted:
                     diff = next((k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)), "?")
-                    raise ValueError(
+                    raise CheckpointMismatch(
                         f"checkpoint {ckpt} holds parameters of another model: at {diff} it has "
                         f"{saved.get(diff)}, this config needs {wanted.get(diff)}"
                     )
-                full = reader.restore(os.path.join(ckpt, "state"))
+                full = reader.restore(state_dir)
+            finally:
+                reader.close()
             out = jax.tree.map(lambda like, a: jax.numpy.asarray(a, like.dtype), like_params, full[item])
             return (out, int(full["step"])) if with_step else out
-        except ValueError:
+        except CheckpointMismatch:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001  (a torn file: JSONDecodeError is a ValueError too)
             last_error = e
             print(f"WARNING: cannot read {ckpt} ({type(e).__name__}); trying an older one", file=sys.stderr)
     raise FileNotFoundError(f"no readable checkpoint under {path}: {last_error}")

@@ -3,8 +3,10 @@ back past a corrupt checkpoint, stops on NaN without saving, refuses a config
 or vocabulary that does not match its workdir."""
 
 import json
+import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,6 +129,26 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
     assert "checkpoint at step 16" in err.err and "falling back to step 8" in err.err
     assert "resumed from step 8" in err.out
     assert summary["step"] == 24
+
+
+def test_load_params_reads_quietly_and_skips_an_unreadable_checkpoint(tmp_path, capsys, caplog):
+    wd = str(tmp_path / "run")
+    train.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 16}), wd)
+    like = _final_params(wd)[1]
+    shutil.rmtree(os.path.join(wd, "best"), ignore_errors=True)
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING):
+        params, step = checkpoint.load_params(wd, like, with_step=True)
+    # orbax's "Metadata file does not exist" (a StandardCheckpointer pointed at state/) must not show
+    assert step == 16 and not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(like), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for root, _, files in os.walk(os.path.join(wd, "checkpoints", "16", "state")):
+        for f in files:
+            with open(os.path.join(root, f), "wb") as fh:
+                fh.write(b"garbage")
+    _, step = checkpoint.load_params(wd, like, with_step=True)
+    assert step == 8 and "cannot read" in capsys.readouterr().err
 
 
 def test_nan_stops_the_run_without_saving(tmp_path):
