@@ -132,26 +132,20 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "eval.seed, i.e. its own seed): the same value scores runs of several seeds on one test set")
     p.add_argument("wavs", nargs="*")
     a = p.parse_args(argv)
-    config = read_config(a.workdir)
-    if a.test_floors is not None:
-        config.eval.test_floors = a.test_floors
-    try:
-        floors = train_speech.eval_floors(config)
-    except ValueError as e:
-        p.error(str(e))
     if not a.evaluate and (a.utterances is not None or a.eval_seed is not None):
         p.error("--utterances and --eval_seed choose evaluation utterances: use them with --evaluate")
-    if a.utterances is not None:
-        if a.utterances < 1:
-            p.error(f"--utterances={a.utterances}: give at least 1")
-        config.eval.utterances = a.utterances
-    if a.eval_seed is not None:
-        config.eval.seed = a.eval_seed
+    if a.utterances is not None and a.utterances < 1:
+        p.error(f"--utterances={a.utterances}: give at least 1")
+    config = read_config(a.workdir)
+    for key, value in (("test_floors", a.test_floors), ("utterances", a.utterances), ("seed", a.eval_seed)):
+        if value is not None:
+            config.eval[key] = value
+    try:  # both name the eval.* key and its form
+        floors = train_speech.eval_floors(config)
+        seed = train_speech.eval_seed(config) if a.evaluate else None
+    except ValueError as e:
+        p.error(str(e))
     if a.evaluate:
-        try:
-            seed = train_speech.eval_seed(config)
-        except ValueError as e:
-            p.error(str(e))
         print(f"scoring {config.eval.utterances} held-out utterances of {config.data.test_speakers} drawn with seed "
               f"{seed}{' (the run seed)' if seed == config.seed else ''}; test-time floors: "
               f"{', '.join(f'{f:g}' for f in floors) or 'none'}", flush=True)
