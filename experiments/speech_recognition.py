@@ -42,8 +42,8 @@ RESULTS (docs/speech/README.md; greedy WER of the EMA weights, one run each). fs
 utterances drawn with eval.seed=1000 for both training seeds (transcribe --evaluate --utterances=2000
 --eval_seed=1000): seed 0 george 14.32 %, jackson 9.38 %, lucas 6.47 %, nicolas 13.57 %, yweweler 8.31 %,
 average 10.41 %; seed 1 14.80 / 9.59 / 7.26 / 12.26 / 8.09 %, average 10.40 %: the issue's <= 10 % is not met.
-fsdd_vote_gru seed 1 on the same utterances: 13.59 / 6.26 / 6.61 / 11.88 / 8.73 %, average 9.41 % (one seed;
-the GRU was picked on george, jackson and nicolas).
+fsdd_vote_gru on the same utterances: seed 0 14.43 / 8.14 / 6.71 / 14.19 / 7.21 %, average 10.14 %; seed 1
+13.59 / 6.26 / 6.61 / 11.88 / 8.73 %, average 9.41 %; two-seed mean 9.78 %.
 On the 400 utterances each run draws with its own seed: fsdd_vote (members=3, test-time floors 15/20/25 dB,
 nine transcripts voted; ~47 CPU-minutes, ~25 min alone on 2 cores): george 13.79 %, jackson 8.24 %, lucas 6.77 %, nicolas 12.84 %, yweweler 7.66 %;
 average 9.86 % (floors chosen by leave-one-speaker-out on these runs; the same ensembles without floors:
