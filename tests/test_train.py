@@ -115,14 +115,19 @@ def test_sigkill_at_random_steps_then_resume_is_bitwise_equal(tmp_path):
     assert steps == sorted(set(steps))
 
 
-def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
-    wd = str(tmp_path / "run")
-    train.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 16}), wd)
-    state_dir = os.path.join(wd, "checkpoints", "16", "state")
+def _garble(state_dir):
+    """Overwrite every file of a saved checkpoint's state with junk (a torn or hand-edited save)."""
     for root, _, files in os.walk(state_dir):
         for f in files:
             with open(os.path.join(root, f), "wb") as fh:
                 fh.write(b"garbage")
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
+    wd = str(tmp_path / "run")
+    train.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 16}), wd)
+    state_dir = os.path.join(wd, "checkpoints", "16", "state")
+    _garble(state_dir)
     capsys.readouterr()
     summary = train.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 24}), wd)
     err = capsys.readouterr()
@@ -143,10 +148,7 @@ def test_load_params_reads_quietly_and_skips_an_unreadable_checkpoint(tmp_path, 
     assert step == 16 and not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
     for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(like), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    for root, _, files in os.walk(os.path.join(wd, "checkpoints", "16", "state")):
-        for f in files:
-            with open(os.path.join(root, f), "wb") as fh:
-                fh.write(b"garbage")
+    _garble(os.path.join(wd, "checkpoints", "16", "state"))
     _, step = checkpoint.load_params(wd, like, with_step=True)
     assert step == 8 and "cannot read" in capsys.readouterr().err
 
