@@ -136,7 +136,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error("--utterances and --eval_seed choose evaluation utterances: use them with --evaluate")
     if a.utterances is not None and a.utterances < 1:
         p.error(f"--utterances={a.utterances}: give at least 1")
-    config = read_config(a.workdir)
+    try:
+        config = read_config(a.workdir)
+    except FileNotFoundError as e:
+        p.error(str(e))
     for key, value in (("test_floors", a.test_floors), ("utterances", a.utterances), ("seed", a.eval_seed)):
         if value is not None:
             config.eval[key] = value

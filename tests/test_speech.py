@@ -383,3 +383,6 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     assert w.returncode != 0 and "use them with --evaluate" in w.stderr
     n = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--eval_seed=-3"], repo)
     assert n.returncode != 0 and "eval.seed=-3: expected a seed >= 0, or -1" in n.stderr and "Traceback" not in n.stderr
+    m = _run(["-m", "rnnlab.transcribe", f"--workdir={os.path.join(root, 'no_such_run')}", wav], repo)
+    assert m.returncode != 0 and "no_such_run has no config.json: pass the --workdir of a speech" in m.stderr
+    assert "Traceback" not in m.stderr and "usage:" in m.stderr, m.stderr[-3000:]
