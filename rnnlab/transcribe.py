@@ -51,9 +51,10 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         return ml_collections.ConfigDict(json.load(f))
 
 
-def load_run(workdir: str):
-    """(model, params, vocab) of a speech run's latest checkpoint."""
-    config = read_config(workdir)
+def load_run(workdir: str, config: ml_collections.ConfigDict | None = None):
+    """(model, params, vocab) of a speech run's latest checkpoint. ``config``: the run's
+    config.json as ``read_config`` gives it (None: read it)."""
+    config = read_config(workdir) if config is None else config
     model = train_speech.build(config)
     like = jax.eval_shape(model.init, jax.random.key(0))
     decay = config.train.get("ema_decay", 0.0)  # runs from before the EMA have no such key
@@ -98,8 +99,8 @@ def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | 
     test-time noise floors voted over (None: the run's eval.test_floors). ``config``:
     the run's config.json as read by ``read_config``, eval.* changed at will
     (utterances, seed); None: read it."""
-    model, params, _ = load_run(workdir)
     config = read_config(workdir) if config is None else config
+    model, params, _ = load_run(workdir, config)
     data = train_speech.load_data(config, workdir)
     out = train_speech.evaluate(model, params, config, data, beam_width, floors)
     if model.members > 1:
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if not a.wavs:
         p.error("give WAV files to transcribe, or --evaluate")
-    model, params, vocab = load_run(a.workdir)
+    model, params, vocab = load_run(a.workdir, config)
     for path, text in zip(a.wavs, transcribe(model, params, vocab, a.wavs, a.beam, config, floors), strict=True):
         print(f"{path}\t{text}", flush=True)
 
