@@ -312,7 +312,7 @@ def confusions(root: str, out_dir: str) -> dict:
             config = ml_collections.ConfigDict(json.load(f))
         t0 = time.time()
         data = train_speech.load_data(config, wd)
-        model, params, _ = transcribe.load_run(wd)
+        model, params, _ = transcribe.load_run(wd, config)
         counts = train_speech.digit_confusions(model, params, config, data)
         speaker = config.data.test_speakers
         top = sorted(((int(counts[d, h]), str(d), str(h) if h < 10 else "other") for d in range(10) for h in range(11)
