@@ -299,7 +299,6 @@ def confusions(root: str, out_dir: str) -> dict:
     greedily with the trial's evaluated weights (``train_speech.digit_confusions``).
     Writes confusions.json (counts), confusions.md (accuracy and the most frequent
     confusions per speaker) and confusions.png/.svg (row-normalised matrices)."""
-    import ml_collections
     import numpy as np
 
     from rnnlab import train_speech, transcribe
@@ -309,8 +308,7 @@ def confusions(root: str, out_dir: str) -> dict:
         wd = os.path.join(root, name)
         if not os.path.exists(os.path.join(wd, "result.json")):
             continue
-        with open(os.path.join(wd, "config.json")) as f:
-            config = ml_collections.ConfigDict(json.load(f))
+        config = transcribe.read_config(wd)
         t0 = time.time()
         data = train_speech.load_data(config, wd)
         model, params, _ = transcribe.load_run(wd, config)
