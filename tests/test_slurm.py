@@ -43,8 +43,10 @@ def test_slurm_array_sweep_requeue_failure_and_report(cluster, tmp_path):
     wd = os.path.join(root, "lstm_seed0")
     stopped_at = checks.wait_mid_run(wd)
     job = status.read_status(wd)["job_id"]
+    child = checks.freeze(wd)  # held mid-run until the launcher's SIGTERM is pending on it
     # what SLURM sends before a time limit or on preemption: the job checkpoints and requeues itself
     subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=30)
+    checks.thaw_when_pending(child)
     deadline = time.time() + 120
     while status.read_status(wd).get("state") != "requeued":  # written by TrialJob.checkpoint
         assert time.time() < deadline, f"{job} did not checkpoint and requeue: {status.read_status(wd)}"
