@@ -160,8 +160,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if not a.wavs:
         p.error("give WAV files to transcribe, or --evaluate")
+    missing = [w for w in a.wavs if not os.path.isfile(w)]
+    if missing:  # all of them named, before the model is loaded
+        p.error(f"no such WAV file: {', '.join(missing)}")
     model, params, vocab = load_run(a.workdir, config)
-    for path, text in zip(a.wavs, transcribe(model, params, vocab, a.wavs, a.beam, config, floors), strict=True):
+    try:  # an empty, corrupt or non-WAV file: read_wav's error names it
+        texts = transcribe(model, params, vocab, a.wavs, a.beam, config, floors)
+    except ValueError as e:
+        p.error(str(e))
+    for path, text in zip(a.wavs, texts, strict=True):
         print(f"{path}\t{text}", flush=True)
 
 

@@ -138,6 +138,13 @@ def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp
     lines = t.stdout.strip().splitlines()
     assert [ln.split("\t")[0] for ln in lines] == wavs
     assert all(set(ln.split("\t")[1]) <= set("0123456789 ") for ln in lines)
+    # a missing or corrupt WAV is named in a one-line error, not a traceback
+    (tmp_path / "bad.wav").write_bytes(b"RIFF")
+    missing = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", wavs[0], str(tmp_path / "nope.wav")], repo)
+    assert missing.returncode == 2 and f"no such WAV file: {tmp_path / 'nope.wav'}" in missing.stderr
+    corrupt = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", str(tmp_path / "bad.wav")], repo)
+    assert corrupt.returncode == 2 and "bad.wav: not a readable WAV file" in corrupt.stderr
+    assert "Traceback" not in missing.stderr + corrupt.stderr
     # transcribe's weights: the debiased EMA of the newest checkpoint, read here straight from Orbax
     import orbax.checkpoint as ocp
 
