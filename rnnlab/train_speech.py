@@ -82,6 +82,19 @@ class SpeechData(NamedTuple):
     utterances: audio.ConnectedSpec
 
 
+def speed_factors(text: str) -> tuple[float, ...]:
+    """data.speed_perturb ('0.9,1.1') as factors; '' -> none."""
+    try:
+        out = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"data.speed_perturb={text!r}: give comma-separated speed factors, e.g. '0.9,1.1'") from None
+    bad = [f for f in out if not 0.5 <= f <= 2.0 or f == 1.0]
+    if bad or len(set(out)) != len(out):
+        raise ValueError(f"data.speed_perturb={text!r}: each factor once, between 0.5 and 2 and not 1 "
+                         "(the clips at speed 1 are always used), e.g. '0.9,1.1'")
+    return out
+
+
 def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
     """Clip features of the training and held-out speakers (cached), the noise template."""
     d, spec = config.data, feature_spec(config)
@@ -93,7 +106,14 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
         clips = [c for c in clips if c.speaker in speakers]
     train, test = audio.split_by_speaker(clips, [s.strip() for s in d.test_speakers.split(",")])
     cache = d.cache_dir or os.path.join(workdir, "feature_cache")
+    speeds = speed_factors(d.get("speed_perturb", ""))  # runs from before the option have no such key
     bank = audio.cached_bank(train + test, spec, cache, trim_db=d.trim_db)
+    if speeds:  # the training clips again at each speed, each (speaker, speed) a pseudo-speaker
+        fast = [audio.cached_bank(train, spec, cache, trim_db=d.trim_db, speed=f) for f in speeds]
+        fast = [b._replace(clips=[c._replace(speaker=f"{c.speaker}@{f:g}") for c in b.clips])
+                for b, f in zip(fast, speeds, strict=True)]
+        bank = audio.FeatureBank.concat([bank.subset(range(len(train))), *fast,
+                                         bank.subset(range(len(train), len(train) + len(test)))])
     if d.get("rate_norm", 0.0) > 0:  # per speaker, from its own clips: no labels
         rates = audio.speaker_rates(bank)
         spans = ", ".join(f"{s} {v:g}" for s, v in rates.items())
@@ -101,7 +121,7 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
               flush=True)
         bank = audio.normalise_rate(bank, d.rate_norm, rates)
     bank = audio.normalise_speakers(bank, d.speaker_norm)  # per speaker, from its own clips: no labels
-    n = len(train)
+    n = len(train) * (1 + len(speeds))
     return SpeechData(bank.subset(range(n)), bank.subset(range(n, n + len(test))), audio.noise_template(spec),
                       audio.DIGITS, connected_spec(d))
 
@@ -273,6 +293,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     final summary (also written to workdir/result.json once finished)."""
     t_start, cpu_start = time.time(), time.process_time()  # process_time: CPU seconds of all our threads
     eval_floors(config), eval_seed(config)  # a bad eval.test_floors / eval.seed fails now, not at the first evaluation
+    speed_factors(config.data.get("speed_perturb", ""))  # and a bad data.speed_perturb before anything is written
     check_and_write_config(config, workdir)
     result_path = os.path.join(workdir, "result.json")
     data = load_data(config, workdir)

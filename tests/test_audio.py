@@ -258,3 +258,51 @@ def test_speaker_normalisation_equals_numpy_and_uses_no_transcripts(tmp_path):
     assert audio.normalise_speakers(bank, "none") is bank
     with pytest.raises(ValueError, match="speaker_norm"):
         audio.normalise_speakers(bank, "per-label")
+
+
+def _peak_hz(wave, rate):
+    spectrum = np.abs(np.fft.rfft(wave * np.hanning(len(wave)), 16 * len(wave)))
+    return np.argmax(spectrum) * rate / (16 * len(wave))
+
+
+def test_speed_perturbation_scales_pitch_and_length_by_the_factor():
+    wave = _tone(500, 8000, 8000).astype(np.float32)
+    for f in (0.9, 1.1, 1.25):
+        out = audio.speed_perturb(wave, f)
+        assert abs(len(out) - 8000 / f) <= 1
+        assert abs(_peak_hz(out, 8000) - 500 * f) < 1.0, (f, _peak_hz(out, 8000))
+    np.testing.assert_array_equal(audio.speed_perturb(wave, 1.0), wave)
+    with pytest.raises(ValueError, match="must be > 0"):
+        audio.speed_perturb(wave, 0.0)
+
+
+def test_speed_perturbed_copies_are_pseudo_speakers_of_the_training_side_only(tmp_path):
+    import ml_collections
+
+    from experiments import speech_recognition
+    from rnnlab import train_speech
+
+    root = _fake_fsdd(tmp_path / "rec", speakers=("anna", "bob", "carl"), takes=2)
+
+    def data(speeds):
+        c = ml_collections.ConfigDict(speech_recognition.get_config("smoke").to_dict())
+        c.data.update(root=root, speakers="", test_speakers="carl", takes_per_digit=0, speed_perturb=speeds)
+        return train_speech.load_data(c, str(tmp_path / "wd"))
+
+    plain, fast = data(""), data("0.9,1.1")
+    names = [c.speaker for c in fast.train.clips]
+    assert sorted(set(names)) == ["anna", "anna@0.9", "anna@1.1", "bob", "bob@0.9", "bob@1.1"]
+    assert len(fast.train.clips) == 3 * len(plain.train.clips) == 3 * 40
+    # the speed-1 clips and the held-out speaker are what they were without the option: each pseudo-speaker
+    # has its own rate and speaker statistics, and nothing is added to the test side
+    n = len(plain.train.clips)
+    np.testing.assert_array_equal(fast.train.subset(range(n)).logmel_NxM, plain.train.logmel_NxM)
+    np.testing.assert_array_equal(fast.test.logmel_NxM, plain.test.logmel_NxM)
+    assert fast.test.clips == plain.test.clips
+    # a copy at speed 1.1 is the clip's tone 10 % higher: its loudest mel channel moves up (or stays)
+    slow = [int(np.argmax(fast.train.frames(i).mean(0))) for i in range(n, 2 * n)]  # the 0.9 copies
+    quick = [int(np.argmax(fast.train.frames(i).mean(0))) for i in range(2 * n, 3 * n)]  # the 1.1 copies
+    assert all(a <= b for a, b in zip(slow, quick, strict=True)) and sum(a < b for a, b in zip(slow, quick, strict=True)) > n // 2
+    for bad in ("0.9,x", "1.0", "0.9,0.9", "3"):
+        with pytest.raises(ValueError, match=r"data.speed_perturb="):
+            train_speech.speed_factors(bad)

@@ -95,6 +95,16 @@ def read_wav(path: str, target_rate: int) -> np.ndarray:
     return resample(to_mono_float(data, path), rate, target_rate)
 
 
+def speed_perturb(wave_N: np.ndarray, factor: float) -> np.ndarray:
+    """The waveform played ``factor`` times faster (Kaldi's and sox's speed
+    perturbation, Ko et al. 2015): tempo, pitch and formants all scaled by
+    ``factor``, length N / factor. Polyphase resampling from rate 1000 * factor to
+    1000 (``factor`` rounded to 1/1000)."""
+    if factor <= 0:
+        raise ValueError(f"speed perturbation factor must be > 0, got {factor}")
+    return resample(wave_N, int(round(1000 * factor)), 1000)
+
+
 # ----------------------------------------------------------------------------- sources
 
 
@@ -190,6 +200,15 @@ class FeatureBank(NamedTuple):
         level = np.asarray([np.log(np.mean(np.exp(p.astype(np.float64)))) for p in parts], np.float32)
         return cls(np.concatenate(parts).astype(np.float32, copy=False), offsets, level, list(clips))
 
+    @classmethod
+    def concat(cls, banks: Sequence[FeatureBank]) -> FeatureBank:
+        """The clips of ``banks`` in order, as one bank."""
+        sizes = [len(b.logmel_NxM) for b in banks]
+        starts = np.cumsum([0] + sizes[:-1])
+        offsets = np.concatenate([[0]] + [b.offsets[1:] + s for b, s in zip(banks, starts, strict=True)])
+        return cls(np.concatenate([b.logmel_NxM for b in banks]), offsets.astype(np.int64),
+                   np.concatenate([b.level for b in banks]), [c for b in banks for c in b.clips])
+
     def subset(self, keep: Sequence[int]) -> FeatureBank:
         parts = [self.frames(i) for i in keep]
         offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64)
@@ -230,26 +249,32 @@ def trim_silence(logmel_TxM: np.ndarray, top_db: float = 35.0, margin: int = 3) 
 
 
 def build_bank(clips: Sequence[Clip], spec: feat.FeatureSpec, waves: Sequence[np.ndarray] | None = None,
-               *, trim_db: float = 35.0) -> FeatureBank:
+               *, trim_db: float = 35.0, speed: float = 1.0) -> FeatureBank:
+    """Silence-trimmed log-mel frames of ``clips`` (their WAV files, or ``waves``),
+    each waveform ``speed_perturb``-ed by ``speed`` first when it is not 1."""
     parts = []
     for i, c in enumerate(clips):
         wave = waves[i] if waves is not None else read_wav(c.path, spec.sample_rate)
+        if speed != 1.0:
+            wave = speed_perturb(wave, speed)
         lm = clip_log_mel(spec, wave)
         parts.append(trim_silence(lm, trim_db) if trim_db > 0 else lm)
     return FeatureBank.from_parts(parts, clips)
 
 
-def cached_bank(clips: Sequence[Clip], spec: feat.FeatureSpec, cache_dir: str, *, trim_db: float = 35.0) -> FeatureBank:
-    """``build_bank`` of WAV clips, stored as .npy in ``cache_dir/<hash of files, sizes
-    and spec>``; a later call (another run, a resumed one) only reads it back."""
+def cached_bank(clips: Sequence[Clip], spec: feat.FeatureSpec, cache_dir: str, *, trim_db: float = 35.0,
+                speed: float = 1.0) -> FeatureBank:
+    """``build_bank`` of WAV clips, stored as .npy in ``cache_dir/<hash of files, sizes,
+    spec and speed>``; a later call (another run, a resumed one) only reads it back."""
     key = json.dumps([dataclasses.asdict(spec), trim_db,
-                      [(c.path, os.path.getsize(c.path), c.speaker, c.text, c.index) for c in clips]])
+                      [(c.path, os.path.getsize(c.path), c.speaker, c.text, c.index) for c in clips]]
+                     + ([] if speed == 1.0 else [speed]))  # speed 1: the key (and cache) of before
     d = os.path.join(cache_dir, "logmel_" + hashlib.sha256(key.encode()).hexdigest()[:16])
     names = ("logmel.npy", "offsets.npy", "level.npy")
     if all(os.path.exists(os.path.join(d, n)) for n in names):
         arrays = [np.load(os.path.join(d, n)) for n in names]
         return FeatureBank(*arrays, list(clips))
-    bank = build_bank(clips, spec, trim_db=trim_db)
+    bank = build_bank(clips, spec, trim_db=trim_db, speed=speed)
     os.makedirs(d, exist_ok=True)
     for n, a in zip(names, bank[:3], strict=True):
         tmp = os.path.join(d, f".{n}.{os.getpid()}.npy")  # write then rename: concurrent runs never see half a file
