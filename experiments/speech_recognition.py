@@ -103,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.tilt_db = 0.0  # per-digit spectral tilt U(-t, t) dB across the mel axis, before the noise (band SNRs); 0: off
     d.speed_perturb = ""  # e.g. '0.9,1.1': each training clip also resampled at these speeds (tempo, pitch and
     # formants; Kaldi's speed perturbation), every factor a pseudo-speaker ('george@0.9') with its own rate and
-    # speaker normalisation; '' = off
+    # speaker normalisation; '' = off (on FSDD george seed 4 it cost 4.5 points, 17.74 against 13.28 %: docs/speech)
     d.speaker_norm = "meanvar"  # 'none' | 'mean' | 'meanvar': per-speaker log-mel normalisation from each
     # speaker's own clips (test speaker too: no labels); jackson 24.7 -> 21.7 %, five-speaker average 15.0 either way
 
