@@ -109,10 +109,10 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
     speeds = speed_factors(d.get("speed_perturb", ""))  # runs from before the option have no such key
     bank = audio.cached_bank(train + test, spec, cache, trim_db=d.trim_db)
     if speeds:  # the training clips again at each speed, each (speaker, speed) a pseudo-speaker
-        fast = [audio.cached_bank(train, spec, cache, trim_db=d.trim_db, speed=f) for f in speeds]
-        fast = [b._replace(clips=[c._replace(speaker=f"{c.speaker}@{f:g}") for c in b.clips])
-                for b, f in zip(fast, speeds, strict=True)]
-        bank = audio.FeatureBank.concat([bank.subset(range(len(train))), *fast,
+        copies = [audio.cached_bank(train, spec, cache, trim_db=d.trim_db, speed=f) for f in speeds]
+        copies = [b._replace(clips=[c._replace(speaker=f"{c.speaker}@{f:g}") for c in b.clips])
+                  for b, f in zip(copies, speeds, strict=True)]
+        bank = audio.FeatureBank.concat([bank.subset(range(len(train))), *copies,
                                          bank.subset(range(len(train), len(train) + len(test)))])
     if d.get("rate_norm", 0.0) > 0:  # per speaker, from its own clips: no labels
         rates = audio.speaker_rates(bank)

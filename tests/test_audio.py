@@ -299,7 +299,7 @@ def test_speed_perturbed_copies_are_pseudo_speakers_of_the_training_side_only(tm
     np.testing.assert_array_equal(fast.train.subset(range(n)).logmel_NxM, plain.train.logmel_NxM)
     np.testing.assert_array_equal(fast.test.logmel_NxM, plain.test.logmel_NxM)
     assert fast.test.clips == plain.test.clips
-    # a copy at speed 1.1 is the clip's tone 10 % higher: its loudest mel channel moves up (or stays)
+    # a clip's 1.1 copy is a tone 1.1 / 0.9 higher than its 0.9 copy: its loudest mel channel is higher (or equal)
     slow = [int(np.argmax(fast.train.frames(i).mean(0))) for i in range(n, 2 * n)]  # the 0.9 copies
     quick = [int(np.argmax(fast.train.frames(i).mean(0))) for i in range(2 * n, 3 * n)]  # the 1.1 copies
     assert all(a <= b for a, b in zip(slow, quick, strict=True)) and sum(a < b for a, b in zip(slow, quick, strict=True)) > n // 2
