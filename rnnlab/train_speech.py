@@ -151,6 +151,30 @@ def learning_rate(optim: ml_collections.ConfigDict, step: int, total: int) -> fl
     return optim.lr * warm
 
 
+BUDGET_MARGIN = 0.97  # train.fit_to_budget plans for this fraction of the time left (load noise)
+PLAN_MIN_STEPS = 20  # ... measured over at least the steps up to this one
+PLAN_MIN_SAMPLES = 5  # ... and this many steps that compiled nothing
+
+
+def budget_steps(available_s: float, step: int, num_steps: int, step_s: float, eval_s: float,
+                 eval_every: int) -> int:
+    """train.fit_to_budget: the most steps N (step <= N <= num_steps) whose remaining work fits in
+    ``available_s`` seconds: (N - step) training steps of ``step_s`` seconds each, plus ``eval_s`` for
+    every intermediate evaluation (the multiples of ``eval_every`` strictly between step and N; the
+    final evaluation comes after training, as with train.max_minutes)."""
+    if step_s <= 0:
+        raise ValueError(f"budget_steps needs a positive step time, got {step_s}")
+
+    def cost(n: int) -> float:
+        evals = (n - 1) // eval_every - step // eval_every if eval_every else 0
+        return (n - step) * step_s + max(evals, 0) * eval_s
+
+    n = num_steps
+    while n > step and cost(n) > available_s:
+        n -= 1
+    return n
+
+
 def ema_update(ema, params, decay):
     """One step of an exponential moving average of the parameters:
     ema <- decay * ema + (1 - decay) * params (started from zeros: see ``ema_params``)."""
@@ -311,11 +335,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=tr.keep_checkpoints, async_save=tr.async_checkpoint)
     restored = checkpointer.restore_latest(state)
     start, seconds_before, cpu_before = 0, 0.0, 0.0
+    deadline = t_start + 60 * tr.max_minutes if tr.max_minutes else None
+    fit = bool(tr.get("fit_to_budget", False)) and deadline is not None
+    planned = None  # train.fit_to_budget: the step count planned at the end of warmup (kept in the checkpoints)
     if restored is not None:
         start, state, meta_in = restored
         seconds_before = meta_in.get("train_seconds", 0.0)
         cpu_before = meta_in.get("cpu_seconds", 0.0)
         print(f"resumed from step {start} in {workdir}", flush=True)
+        if fit and meta_in.get("planned_steps") is not None:
+            planned = total = int(meta_in["planned_steps"])
+            print(f"budget plan of this run: {total} of {config.train.num_steps} steps", flush=True)
     writer = writers.MetricWriter(workdir, tensorboard=tr.tensorboard)
     writer.truncate_after(start)
     if start >= total and (summary := writers.read_finished_result(result_path)) is not None:
@@ -342,7 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # CPU time of this process (all threads) over them: the cost on a shared machine, where wall time
         # also counts other people's jobs
         return {"step": step, "train_seconds": seconds_before + time.time() - t_start,
-                "cpu_seconds": cpu_before + time.process_time() - cpu_start}
+                "cpu_seconds": cpu_before + time.process_time() - cpu_start,
+                **({"planned_steps": planned} if planned is not None else {})}
 
     def check(step: int, m: dict) -> dict:
         m = {k: float(v) for k, v in m.items()}
@@ -376,9 +407,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               f"held-out utterances; e.g. {ev['examples'][:2]}", flush=True)
         return ev
 
+    def plan_budget(step: int, step_s: float) -> int:
+        """train.fit_to_budget: evaluate now (timing one intermediate evaluation), then the step
+        count whose schedule ends by the deadline (``budget_steps``)."""
+        t0 = time.time()
+        eval_and_log(step)
+        if tr.ema_decay:
+            eval_and_log(step, raw=True)
+        eval_s = time.time() - t0
+        available = BUDGET_MARGIN * (deadline - time.time())
+        n = budget_steps(available, step, total, step_s, eval_s, eval_every)
+        exact = step <= config.optim.warmup_steps  # the lr so far did not depend on the step count
+        print(f"budget: {n} of {total} steps fit in the {tr.max_minutes:g} minutes (measured {step_s:.3f} s per "
+              f"step over steps {start + 4}-{step}, {eval_s:.1f} s per evaluation); the schedule now ends at step "
+              f"{n}" + (f"; the same run anywhere: train.num_steps={n} train.fit_to_budget=False "
+                        "train.max_minutes=0" if exact and n < total else ""), flush=True)
+        progress.total = n
+        return n
+
     loads: list[float] = []  # 1-minute load average at each logged step (this session)
     pending = None  # (step, device metrics): fetched after the next step is dispatched
-    deadline = t_start + 60 * tr.max_minutes if tr.max_minutes else None
+    plan_at = max(config.optim.warmup_steps, PLAN_MIN_STEPS, start + PLAN_MIN_STEPS // 2)
+    step_seconds: list[float] = []  # wall time of each loop pass that compiled nothing (fit_to_budget)
+    shapes_seen: set = set()
+    t_last = time.time()
     step, ev = start, None
     while step < total:
         lr = learning_rate(config.optim, step, total)
@@ -391,9 +443,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             log(pending[0], check(*pending))
         step += 1
         pending = (step, dev_metrics)
+        now, shape = time.time(), b.logmel_BxTxM.shape
+        if step > start + 3 and shape in shapes_seen:  # a new shape's pass includes its compilation
+            step_seconds.append(now - t_last)
+        shapes_seen.add(shape)
+        if fit and planned is None and step >= plan_at and len(step_seconds) >= PLAN_MIN_SAMPLES and step < total:
+            log(step, check(*pending))
+            pending = None
+            planned = total = plan_budget(step, float(np.mean(step_seconds)))
         last = step == total or (deadline is not None and time.time() > deadline)
         evaluating, saving = step % eval_every == 0 or last, step % ckpt_every == 0 or last
-        if evaluating or saving:  # host sync now: nothing is saved before its check
+        if (evaluating or saving) and pending is not None:  # host sync now: nothing is saved before its check
             log(step, check(*pending))
             pending = None
         if evaluating and not last:
@@ -404,6 +464,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             checkpointer.save(step, host_copy(state), meta(step))
         if last:
             break
+        t_last = time.time()
     checkpointer.wait()
     finished = step >= total
     train_seconds = seconds_before + time.time() - t_start
@@ -411,6 +472,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     ev = eval_and_log(step)
     summary = {"step": step, "finished": finished, "parameters": n_params, "train_seconds": train_seconds,
                "cpu_seconds": cpu_seconds, "load_average_1min_mean": float(np.mean(loads)) if loads else None,
+               **({"planned_steps": planned, "num_steps": config.train.num_steps} if planned is not None else {}),
                "held_out": config.data.test_speakers,
                **{f"eval_{k}": v for k, v in ev.items() if k != "examples"}, "examples": ev["examples"]}
     if tr.ema_decay:  # the last weights too, for comparison (not the result)

@@ -5,6 +5,7 @@ transcripts."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -181,6 +182,71 @@ def test_non_finite_loss_stops_the_run_without_saving(tmp_path):
     with pytest.raises(NonFiniteError, match="non-finite training loss at step"):
         train_speech.train_and_evaluate(config, str(tmp_path / "run"))
     assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints", "3"))
+
+
+def test_budget_steps_is_the_most_steps_whose_training_and_evaluations_fit():
+    # 20 steps done, 1 s a step, 10 s per intermediate evaluation (every 50 steps), 100 s left: N = 100 costs
+    # 80 s + the evaluation at 50 (the one at 100 is the final one, after training) = 90 s; N = 101 costs
+    # 81 s + those at 50 and 100 = 101 s
+    assert train_speech.budget_steps(100.0, 20, 1000, 1.0, 10.0, 50) == 100
+    assert train_speech.budget_steps(100.0, 20, 1000, 1.0, 0.0, 50) == 120  # free evaluations: 100 steps
+    assert train_speech.budget_steps(1e9, 20, 1000, 1.0, 10.0, 50) == 1000  # never more than num_steps
+    assert train_speech.budget_steps(0.5, 20, 1000, 1.0, 10.0, 50) == 20  # nothing fits: stop now
+    with pytest.raises(ValueError, match="positive step time"):
+        train_speech.budget_steps(100.0, 20, 1000, 0.0, 10.0, 50)
+
+
+def test_fit_to_budget_plans_once_ends_its_schedule_there_resumes_on_the_plan_and_equals_that_many_steps(
+        tmp_path, monkeypatch, capsys):
+    from experiments.speech_recognition import get_config
+    from rnnlab.transcribe import load_run
+
+    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=1)
+    base = f"smoke,data.root={root},steps=40,optim.warmup_steps=10,train.checkpoint_every=1,train.keep_checkpoints=30"
+    calls = []
+
+    def plan(available_s, step, num_steps, step_s, eval_s, eval_every):
+        calls.append((available_s, step, num_steps, step_s, eval_s))
+        return 25
+
+    monkeypatch.setattr(train_speech, "PLAN_MIN_STEPS", 4)
+    monkeypatch.setattr(train_speech, "PLAN_MIN_SAMPLES", 1)
+    monkeypatch.setattr(train_speech, "budget_steps", plan)
+    fit = get_config(base + ",train.max_minutes=30,train.fit_to_budget=True")
+    wd = str(tmp_path / "fit")
+    r = train_speech.train_and_evaluate(fit, wd)
+    out = capsys.readouterr().out
+    (available_s, step, num_steps, step_s, eval_s), = calls  # planned once, at the end of warmup or before
+    assert 4 <= step <= 10 and num_steps == 40 and 0 < available_s <= 30 * 60 and step_s > 0 and eval_s > 0
+    assert f"eval at step {step} (EMA weights)" in out  # the timed evaluation is a real one
+    assert "budget: 25 of 40 steps" in out and "train.num_steps=25 train.fit_to_budget=False" in out
+    assert r["step"] == 25 and r["finished"] and r["planned_steps"] == 25 and r["num_steps"] == 40
+    rows = [json.loads(ln) for ln in open(os.path.join(wd, "metrics.jsonl"))]
+    lrs = {row["step"]: row["lr"] for row in rows if "lr" in row}
+    for s, lr in lrs.items():  # the schedule is the 25-step one from the start, and ends at step 25
+        assert lr == pytest.approx(train_speech.learning_rate(fit.optim, s - 1, 25), rel=1e-6)
+    assert max(lrs) == 25 and lrs[25] < 0.5 * train_speech.learning_rate(fit.optim, 24, 40)
+
+    # the same run with num_steps=25 and no budget computes the same numbers
+    plain = get_config(base.replace("steps=40", "steps=25") + ",train.max_minutes=0")
+    wd_plain = str(tmp_path / "plain")
+    r_plain = train_speech.train_and_evaluate(plain, wd_plain)
+    rows_plain = [json.loads(ln) for ln in open(os.path.join(wd_plain, "metrics.jsonl"))]
+    losses = lambda rs: {row["step"]: row["loss"] for row in rs if "loss" in row}  # noqa: E731
+    assert losses(rows) == losses(rows_plain) and len(losses(rows)) >= 8
+    assert r_plain["eval_wer"] == r["eval_wer"] and "planned_steps" not in r_plain
+    jax.tree.map(np.testing.assert_array_equal, load_run(wd)[1], load_run(wd_plain)[1])
+
+    # preempted after the plan: the resumed session keeps the plan (no second one) and ends at 25 again
+    for s in range(step + 2, 26):
+        shutil.rmtree(os.path.join(wd, "checkpoints", str(s)))
+    os.remove(os.path.join(wd, "result.json"))
+    capsys.readouterr()
+    again = train_speech.train_and_evaluate(fit, wd)
+    out = capsys.readouterr().out
+    assert len(calls) == 1 and f"resumed from step {step + 1}" in out and "budget plan of this run: 25 of 40" in out
+    assert again["step"] == 25 and again["finished"] and again["eval_wer"] == r["eval_wer"]
+    jax.tree.map(np.testing.assert_array_equal, load_run(wd)[1], load_run(wd_plain)[1])
 
 
 def test_missing_data_folder_says_how_to_point_at_it(tmp_path):
