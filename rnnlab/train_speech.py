@@ -319,6 +319,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_start, cpu_start = time.time(), time.process_time()  # process_time: CPU seconds of all our threads
     eval_floors(config), eval_seed(config)  # a bad eval.test_floors / eval.seed fails now, not at the first evaluation
     speed_factors(config.data.get("speed_perturb", ""))  # and a bad data.speed_perturb before anything is written
+    if config.train.get("fit_to_budget", False) and not config.train.max_minutes > 0:
+        raise ValueError("train.fit_to_budget=True fits the schedule to train.max_minutes, which is "
+                         f"{config.train.max_minutes}: set train.max_minutes > 0, or train.fit_to_budget=False")
     check_and_write_config(config, workdir)
     result_path = os.path.join(workdir, "result.json")
     data = load_data(config, workdir)

@@ -247,6 +247,11 @@ def test_fit_to_budget_plans_once_ends_its_schedule_there_resumes_on_the_plan_an
     assert len(calls) == 1 and f"resumed from step {step + 1}" in out and "budget plan of this run: 25 of 40" in out
     assert again["step"] == 25 and again["finished"] and again["eval_wer"] == r["eval_wer"]
     jax.tree.map(np.testing.assert_array_equal, load_run(wd)[1], load_run(wd_plain)[1])
+    # a budget to fit needs a budget: refused before anything is written
+    with pytest.raises(ValueError, match="set train.max_minutes > 0, or train.fit_to_budget=False"):
+        train_speech.train_and_evaluate(get_config(base + ",train.max_minutes=0,train.fit_to_budget=True"),
+                                        str(tmp_path / "no_budget"))
+    assert not os.path.exists(tmp_path / "no_budget")
 
 
 def test_missing_data_folder_says_how_to_point_at_it(tmp_path):
