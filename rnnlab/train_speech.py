@@ -340,7 +340,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     restored = checkpointer.restore_latest(state)
     start, seconds_before, cpu_before = 0, 0.0, 0.0
     deadline = t_start + 60 * tr.max_minutes if tr.max_minutes else None
-    fit = bool(tr.get("fit_to_budget", False)) and deadline is not None
+    fit = bool(tr.get("fit_to_budget", False))  # with a deadline: refused above without one
     planned = None  # train.fit_to_budget: the step count planned at the end of warmup (kept in the checkpoints)
     if restored is not None:
         start, state, meta_in = restored
@@ -411,13 +411,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               f"held-out utterances; e.g. {ev['examples'][:2]}", flush=True)
         return ev
 
+    def intermediate_eval(step: int) -> dict:
+        """The evaluation every eval_every steps: the evaluated weights, then the last ones beside them."""
+        ev = eval_and_log(step)
+        if tr.ema_decay:
+            eval_and_log(step, raw=True)
+        return ev
+
     def plan_budget(step: int, step_s: float) -> int:
         """train.fit_to_budget: evaluate now (timing one intermediate evaluation), then the step
         count whose schedule ends by the deadline (``budget_steps``)."""
         t0 = time.time()
-        eval_and_log(step)
-        if tr.ema_decay:
-            eval_and_log(step, raw=True)
+        intermediate_eval(step)
         eval_s = time.time() - t0
         available = BUDGET_MARGIN * (deadline - time.time())
         n = budget_steps(available, step, total, step_s, eval_s, eval_every)
@@ -447,23 +452,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             log(pending[0], check(*pending))
         step += 1
         pending = (step, dev_metrics)
-        now, shape = time.time(), b.logmel_BxTxM.shape
-        if step > start + 3 and shape in shapes_seen:  # a new shape's pass includes its compilation
-            step_seconds.append(now - t_last)
-        shapes_seen.add(shape)
-        if fit and planned is None and step >= plan_at and len(step_seconds) >= PLAN_MIN_SAMPLES and step < total:
-            log(step, check(*pending))
-            pending = None
-            planned = total = plan_budget(step, float(np.mean(step_seconds)))
+        if fit and planned is None:  # time the passes until the plan
+            shape = b.logmel_BxTxM.shape
+            if step > start + 3 and shape in shapes_seen:  # a new shape's pass includes its compilation
+                step_seconds.append(time.time() - t_last)
+            shapes_seen.add(shape)
+            if step >= plan_at and len(step_seconds) >= PLAN_MIN_SAMPLES and step < total:
+                log(step, check(*pending))
+                pending = None
+                planned = total = plan_budget(step, float(np.mean(step_seconds)))
         last = step == total or (deadline is not None and time.time() > deadline)
         evaluating, saving = step % eval_every == 0 or last, step % ckpt_every == 0 or last
         if (evaluating or saving) and pending is not None:  # host sync now: nothing is saved before its check
             log(step, check(*pending))
             pending = None
         if evaluating and not last:
-            ev = eval_and_log(step)
-            if tr.ema_decay:
-                eval_and_log(step, raw=True)
+            ev = intermediate_eval(step)
         if saving:
             checkpointer.save(step, host_copy(state), meta(step))
         if last:
