@@ -464,3 +464,22 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     m = _run(["-m", "rnnlab.transcribe", f"--workdir={os.path.join(root, 'no_such_run')}", wav], repo)
     assert m.returncode != 0 and "no_such_run has no config.json: pass the --workdir of a speech" in m.stderr
     assert "Traceback" not in m.stderr and "usage:" in m.stderr, m.stderr[-3000:]
+
+
+def test_speech_step_benchmark_times_each_front_end_on_the_same_batches(tmp_path, capsys):
+    """benchmarks/speech_step.py end to end on the smoke config (no timing asserted beyond 'positive')."""
+    sys.path.insert(0, train_speech.REPO_ROOT)
+    from benchmarks import speech_step
+
+    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
+    out = speech_step.main(["--quick", "--root", root, "--batches", "2", "--repeats", "2",
+                            "--front_ends", "3:2:16;3:4:16;3:2:16,3:2:16", "--json", str(tmp_path / "s.json")])
+    assert json.load(open(tmp_path / "s.json"))["peer"] == "3:2:16" == out["peer"]
+    rows = out["results"]
+    assert [(r["conv"], r["subsampling"]) for r in rows] == [("3:2:16", 2), ("3:4:16", 4), ("3:2:16,3:2:16", 4)]
+    assert rows[0]["parameters"] == rows[1]["parameters"] < rows[2]["parameters"]  # a stride changes no kernel
+    for r in rows:
+        assert [len(t) for t in r["times_ms"]] == [2, 2] and all(x > 0 for t in r["times_ms"] for x in t)
+        assert r["speed_ratio_vs_peer"] == rows[0]["step_ms"] / r["step_ms"]
+    assert rows[0]["speed_ratio_vs_peer"] == 1.0
+    assert "| 3:4:16 | x4 |" in capsys.readouterr().out

@@ -1,0 +1,189 @@
+"""Time of one training step of the speech recognizer for several convolutional
+front ends, side by side in one run: what a coarser frame rate into the recurrent
+stack buys.
+
+    python benchmarks/speech_step.py                    # fsdd_vote_gru: x4 (the recipe) against two x8 front ends
+    python benchmarks/speech_step.py --front_ends '5:2:128,3:2:128;5:4:128,3:2:128' --repeats 20 --json out.json
+    python benchmarks/speech_step.py --quick            # the smoke config; what tests/test_benchmarks_smoke.py runs
+
+What is timed, identically for every front end: ``rnnlab.train_speech.train_step``
+(the jitted step the trainer runs: features, front end, bidirectional stack, CTC
+loss, gradients, clipped Adam update of every ensemble member, the weight EMA) on
+the same training batches of ``experiments/speech_recognition.py:VARIANT``
+(``--batches`` of them, drawn as the trainer draws them: ``audio.connected_batch``
+at steps 0, 1, ...). Every front end starts from the same initial weights where
+the shapes agree (a stride does not change a kernel's shape).
+
+Each step is compiled for every batch shape (frames are padded to a multiple of
+``data.bucket``) before anything is timed. Then ``--repeats`` rounds: in each round
+every front end runs every batch once, the front ends in an order that cycles through
+all permutations (round-robin: machine noise hits all alike). Reported per front end:
+the median step time over the rounds' per-batch times, frames per second, and the
+speed ratio ``first_time / this_time`` against the first front end (the peer, the
+recipe's own by default; above 1 = faster), plus what 3000 steps would take at that
+rate. Nothing here says whether a front end recognises as well: that is measured by
+training (docs/speech).
+
+The numbers only mean something on an otherwise idle machine; the script prints the
+1-minute load average before and after and warns when it is above half the CPU count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from experiments import speech_recognition as sr  # noqa: E402
+from rnnlab import train_speech as ts  # noqa: E402
+from rnnlab.data import audio  # noqa: E402
+
+RECIPE_STEPS = 3000
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variant", default="fsdd_vote_gru", help="experiments/speech_recognition.py variant")
+    p.add_argument("--held_out", default="george")
+    p.add_argument("--front_ends", default="",
+                   help="';'-separated model.conv values; the first is the peer the ratios are against "
+                        "(default: the variant's own, then 5:4:128,3:2:128 and 5:2:128,3:2:128,3:2:128)")
+    p.add_argument("--batches", type=int, default=None, help="training batches timed (default 6; --quick: 2)")
+    p.add_argument("--repeats", type=int, default=None, help="rounds (default 5; --quick: 1)")
+    p.add_argument("--root", default="", help="FSDD recordings ('' = $RNNLAB_FSDD or ../shared/data/fsdd/recordings)")
+    p.add_argument("--quick", action="store_true", help="the smoke variant and its small front ends")
+    p.add_argument("--json", default="")
+    return p.parse_args(argv)
+
+
+def config_for(variant: str, held_out: str, conv: str, root: str):
+    c = sr.get_config(f"{variant},held_out={held_out}")
+    c.unlock()
+    c.model.conv = conv
+    c.data.root = root
+    c.lock()
+    return c
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
+
+
+def main(argv=None) -> dict:
+    args = parse(argv)
+    if args.quick:
+        args.variant, args.held_out = "smoke", "jackson"
+    args.batches = args.batches or (2 if args.quick else 6)
+    args.repeats = args.repeats or (1 if args.quick else 5)
+    base = sr.get_config(f"{args.variant},held_out={args.held_out}")
+    front_ends = [f for f in args.front_ends.split(";") if f.strip()] if args.front_ends else []
+    if not front_ends:
+        front_ends = [base.model.conv, "5:4:128,3:2:128", "5:2:128,3:2:128,3:2:128"]
+        if args.quick:
+            front_ends = [base.model.conv, "3:4:16", "3:2:16,3:2:16"]
+    load_before = load_average()
+    if load_before > (os.cpu_count() or 1) / 2:
+        print(f"warning: 1-minute load average {load_before:.2f} on {os.cpu_count()} CPUs: the times measure the "
+              "load as much as the step", flush=True)
+
+    with tempfile.TemporaryDirectory() as cache:
+        c0 = config_for(args.variant, args.held_out, front_ends[0], args.root)
+        c0.unlock()
+        c0.data.cache_dir = cache
+        c0.lock()
+        data = ts.load_data(c0, cache)  # the front end does not change the data
+    batches = [ts._device_batch(audio.connected_batch(data.train, data.noise_NxM, data.vocab, data.utterances,
+                                                      c0.seed, s, c0.data.batch_size)) for s in range(args.batches)]
+    frames = [int(b["lengths"].sum()) for b in batches]
+    print(f"{args.variant}, held out {args.held_out}: {len(batches)} batches of {c0.data.batch_size}, frame counts "
+          f"{sorted({b['logmel'].shape[1] for b in batches})} padded, {statistics.mean(frames):.0f} real frames "
+          "per batch", flush=True)
+
+    runs = []
+    for conv in front_ends:
+        c = config_for(args.variant, args.held_out, conv, args.root)
+        model = ts.build(c)
+        tx = ts.make_optimizer(c.optim)
+        params = model.init(jax.random.key(c.seed))
+        opt_state = tx.init(params) if model.members == 1 else jax.vmap(tx.init)(params)
+        state = {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}
+        if c.train.ema_decay:
+            state["ema"] = jax.tree.map(jnp.zeros_like, params)
+        state = jax.tree.map(jnp.array, state)
+        n_params = sum(int(a.size) for a in jax.tree.leaves(params))
+        runs.append({"conv": conv, "subsampling": model.subsampling, "parameters": n_params, "model": model,
+                     "tx": tx, "state": state, "lr": jnp.float32(c.optim.lr), "decay": jnp.float32(c.train.ema_decay),
+                     "key": jax.random.key(c.seed + 1), "times_ms": [[] for _ in batches]})
+
+    def one_step(r, b):
+        r["state"], m = ts.train_step(r["model"], r["tx"], r["state"], b, r["lr"], r["key"], r["decay"])
+        jax.block_until_ready(m)
+        return float(m["loss"])
+
+    for r in runs:  # compile every shape (and a first untimed step) before timing anything
+        t = time.perf_counter()
+        seen = set()
+        for b in batches:
+            if b["logmel"].shape not in seen:
+                seen.add(b["logmel"].shape)
+                one_step(r, b)
+        r["compile_and_first_s"] = time.perf_counter() - t
+        print(f"  {r['conv']} (x{r['subsampling']}, {r['parameters']:,} parameters): compiled "
+              f"{len(seen)} shapes in {r['compile_and_first_s']:.1f} s", flush=True)
+
+    orders = itertools.cycle(itertools.permutations(range(len(runs))))
+    for rep in range(args.repeats):
+        for i, b in enumerate(batches):
+            for k in next(orders):
+                r = runs[k]
+                t = time.perf_counter()
+                loss = one_step(r, b)
+                r["times_ms"][i].append((time.perf_counter() - t) * 1e3)
+                if not loss == loss:
+                    raise FloatingPointError(f"front end {r['conv']}: loss is NaN at repeat {rep}")
+        print(f"  round {rep + 1}/{args.repeats} done", flush=True)
+
+    load_after = load_average()
+    peer = runs[0]
+    rows = []
+    for r in runs:
+        per_batch = [statistics.median(t) for t in r["times_ms"]]
+        step_ms = statistics.mean(per_batch)  # the mean over the batches of each batch's median over rounds
+        rows.append({"conv": r["conv"], "subsampling": r["subsampling"], "parameters": r["parameters"],
+                     "step_ms": step_ms, "per_batch_median_ms": per_batch, "times_ms": r["times_ms"],
+                     "frames_per_s": statistics.mean(frames) / (step_ms / 1e3),
+                     "minutes_for_3000_steps": step_ms * RECIPE_STEPS / 6e4,
+                     "compile_and_first_s": r["compile_and_first_s"]})
+    for row in rows:
+        row["speed_ratio_vs_peer"] = rows[0]["step_ms"] / row["step_ms"]
+
+    print(f"\n| front end (model.conv) | frames into the stack | step ms | frames/s | speed ratio vs {peer['conv']} "
+          f"| 3000 steps (min) |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(f"| {row['conv']} | x{row['subsampling']} | {row['step_ms']:.0f} | {row['frames_per_s']:,.0f} | "
+              f"{row['speed_ratio_vs_peer']:.2f} | {row['minutes_for_3000_steps']:.1f} |")
+    print(f"\n1-minute load average {load_before:.2f} before, {load_after:.2f} after; {os.cpu_count()} CPUs; "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    out = {"variant": args.variant, "held_out": args.held_out, "batches": len(batches), "repeats": args.repeats,
+           "real_frames_per_batch": frames, "load_average": [load_before, load_after], "cpus": os.cpu_count(),
+           "peer": peer["conv"], "results": rows}
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+if __name__ == "__main__":
+    main()
