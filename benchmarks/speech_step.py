@@ -4,7 +4,7 @@ stack buys.
 
     python benchmarks/speech_step.py                    # fsdd_vote_gru: x4 (the recipe) against two x8 front ends
     python benchmarks/speech_step.py --front_ends '5:2:128,3:2:128;5:4:128,3:2:128' --repeats 20 --json out.json
-    python benchmarks/speech_step.py --quick            # the smoke config; what tests/test_benchmarks_smoke.py runs
+    python benchmarks/speech_step.py --quick            # the smoke config; what tests/test_speech.py runs
 
 What is timed, identically for every front end: ``rnnlab.train_speech.train_step``
 (the jitted step the trainer runs: features, front end, bidirectional stack, CTC
@@ -25,7 +25,9 @@ rate. Nothing here says whether a front end recognises as well: that is measured
 training (docs/speech).
 
 The numbers only mean something on an otherwise idle machine; the script prints the
-1-minute load average before and after and warns when it is above half the CPU count.
+CPUs kept busy by other processes (sampled from /proc/stat for a second, before and
+after; the 1-minute load average lags by minutes, e.g. after pausing a training) and warns
+when that is above half a CPU.
 """
 
 from __future__ import annotations
@@ -75,8 +77,18 @@ def config_for(variant: str, held_out: str, conv: str, root: str):
     return c
 
 
-def load_average() -> float:
-    return os.getloadavg()[0]
+def busy_cpus(seconds: float = 1.0) -> float:
+    """CPUs busy over the next ``seconds`` (from /proc/stat; the 1-minute load average where there is none)."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+
+    try:
+        (t0, i0), _, (t1, i1) = sample(), time.sleep(seconds), sample()
+    except OSError:
+        return os.getloadavg()[0]
+    return (os.cpu_count() or 1) * (1 - (i1 - i0) / max(t1 - t0, 1))
 
 
 def main(argv=None) -> dict:
@@ -91,9 +103,9 @@ def main(argv=None) -> dict:
         front_ends = [base.model.conv, "5:4:128,3:2:128", "5:2:128,3:2:128,3:2:128"]
         if args.quick:
             front_ends = [base.model.conv, "3:4:16", "3:2:16,3:2:16"]
-    load_before = load_average()
-    if load_before > (os.cpu_count() or 1) / 2:
-        print(f"warning: 1-minute load average {load_before:.2f} on {os.cpu_count()} CPUs: the times measure the "
+    load_before = busy_cpus()
+    if load_before > 0.5:
+        print(f"warning: {load_before:.2f} of {os.cpu_count()} CPUs busy before the benchmark: the times measure the "
               "load as much as the step", flush=True)
 
     with tempfile.TemporaryDirectory() as cache:
@@ -153,7 +165,7 @@ def main(argv=None) -> dict:
                     raise FloatingPointError(f"front end {r['conv']}: loss is NaN at repeat {rep}")
         print(f"  round {rep + 1}/{args.repeats} done", flush=True)
 
-    load_after = load_average()
+    load_after = busy_cpus()
     peer = runs[0]
     rows = []
     for r in runs:
@@ -173,10 +185,10 @@ def main(argv=None) -> dict:
     for row in rows:
         print(f"| {row['conv']} | x{row['subsampling']} | {row['step_ms']:.0f} | {row['frames_per_s']:,.0f} | "
               f"{row['speed_ratio_vs_peer']:.2f} | {row['minutes_for_3000_steps']:.1f} |")
-    print(f"\n1-minute load average {load_before:.2f} before, {load_after:.2f} after; {os.cpu_count()} CPUs; "
+    print(f"\nCPUs busy with other work: {load_before:.2f} before, {load_after:.2f} after; {os.cpu_count()} CPUs; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     out = {"variant": args.variant, "held_out": args.held_out, "batches": len(batches), "repeats": args.repeats,
-           "real_frames_per_batch": frames, "load_average": [load_before, load_after], "cpus": os.cpu_count(),
+           "real_frames_per_batch": frames, "busy_cpus_before_after": [load_before, load_after], "cpus": os.cpu_count(),
            "peer": peer["conv"], "results": rows}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
