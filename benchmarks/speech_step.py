@@ -108,12 +108,11 @@ def main(argv=None) -> dict:
         print(f"warning: {load_before:.2f} of {os.cpu_count()} CPUs busy before the benchmark: the times measure the "
               "load as much as the step", flush=True)
 
-    with tempfile.TemporaryDirectory() as cache:
-        c0 = config_for(args.variant, args.held_out, front_ends[0], args.root)
-        c0.unlock()
-        c0.data.cache_dir = cache
-        c0.lock()
-        data = ts.load_data(c0, cache)  # the front end does not change the data
+    cs = [config_for(args.variant, args.held_out, conv, args.root) for conv in front_ends]
+    models = [ts.build(c) for c in cs]  # a bad model.conv is refused here, before the data is read
+    c0 = cs[0]
+    with tempfile.TemporaryDirectory() as workdir:  # its feature cache, gone afterwards
+        data = ts.load_data(c0, workdir)  # the front end does not change the data
     batches = [ts._device_batch(audio.connected_batch(data.train, data.noise_NxM, data.vocab, data.utterances,
                                                       c0.seed, s, c0.data.batch_size)) for s in range(args.batches)]
     frames = [int(b["lengths"].sum()) for b in batches]
@@ -122,17 +121,10 @@ def main(argv=None) -> dict:
           "per batch", flush=True)
 
     runs = []
-    for conv in front_ends:
-        c = config_for(args.variant, args.held_out, conv, args.root)
-        model = ts.build(c)
+    for conv, c, model in zip(front_ends, cs, models, strict=True):
         tx = ts.make_optimizer(c.optim)
-        params = model.init(jax.random.key(c.seed))
-        opt_state = tx.init(params) if model.members == 1 else jax.vmap(tx.init)(params)
-        state = {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}
-        if c.train.ema_decay:
-            state["ema"] = jax.tree.map(jnp.zeros_like, params)
-        state = jax.tree.map(jnp.array, state)
-        n_params = sum(int(a.size) for a in jax.tree.leaves(params))
+        state = ts.initial_state(model, tx, c)  # the trainer's own step-0 state
+        n_params = sum(int(a.size) for a in jax.tree.leaves(state["params"]))
         runs.append({"conv": conv, "subsampling": model.subsampling, "parameters": n_params, "model": model,
                      "tx": tx, "state": state, "lr": jnp.float32(c.optim.lr), "decay": jnp.float32(c.train.ema_decay),
                      "key": jax.random.key(c.seed + 1), "times_ms": [[] for _ in batches]})

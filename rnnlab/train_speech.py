@@ -188,6 +188,17 @@ def ema_params(ema, step: int, decay: float):
     return jax.tree.map(lambda e: e / (1 - decay ** step), ema)
 
 
+def initial_state(model: speech_lib.SpeechModel, tx: optax.GradientTransformation,
+                  config: ml_collections.ConfigDict) -> dict:
+    """The step-0 training state of ``config``: initial weights, optimizer state (one per ensemble member), EMA."""
+    params = model.init(jax.random.key(config.seed))
+    opt_state = tx.init(params) if model.members == 1 else jax.vmap(tx.init)(params)
+    state = {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}
+    if config.train.ema_decay:
+        state["ema"] = jax.tree.map(jnp.zeros_like, params)
+    return jax.tree.map(jnp.array, state)  # own every buffer: train_step donates them
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
 def train_step(model: speech_lib.SpeechModel, tx: optax.GradientTransformation, state: dict, batch: dict, lr,
                rng, ema_decay=0.0):
@@ -328,12 +339,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     model = build(config)
     total, tr = config.train.num_steps, config.train
     tx = make_optimizer(config.optim)
-    params = model.init(jax.random.key(config.seed))
-    opt_state = tx.init(params) if model.members == 1 else jax.vmap(tx.init)(params)
-    state = {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}
-    if tr.ema_decay:
-        state["ema"] = jax.tree.map(jnp.zeros_like, params)
-    state = jax.tree.map(jnp.array, state)  # own every buffer: train_step donates them
+    state = initial_state(model, tx, config)
+    params = state["params"]
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
 
     checkpointer = ckpt_lib.Checkpointer(workdir, keep=tr.keep_checkpoints, async_save=tr.async_checkpoint)
