@@ -75,8 +75,8 @@ def run(cell, params: Params, carry0: Carry, xp_TxBxG: Array | None, *, reset_Tx
         raise ValueError(f"fused store must be one of {STORES}, got {store!r}")
     carry_reset = carry0 if carry_reset is None else carry_reset
     if xs_TxBxD is not None and native_applies(cell, store, (params, carry0, carry_reset, xs_TxBxD, h_mask_BxH)):
-        return _native_layer(cell, reverse, unroll)(params, carry0, carry_reset, xs_TxBxD, reset_TxB, valid_TxB,
-                                                    h_mask_BxH)
+        layer = _native_layer(cell, reverse, unroll, native_lib.settings())
+        return layer(params, carry0, carry_reset, xs_TxBxD, reset_TxB, valid_TxB, h_mask_BxH)
     if xp_TxBxG is None:
         xp_TxBxG = cell.precompute(params, xs_TxBxD)
     rec = {k: params[k] for k in cell.module.RECURRENT_PARAMS}
@@ -207,12 +207,13 @@ def _fused(cell, reverse: bool, unroll: int, store: str):
 
 
 @functools.cache
-def _native_layer(cell, reverse: bool, unroll: int):
+def _native_layer(cell, reverse: bool, unroll: int, setting: tuple):
     """The whole layer, input projection included, differentiable in (params, carry0,
     carry_reset, xs): on the CPU one native call forward (projection, loop) and one
     backward (loop, then d xs and every weight gradient as GEMMs over all T*B rows);
     elsewhere (``platform_dependent``) the same function from the XLA loops, with the
-    same residuals."""
+    same residuals. ``setting``: ``native.settings()``'s, with which the calls are made
+    (a key of this cache: JAX keeps the traced rules of each custom_vjp function)."""
     forward_loop, backward_loop, recurrent_grads = _loops(cell, reverse, unroll, "activations")
     recurrent = cell.module.RECURRENT_PARAMS
 
@@ -221,14 +222,15 @@ def _native_layer(cell, reverse: bool, unroll: int):
         return forward_loop(rec, carry0, carry_reset, cell.precompute(params, xs), reset, valid, mask)
 
     def native_forward(params, carry0, carry_reset, xs, reset, valid, mask):
-        return native_lib.forward(cell.name, params, carry0, carry_reset, xs, reset, valid, mask, reverse)
+        return native_lib.forward(cell.name, params, carry0, carry_reset, xs, reset, valid, mask, reverse,
+                                  setting=setting)
 
     def forward(*args):
         return jax.lax.platform_dependent(*args, cpu=native_forward, default=xla_forward)
 
     def native_infer(params, carry0, carry_reset, xs, reset, valid, mask):  # no backward pass: nothing kept
         return native_lib.forward(cell.name, params, carry0, carry_reset, xs, reset, valid, mask, reverse,
-                                  keep=False)[:2]
+                                  keep=False, setting=setting)[:2]
 
     def infer(*args):
         return jax.lax.platform_dependent(*args, cpu=native_infer, default=lambda *a: xla_forward(*a)[:2])
@@ -242,7 +244,8 @@ def _native_layer(cell, reverse: bool, unroll: int):
         return {**d_params, **d_rec}, d_carry0, d_reset, dxs
 
     def native_backward(params, carry0, xs, reset, valid, mask, saved, d_carry_T, dys):
-        return native_lib.backward(cell.name, params, xs, saved, dys, d_carry_T, reset, valid, mask, reverse)
+        return native_lib.backward(cell.name, params, xs, saved, dys, d_carry_T, reset, valid, mask, reverse,
+                                   setting=setting)
 
     @jax.custom_vjp
     def f(params, carry0, carry_reset, xs, reset, valid, mask):

@@ -10,6 +10,20 @@ split with one barrier per step). Only the sequential part is native: XLA keeps 
 projection before the loop and the weight gradients after it (ONE GEMM each over all T*B
 rows), see ``rnnlab.fused``.
 
+Padding. A batch of sequences of mixed lengths is padded to the longest; past a
+sequence's end its steps are dead (carry frozen, output 0, no gradient into the gates).
+Dead rows take no part in any GEMM of the call: each step's GEMM runs on the rows still
+live at that step (gathered when some are dead), and the products over all steps (input
+projection, d x, weight gradients) run on the live (t, b) rows. The results are bitwise
+those of computing the dead rows and dropping them (``SKIP_PADDING = False``;
+tests/test_native.py). The speech recipe's batches are about half padding.
+
+Ensembles. Under ``jax.vmap`` (the speech model's members) each member's layer is its
+own call in the program (``VMAP_METHOD``); a loop of calls, what "sequential" makes,
+copies every input and output in and out. With both, the speech recipe's training step
+runs 1.4x faster than before, bitwise the same (``benchmarks/speech_step.py
+--implementations before,padding,now``).
+
 The library is compiled on first use with the system C++ compiler (``-O3
 -march=native``, about 6 s) into ``$RNNLAB_CACHE_DIR`` (default ``~/.cache/rnnlab``),
 keyed by the source, the compiler, the jaxlib FFI headers and this machine's CPU, and
@@ -42,6 +56,12 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
 CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-pthread", "-shared", "-fPIC")
+# Read when a layer is traced (``settings``; benchmarks/speech_step.py --implementations sets them to
+# measure the difference; results are bitwise the same either way, tests/test_native.py):
+SKIP_PADDING = True  # steps past a sequence's end (padding) take no part in any GEMM; False: computed and dropped
+VMAP_METHOD = VMAP_METHOD_DEFAULT = "sequential_unrolled"  # the layer under jax.vmap (ensemble members): one call per member in the
+# program; "sequential" (a loop of its own, with copies in and out) cost the speech recipe's three-member
+# bidirectional GRU stack 1.2-1.4x (its gradient on one batch of 24 x 448 frames, 2-core CPU)
 CELLS = ("lstm", "gru")  # the cells with a native loop (GRU: reset-after only, as its fused layer)
 TARGETS = tuple(f"rnnlab_{cell}_{kind}" for cell in CELLS for kind in ("forward", "infer", "backward"))
 
@@ -169,19 +189,28 @@ def _h_mask(mask_BxH):
     return jnp.zeros((0,), jnp.float32) if mask_BxH is None else mask_BxH
 
 
-def _call(target: str, out_shapes, *args, reverse: bool):
+def settings() -> tuple[int, bool, str]:
+    """What a native call is traced with now: (threads, SKIP_PADDING, VMAP_METHOD).
+    ``rnnlab.fused`` caches its traced layers under it: JAX keeps a custom_vjp
+    function's traced rules, so a setting changed later would otherwise not be seen."""
+    return threads(), bool(SKIP_PADDING), str(VMAP_METHOD)
+
+
+def _call(target: str, out_shapes, *args, reverse: bool, setting: tuple[int, bool, str] | None):
     if not available():
         raise RuntimeError("rnnlab's native CPU loop is not available (see the warning above, or RNNLAB_NATIVE)")
-    fn = jax.ffi.ffi_call(target, out_shapes, vmap_method="sequential")
-    return fn(*args, reverse=np.int64(bool(reverse)), threads=np.int64(threads()))
+    n_threads, skip, vmap_method = setting or settings()
+    fn = jax.ffi.ffi_call(target, out_shapes, vmap_method=vmap_method)
+    return fn(*args, reverse=np.int64(bool(reverse)), threads=np.int64(n_threads), skip_dead=np.int64(skip))
 
 
 def forward(cell_name: str, params, carry0, carry_reset, xs_TxBxD, reset_TxB, valid_TxB, h_mask_BxH, reverse: bool,
-            keep: bool = True):
+            keep: bool = True, setting: tuple[int, bool, str] | None = None):
     """The layer's forward pass: input projection and loop. -> (carry_T, ys_TxBxH,
     saved_TxBxK), saved laid out as ``fused._pack`` does (per step and row: the carry
-    that entered the step, then the gate activations); ``keep=False`` (no backward pass
-    follows): saved is not written and None is returned in its place."""
+    that entered the step, then the gate activations; zeros for the activations of a
+    padded step); ``keep=False`` (no backward pass follows): saved is not written and
+    None is returned in its place. ``setting``: ``settings()``'s (the default: now)."""
     t, b, _ = xs_TxBxD.shape
     w_h = params["w_h_HxG"]
     h = w_h.shape[0]
@@ -192,15 +221,16 @@ def forward(cell_name: str, params, carry0, carry_reset, xs_TxBxD, reset_TxB, va
     if cell_name == "lstm":
         (c0, h0), (cr, hr) = carry0, carry_reset
         outs = (f32(t, b, h), f32(b, h), f32(b, h), *([f32(t, b, 6 * h)] if keep else []))
-        ys, c_t, h_t, *saved = _call(target, outs, *dense, c0, h0, cr, hr, *masks, reverse=reverse)
+        ys, c_t, h_t, *saved = _call(target, outs, *dense, c0, h0, cr, hr, *masks, reverse=reverse, setting=setting)
         return (c_t, h_t), ys, saved[0] if keep else None
     outs = (f32(t, b, h), f32(b, h), *([f32(t, b, 5 * h)] if keep else []))
-    ys, h_t, *saved = _call(target, outs, *dense, params["b_hn_H"], carry0, carry_reset, *masks, reverse=reverse)
+    ys, h_t, *saved = _call(target, outs, *dense, params["b_hn_H"], carry0, carry_reset, *masks, reverse=reverse,
+                            setting=setting)
     return h_t, ys, saved[0] if keep else None
 
 
 def backward(cell_name: str, params, xs_TxBxD, saved_TxBxK, dys_TxBxH, d_carry_T, reset_TxB, valid_TxB,
-             h_mask_BxH, reverse: bool):
+             h_mask_BxH, reverse: bool, setting: tuple[int, bool, str] | None = None):
     """The layer's backward pass: loop, then d xs and every weight gradient as one GEMM
     each. -> (d_params, d_carry0, d_carry_reset, d_xs)."""
     t, b, d = xs_TxBxD.shape
@@ -213,11 +243,12 @@ def backward(cell_name: str, params, xs_TxBxD, saved_TxBxK, dys_TxBxH, d_carry_T
         dc_t, dh_t = d_carry_T
         dx, dw_x, db, dw_h, dc0, dh0, dcr, dhr = _call(
             "rnnlab_lstm_backward", (*grads, f32(b, h), f32(b, h), f32(b, h), f32(b, h)),
-            xs_TxBxD, w_x, w_h, saved_TxBxK, dys_TxBxH, dc_t, dh_t, *masks, reverse=reverse)
+            xs_TxBxD, w_x, w_h, saved_TxBxK, dys_TxBxH, dc_t, dh_t, *masks, reverse=reverse, setting=setting)
         d_params = {"w_x_DxG": dw_x, "b_G": db, "w_h_HxG": dw_h}
         return d_params, (dc0, dh0), (dcr, dhr), dx
     dx, dw_x, db, dw_h, db_hn, dh0, dhr = _call(
         "rnnlab_gru_backward", (*grads, f32(h), f32(b, h), f32(b, h)),
-        xs_TxBxD, w_x, w_h, params["b_hn_H"], saved_TxBxK, dys_TxBxH, d_carry_T, *masks, reverse=reverse)
+        xs_TxBxD, w_x, w_h, params["b_hn_H"], saved_TxBxK, dys_TxBxH, d_carry_T, *masks, reverse=reverse,
+        setting=setting)
     d_params = {"w_x_DxG": dw_x, "b_G": db, "w_h_HxG": dw_h, "b_hn_H": db_hn}
     return d_params, dh0, dhr, dx

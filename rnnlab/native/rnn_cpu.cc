@@ -157,7 +157,8 @@ static Buf alloc(size_t n) {
 #endif
 constexpr double FUSE_BYTES = RNNLAB_FUSE_MB * double(1 << 20);
 
-enum Slot { XP, DXP, DHW, HM, PACK_F, PACK_B, RING, GEMM_A, GEMM_B, GEMM_TILE, N_SLOTS };
+enum Slot { XP, DXP, DHW, HM, PACK_F, PACK_B, RING, GEMM_A, GEMM_B, GEMM_TILE, LIVE_X, LIVE_G, LIVE_G2, LIVE_Y,
+            N_SLOTS };
 static float* scratch(Slot slot, size_t n) {
   static thread_local Buf bufs[N_SLOTS];
   static thread_local size_t sizes[N_SLOTS] = {};
@@ -616,6 +617,7 @@ struct Masks {
   const uint8_t* reset = nullptr;  // T x B, or null
   const uint8_t* valid = nullptr;  // T x B, or null
   const float* h_mask = nullptr;   // B x H, or null
+  bool skip_dead = true;           // dead rows (valid 0) take no part in the GEMMs (see "live rows")
 };
 
 // Parallel plan. Splitting batch rows needs no synchronisation at all (rows are independent
@@ -660,6 +662,49 @@ Block Plan::block(int c, int B, int H) const {
   return Block{0, B, std::min(H, cut(unit_chunks, c) * NVB * VL), std::min(H, cut(unit_chunks, c + 1) * NVB * VL)};
 }
 
+// ------------------------------------------------------------------------------------ live rows
+// A row is dead at step t where valid[t, b] is 0: past its sequence's end, where the carry is
+// frozen, the output is 0 and no gradient flows into the gates. Dead rows take no part in any
+// GEMM: a step's GEMM runs on the block's live rows (their operands gathered into contiguous
+// rows when some are dead), and the GEMMs that are parallel in time (the input projection, d x,
+// the weight gradients) run on the live (t, b) rows only. A padded batch of mixed lengths (half
+// of its frames are padding in the speech recipe) then costs the work of its real frames. Every
+// output element sums over k in order, and a dead row contributes exact zeros to the weight
+// gradients' sums, so the results are bitwise those of the full GEMMs.
+
+// the block's rows that are live at step t, in order; returns how many
+static inline int live_rows(const Masks& m, int t, int B, int b0, int b1, int* out) {
+  int n = 0;
+  for (int b = b0; b < b1; b++)
+    if (!m.skip_dead || !m.valid || m.valid[static_cast<size_t>(t) * B + b]) out[n++] = b;
+  return n;
+}
+static inline bool dead(const Masks& m, size_t rb) { return m.skip_dead && m.valid && !m.valid[rb]; }
+
+// the (t, b) rows (t * B + b) of a T x B layout that are live, when dead ones are worth leaving
+// out (more than 1/16 of them; else every row: copying costs more than it saves)
+static std::vector<int> live_flat_rows(const Masks& m, int TB) {
+  std::vector<int> rows;
+  if (!m.valid || !m.skip_dead) return rows;
+  rows.reserve(TB);
+  for (int r = 0; r < TB; r++)
+    if (m.valid[r]) rows.push_back(r);
+  if (static_cast<int64_t>(rows.size()) * 16 > static_cast<int64_t>(TB) * 15) rows.clear();
+  return rows;
+}
+
+// dst row i = src row rows[i] (n floats each, row strides ld_src / ld_dst), over the threads
+static void gather_rows(const std::vector<int>& rows, const float* src, size_t ld_src, float* dst, size_t ld_dst,
+                        int n, int threads, const Spawn& spawn) {
+  const int R = static_cast<int>(rows.size()), chunks = std::min(R, 4 * threads);
+  if (R == 0) return;
+  parallel_for(chunks, threads, spawn, [&](int c) {
+    const int i0 = static_cast<int>(static_cast<int64_t>(R) * c / chunks);
+    const int i1 = static_cast<int>(static_cast<int64_t>(R) * (c + 1) / chunks);
+    for (int i = i0; i < i1; i++) std::memcpy(dst + i * ld_dst, src + rows[i] * ld_src, sizeof(float) * n);
+  });
+}
+
 // ------------------------------------------------------------------------------------ forward
 // X: T x B x D, W_x: D x G, b: G, W: H x G (W_h); carry0/carry_reset: NC leaves of B x H;
 // outputs ys (T x B x H), carry_T (NC leaves), saved (T x B x SAVED*H; null: not kept, inference).
@@ -684,7 +729,19 @@ static void forward(const Shape& s, int D, const float* X, const float* W_x, con
   float* xp = nullptr;
   if (!fuse_x) {
     xp = scratch(XP, static_cast<size_t>(T) * B * G);
-    gemm(T * B, G, D, Mat{X, D, 1}, Mat{W_x, G, 1}, xp, G, false, threads, spawn);
+    const std::vector<int> rows = live_flat_rows(m, T * B);
+    if (rows.empty()) {
+      gemm(T * B, G, D, Mat{X, D, 1}, Mat{W_x, G, 1}, xp, G, false, threads, spawn);
+    } else {  // the live rows only (a dead row's xp is never read)
+      const int R = static_cast<int>(rows.size());
+      float* cx = scratch(LIVE_X, static_cast<size_t>(R) * D);
+      float* cxp = scratch(LIVE_G, static_cast<size_t>(R) * G);
+      gather_rows(rows, X, D, cx, D, D, threads, spawn);
+      gemm(R, G, D, Mat{cx, D, 1}, Mat{W_x, G, 1}, cxp, G, false, threads, spawn);
+      parallel_for(R, threads, spawn, [&](int i) {
+        std::memcpy(xp + static_cast<size_t>(rows[i]) * G, cxp + static_cast<size_t>(i) * G, sizeof(float) * G);
+      });
+    }
   }
   const Plan plan = make_plan(B, H, G, T, threads);
   const float* P = pack_step_panels(W_x, K1, W, H, NG, NV1, NV2, n_panels, threads, spawn);
@@ -693,11 +750,16 @@ static void forward(const Shape& s, int D, const float* X, const float* W_x, con
   auto step_at = [&](int i) { return reverse ? T - 1 - i : i; };
   std::vector<Block> blocks;
   std::vector<Buf> z_tiles, new_carries;  // per chunk: no two steps of a chunk run at once
+  std::vector<Buf> live_x, live_h;        // per chunk: the live rows' x_t and h_{t-1}, when some are dead
+  std::vector<std::vector<int>> live(plan.chunks);
   for (int c = 0; c < plan.chunks; c++) {
     const Block k = plan.block(c, B, H);
     blocks.push_back(k);
     z_tiles.push_back(alloc(static_cast<size_t>(k.nb()) * NACC * (((k.nu() + VL - 1) / VL) * VL)));
     new_carries.push_back(alloc(static_cast<size_t>(NC) * k.nu()));
+    live[c].resize(k.nb());
+    live_x.push_back(m.valid ? alloc(static_cast<size_t>(k.nb()) * K1) : Buf());
+    live_h.push_back(m.valid ? alloc(static_cast<size_t>(k.nb()) * H) : Buf());
   }
 
   // step t's saved row for batch row b; without a saved output (inference) two steps' rows in turn
@@ -731,28 +793,49 @@ static void forward(const Shape& s, int D, const float* X, const float* W_x, con
     const int t = step_at(i), nu = k.nu(), zs = ((nu + VL - 1) / VL) * VL;
     float* z = z_tiles[chunk].get();
     float* cn[2] = {new_carries[chunk].get(), new_carries[chunk].get() + (NC > 1 ? nu : 0)};
-    const float* A;
+    // h_{t-1} of row b as the GEMM reads it (times the dropout mask where there is one)
+    auto h_of = [&](int b) -> const float* {
+      return m.h_mask ? hm_buf.get() + static_cast<size_t>(t & 1) * B * H + static_cast<size_t>(b) * H
+                      : row_at(t, b) + Cell::H_LEAF * H;
+    };
+    int* lv = live[chunk].data();
+    const int n_live = live_rows(m, t, B, k.b0, k.b1, lv);
+    const float *A, *x_t;
     int lda;
-    if (m.h_mask) {
-      A = hm_buf.get() + static_cast<size_t>(t & 1) * B * H + static_cast<size_t>(k.b0) * H;
+    if (n_live == k.nb()) {
+      A = h_of(k.b0);
+      lda = m.h_mask ? H : SW;
+      x_t = X + (static_cast<size_t>(t) * B + k.b0) * D;
+    } else {  // some rows are dead: the live ones' operands, contiguous
+      float* gh = live_h[chunk].get();
+      float* gx = live_x[chunk].get();
+      for (int j = 0; j < n_live; j++) {
+        std::memcpy(gh + static_cast<size_t>(j) * H, h_of(lv[j]), sizeof(float) * H);
+        if (K1) std::memcpy(gx + static_cast<size_t>(j) * K1, X + (static_cast<size_t>(t) * B + lv[j]) * D,
+                            sizeof(float) * K1);
+      }
+      A = gh;
       lda = H;
-    } else {
-      A = row_at(t, k.b0) + Cell::H_LEAF * H;
-      lda = SW;
+      x_t = gx;
     }
-    const float* x_t = X + (static_cast<size_t>(t) * B + k.b0) * D;
-    for (int p = k.u0 / VL; p < (k.u1 + VL - 1) / VL; p++) {
-      const float* panel = P + p * per_panel;
-      panel_rows2<tile_rows(NACC), NACC, NV1, NV2>(k.nb(), K1, x_t, D, panel, H, A, lda,
-                                                   panel + static_cast<size_t>(K1) * NV1 * VL,
-                                                   z + (p - k.u0 / VL) * VL, NACC * zs, zs);
-    }
+    if (n_live > 0)
+      for (int p = k.u0 / VL; p < (k.u1 + VL - 1) / VL; p++) {
+        const float* panel = P + p * per_panel;
+        panel_rows2<tile_rows(NACC), NACC, NV1, NV2>(n_live, K1, x_t, D, panel, H, A, lda,
+                                                     panel + static_cast<size_t>(K1) * NV1 * VL,
+                                                     z + (p - k.u0 / VL) * VL, NACC * zs, zs);
+      }
+    int j = 0;  // the live row's place in the tile
     for (int b = k.b0; b < k.b1; b++) {
       const size_t rb = static_cast<size_t>(t) * B + b;
       float* row = row_at(t, b);
-      Cell::forward(nu, H, z + static_cast<size_t>(b - k.b0) * NACC * zs, zs, xp ? xp + rb * G + k.u0 : nullptr,
-                    bias + k.u0, row + k.u0, row + NC * H + k.u0, cn[0], cn[1], prm.from(k.u0));
       float* y = ys + rb * H + k.u0;
+      if (dead(m, rb)) {  // no gate activations (zeros)
+        for (int g = 0; g < Cell::SAVED - NC; g++) std::memset(row + (NC + g) * H + k.u0, 0, sizeof(float) * nu);
+      } else {
+        Cell::forward(nu, H, z + static_cast<size_t>(j++) * NACC * zs, zs, xp ? xp + rb * G + k.u0 : nullptr,
+                      bias + k.u0, row + k.u0, row + NC * H + k.u0, cn[0], cn[1], prm.from(k.u0));
+      }
       if (!m.valid || m.valid[rb]) {
         std::memcpy(y, cn[Cell::H_LEAF], sizeof(float) * nu);
       } else {  // past the sequence's end: output 0, carry frozen
@@ -808,10 +891,15 @@ static void backward_loop(const Shape& s, const float* W, const float* saved, co
   auto step_at = [&](int i) { return reverse ? i : T - 1 - i; };  // the forward order, reversed
   std::vector<Block> blocks;
   std::vector<Buf> d_ins;
+  std::vector<Buf> live_dhw, live_rec;  // per chunk: the live rows' dhw_t and their W_h term, when some are dead
+  std::vector<std::vector<int>> live(plan.chunks);
   for (int c = 0; c < plan.chunks; c++) {
     const Block k = plan.block(c, B, H);
     blocks.push_back(k);
     d_ins.push_back(alloc(static_cast<size_t>(NC) * k.nu()));
+    live[c].resize(k.nb());
+    live_dhw.push_back(m.valid ? alloc(static_cast<size_t>(k.nb()) * G) : Buf());
+    live_rec.push_back(m.valid ? alloc(static_cast<size_t>(k.nb()) * ldr) : Buf());
   }
 
   auto start = [&](const Block& k) {
@@ -843,30 +931,49 @@ static void backward_loop(const Shape& s, const float* W, const float* saved, co
   };
   // the W_h term of d h_in, dhw_t @ W^T (rows x units of the block), then resets: a reset step
   // read carry_reset, not the carry before it
-  auto through_w = [&](const Block& k, int i) {
+  auto reset_at = [&](const Block& k, int t, int b) {
+    if (!m.reset || !m.reset[static_cast<size_t>(t) * B + b]) return;
+    for (int c = 0; c < NC; c++) {
+      float* d = ds[c] + static_cast<size_t>(b) * H + k.u0;
+      float* dr = d_reset[c] + static_cast<size_t>(b) * H + k.u0;
+      for (int u = 0; u < k.nu(); u++) {
+        dr[u] += d[u];
+        d[u] = 0.0f;
+      }
+    }
+  };
+  // (a dead row's dhw_t is zero: its W_h term is too, and it is left out)
+  auto through_w = [&](const Block& k, int chunk, int i) {
     const int t = step_at(i), nu = k.nu();
+    int* lv = live[chunk].data();
+    const int n_live = live_rows(m, t, B, k.b0, k.b1, lv);
     const float* A = dhw + (static_cast<size_t>(t) * B + k.b0) * G;
-    for (int p = k.u0 / (NVB * VL); p < (k.u1 + NVB * VL - 1) / (NVB * VL); p++)
-      panel_rows<tile_rows(NVB), NVB>(k.nb(), G, A, G, P + static_cast<size_t>(p) * G * NVB * VL,
-                                      dh_rec.get() + static_cast<size_t>(k.b0) * ldr + p * NVB * VL, ldr, VL);
+    float* rec0 = dh_rec.get() + static_cast<size_t>(k.b0) * ldr;
+    if (n_live < k.nb()) {  // some rows are dead: the live ones' dhw_t, contiguous
+      float* g = live_dhw[chunk].get();
+      for (int j = 0; j < n_live; j++)
+        std::memcpy(g + static_cast<size_t>(j) * G, dhw + (static_cast<size_t>(t) * B + lv[j]) * G, sizeof(float) * G);
+      A = g;
+      rec0 = live_rec[chunk].get();
+    }
+    if (n_live > 0)
+      for (int p = k.u0 / (NVB * VL); p < (k.u1 + NVB * VL - 1) / (NVB * VL); p++)
+        panel_rows<tile_rows(NVB), NVB>(n_live, G, A, G, P + static_cast<size_t>(p) * G * NVB * VL,
+                                        rec0 + p * NVB * VL, ldr, VL);
+    int j = 0;  // the live row's place in rec0
     for (int b = k.b0; b < k.b1; b++) {
-      float* rec = dh_rec.get() + static_cast<size_t>(b) * ldr + k.u0;
+      if (dead(m, static_cast<size_t>(t) * B + b)) {  // nothing to add; resets still apply
+        reset_at(k, t, b);
+        continue;
+      }
+      float* rec = rec0 + static_cast<size_t>(j++) * ldr + k.u0;
       if (m.h_mask) {
         const float* mk = m.h_mask + static_cast<size_t>(b) * H + k.u0;
         for (int u = 0; u < nu; u++) rec[u] *= mk[u];
       }
       float* dh = ds[Cell::H_LEAF] + static_cast<size_t>(b) * H + k.u0;
       for (int u = 0; u < nu; u++) dh[u] += rec[u];
-      if (m.reset && m.reset[static_cast<size_t>(t) * B + b]) {
-        for (int c = 0; c < NC; c++) {
-          float* d = ds[c] + static_cast<size_t>(b) * H + k.u0;
-          float* dr = d_reset[c] + static_cast<size_t>(b) * H + k.u0;
-          for (int u = 0; u < nu; u++) {
-            dr[u] += d[u];
-            d[u] = 0.0f;
-          }
-        }
-      }
+      reset_at(k, t, b);
     }
   };
   auto finish = [&](const Block& k) {
@@ -880,14 +987,14 @@ static void backward_loop(const Shape& s, const float* W, const float* saved, co
       start(blocks[c]);
       for (int i = 0; i < T; i++) {
         elementwise(blocks[c], c, i);
-        through_w(blocks[c], i);
+        through_w(blocks[c], c, i);
       }
       finish(blocks[c]);
     });
   } else {  // ticket step i: W_h term of time step i - 1 (needs every chunk's dhw), then step i
     run_steps(spawn, T + 1, plan.chunks, [&](int i, int c) {
       if (i == 0) start(blocks[c]);
-      if (i > 0) through_w(blocks[c], i - 1);
+      if (i > 0) through_w(blocks[c], c, i - 1);
       if (i < T) {
         elementwise(blocks[c], c, i);
       } else {
@@ -916,25 +1023,60 @@ static void backward(const Shape& s, int D, const float* X, const float* W_x, co
   else
     for (int c = 0; c < NC; c++) std::memcpy(d_carry0[c], d_carry_T[c], sizeof(float) * B * H);
   const int TB = T * B;
+  // The products below run over the live (t, b) rows only where enough are dead (a dead row's dxp
+  // and dhw are zero: its d x is zero and it adds nothing to the weight gradients): X, dxp, dhw
+  // and hm gathered into contiguous rows, d x scattered back.
+  const std::vector<int> rows = live_flat_rows(m, TB);
+  const bool packed = !rows.empty();
+  const int R = packed ? static_cast<int>(rows.size()) : TB;
+  const float *Xr = X, *dxpr = dxp, *dhwr = dhw;
+  float* dxr = out.dx;
+  if (packed) {
+    float* cx = scratch(LIVE_X, static_cast<size_t>(R) * D);
+    float* cg = scratch(LIVE_G, static_cast<size_t>(R) * G);
+    gather_rows(rows, X, D, cx, D, D, threads, spawn);
+    gather_rows(rows, dxp, G, cg, G, G, threads, spawn);
+    Xr = cx;
+    dxpr = dhwr = cg;
+    if (Cell::SEPARATE_DHW) {
+      float* cw = scratch(LIVE_G2, static_cast<size_t>(R) * G);
+      gather_rows(rows, dhw, G, cw, G, G, threads, spawn);
+      dhwr = cw;
+    }
+    dxr = scratch(LIVE_Y, static_cast<size_t>(R) * D);
+  }
   // d x = dxp @ W_x^T; d W_x = X^T @ dxp; d W_h = hm^T @ dhw (hm: h_in * mask, what entered W_h)
-  gemm(TB, D, G, Mat{dxp, G, 1}, Mat{W_x, 1, G}, out.dx, D, false, threads, spawn);
+  gemm(R, D, G, Mat{dxpr, G, 1}, Mat{W_x, 1, G}, dxr, D, false, threads, spawn);
+  if (packed) {
+    std::memset(out.dx, 0, sizeof(float) * TB * D);
+    parallel_for(R, threads, spawn, [&](int i) {
+      std::memcpy(out.dx + static_cast<size_t>(rows[i]) * D, dxr + static_cast<size_t>(i) * D, sizeof(float) * D);
+    });
+  }
   Mat hm{saved + Cell::H_LEAF * H, 1, SW};
-  if (m.h_mask && TB > 0) {
-    float* h = scratch(HM, static_cast<size_t>(TB) * H);
-    for (int r = 0; r < TB; r++)
-      for (int u = 0; u < H; u++)
-        h[(size_t)r * H + u] = saved[(size_t)r * SW + Cell::H_LEAF * H + u] * m.h_mask[(size_t)(r % B) * H + u];
+  if ((m.h_mask || packed) && R > 0) {
+    float* h = scratch(HM, static_cast<size_t>(R) * H);
+    parallel_for(R, threads, spawn, [&](int i) {
+      const size_t r = packed ? rows[i] : i;
+      const float* src = saved + r * SW + Cell::H_LEAF * H;
+      float* dst = h + static_cast<size_t>(i) * H;
+      if (m.h_mask) {
+        for (int u = 0; u < H; u++) dst[u] = src[u] * m.h_mask[(r % B) * H + u];
+      } else {
+        std::memcpy(dst, src, sizeof(float) * H);
+      }
+    });
     hm = Mat{h, 1, H};
   }
-  if (dhw == dxp) {  // LSTM: both weight gradients against the same dxp, packed once
-    gemm_parts({Part{D, Mat{X, 1, D}, out.dw_x, G}, Part{H, hm, out.dw_h, G}}, G, TB, Mat{dxp, G, 1}, false,
+  if (!Cell::SEPARATE_DHW) {  // LSTM: both weight gradients against the same dxp, packed once
+    gemm_parts({Part{D, Mat{Xr, 1, D}, out.dw_x, G}, Part{H, hm, out.dw_h, G}}, G, R, Mat{dxpr, G, 1}, false,
                threads, spawn);
   } else {
-    gemm(D, G, TB, Mat{X, 1, D}, Mat{dxp, G, 1}, out.dw_x, G, false, threads, spawn);
-    gemm(H, G, TB, hm, Mat{dhw, G, 1}, out.dw_h, G, false, threads, spawn);
+    gemm(D, G, R, Mat{Xr, 1, D}, Mat{dxpr, G, 1}, out.dw_x, G, false, threads, spawn);
+    gemm(H, G, R, hm, Mat{dhwr, G, 1}, out.dw_h, G, false, threads, spawn);
   }
-  column_sums(TB, G, dxp, G, out.db, threads, spawn);
-  if (out.db_hn) column_sums(TB, H, dhw + 2 * H, G, out.db_hn, threads, spawn);  // GRU: the n block of dhw
+  column_sums(R, G, dxpr, G, out.db, threads, spawn);
+  if (out.db_hn) column_sums(R, H, dhwr + 2 * H, G, out.db_hn, threads, spawn);  // GRU: the n block of dhw
 }
 
 }  // namespace rnnlab
@@ -951,8 +1093,9 @@ using Out = ffi::ResultBuffer<ffi::F32>;
 namespace rnnlab {
 
 // reset and valid are T x B uint8 (an empty array: none); h_mask B x H float (empty: none)
-static Masks masks(const U8& reset, const U8& valid, const F32& h_mask) {
+static Masks masks(const U8& reset, const U8& valid, const F32& h_mask, int64_t skip_dead) {
   Masks m;
+  m.skip_dead = skip_dead != 0;
   if (reset.element_count()) m.reset = reset.typed_data();
   if (valid.element_count()) m.valid = valid.typed_data();
   if (h_mask.element_count()) m.h_mask = h_mask.typed_data();
@@ -971,7 +1114,7 @@ static Shape shape_of(const F32& x, const F32& w_h) {  // x: T x B x D, w_h: H x
 static int d_in(const F32& x) { return static_cast<int>(x.dimensions()[2]); }
 
 static ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 c0, F32 h0, F32 cr,
-                              F32 hr, U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out ys,
+                              F32 hr, U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out ys,
                               Out cT, Out hT, Out saved) {
   const Spawn spawn = spawner(pool);
   const Shape s = shape_of(x, w_h);
@@ -979,13 +1122,13 @@ static ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w
   const float* carry_reset[2] = {cr.typed_data(), hr.typed_data()};
   float* carry_T[2] = {cT->typed_data(), hT->typed_data()};
   forward<Lstm>(s, d_in(x), x.typed_data(), w_x.typed_data(), b.typed_data(), w_h.typed_data(), carry0, carry_reset,
-                masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads), spawn, Lstm::Params{},
+                masks(reset, valid, h_mask, skip_dead), reverse != 0, static_cast<int>(threads), spawn, Lstm::Params{},
                 ys->typed_data(), carry_T, saved->typed_data());
   return ffi::Error::Success();
 }
 
 static ffi::Error LstmInfer(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 c0, F32 h0, F32 cr, F32 hr,
-                            U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out ys, Out cT,
+                            U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out ys, Out cT,
                             Out hT) {
   const Spawn spawn = spawner(pool);
   const Shape s = shape_of(x, w_h);
@@ -993,13 +1136,13 @@ static ffi::Error LstmInfer(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h
   const float* carry_reset[2] = {cr.typed_data(), hr.typed_data()};
   float* carry_T[2] = {cT->typed_data(), hT->typed_data()};
   forward<Lstm>(s, d_in(x), x.typed_data(), w_x.typed_data(), b.typed_data(), w_h.typed_data(), carry0, carry_reset,
-                masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads), spawn, Lstm::Params{},
+                masks(reset, valid, h_mask, skip_dead), reverse != 0, static_cast<int>(threads), spawn, Lstm::Params{},
                 ys->typed_data(), carry_T, nullptr);
   return ffi::Error::Success();
 }
 
 static ffi::Error LstmBackward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 w_h, F32 saved, F32 dys, F32 dcT, F32 dhT,
-                               U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out dx, Out dw_x,
+                               U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out dx, Out dw_x,
                                Out db, Out dw_h, Out dc0, Out dh0, Out dcr, Out dhr) {
   const Spawn spawn = spawner(pool);
   const Shape s = shape_of(x, w_h);
@@ -1008,13 +1151,13 @@ static ffi::Error LstmBackward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 w_h, F3
   float* d_reset[2] = {dcr->typed_data(), dhr->typed_data()};
   const Grads g{dx->typed_data(), dw_x->typed_data(), db->typed_data(), dw_h->typed_data(), nullptr};
   backward<Lstm>(s, d_in(x), x.typed_data(), w_x.typed_data(), w_h.typed_data(), saved.typed_data(),
-                 dys.typed_data(), d_carry_T, masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads),
+                 dys.typed_data(), d_carry_T, masks(reset, valid, h_mask, skip_dead), reverse != 0, static_cast<int>(threads),
                  spawn, Lstm::Params{}, g, d_carry0, d_reset);
   return ffi::Error::Success();
 }
 
 static ffi::Error GruForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 b_hn, F32 h0, F32 hr,
-                             U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out ys, Out hT,
+                             U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out ys, Out hT,
                              Out saved) {
   const Spawn spawn = spawner(pool);
   const Shape s = shape_of(x, w_h);
@@ -1022,26 +1165,26 @@ static ffi::Error GruForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_
   const float* carry_reset[1] = {hr.typed_data()};
   float* carry_T[1] = {hT->typed_data()};
   forward<Gru>(s, d_in(x), x.typed_data(), w_x.typed_data(), b.typed_data(), w_h.typed_data(), carry0, carry_reset,
-               masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads), spawn,
+               masks(reset, valid, h_mask, skip_dead), reverse != 0, static_cast<int>(threads), spawn,
                Gru::Params{b_hn.typed_data()}, ys->typed_data(), carry_T, saved->typed_data());
   return ffi::Error::Success();
 }
 
 static ffi::Error GruInfer(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 b_hn, F32 h0, F32 hr, U8 reset,
-                           U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out ys, Out hT) {
+                           U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out ys, Out hT) {
   const Spawn spawn = spawner(pool);
   const Shape s = shape_of(x, w_h);
   const float* carry0[1] = {h0.typed_data()};
   const float* carry_reset[1] = {hr.typed_data()};
   float* carry_T[1] = {hT->typed_data()};
   forward<Gru>(s, d_in(x), x.typed_data(), w_x.typed_data(), b.typed_data(), w_h.typed_data(), carry0, carry_reset,
-               masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads), spawn,
+               masks(reset, valid, h_mask, skip_dead), reverse != 0, static_cast<int>(threads), spawn,
                Gru::Params{b_hn.typed_data()}, ys->typed_data(), carry_T, nullptr);
   return ffi::Error::Success();
 }
 
 static ffi::Error GruBackward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 w_h, F32 b_hn, F32 saved, F32 dys, F32 dhT,
-                              U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, Out dx, Out dw_x,
+                              U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out dx, Out dw_x,
                               Out db, Out dw_h, Out db_hn, Out dh0, Out dhr) {
   const Spawn spawn = spawner(pool);
   const Shape s = shape_of(x, w_h);
@@ -1050,14 +1193,14 @@ static ffi::Error GruBackward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 w_h, F32
   float* d_reset[1] = {dhr->typed_data()};
   const Grads g{dx->typed_data(), dw_x->typed_data(), db->typed_data(), dw_h->typed_data(), db_hn->typed_data()};
   backward<Gru>(s, d_in(x), x.typed_data(), w_x.typed_data(), w_h.typed_data(), saved.typed_data(), dys.typed_data(),
-                d_carry_T, masks(reset, valid, h_mask), reverse != 0, static_cast<int>(threads), spawn,
+                d_carry_T, masks(reset, valid, h_mask, skip_dead), reverse != 0, static_cast<int>(threads), spawn,
                 Gru::Params{b_hn.typed_data()}, g, d_carry0, d_reset);
   return ffi::Error::Success();
 }
 
 }  // namespace rnnlab
 
-#define RNNLAB_ATTRS .Attr<int64_t>("reverse").Attr<int64_t>("threads")
+#define RNNLAB_ATTRS .Attr<int64_t>("reverse").Attr<int64_t>("threads").Attr<int64_t>("skip_dead")
 
 #define RNNLAB_ARGS_4 .Arg<F32>().Arg<F32>().Arg<F32>().Arg<F32>()
 #define RNNLAB_MASKS .Arg<U8>().Arg<U8>().Arg<F32>() RNNLAB_ATTRS
