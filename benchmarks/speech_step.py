@@ -1,10 +1,19 @@
 """Time of one training step of the speech recognizer for several convolutional
-front ends, side by side in one run: what a coarser frame rate into the recurrent
-stack buys.
+front ends, or several implementations of the native recurrent layer, side by side
+in one run: what a coarser frame rate into the recurrent stack buys, and what the
+native layer's handling of padding and of ensemble members buys.
 
     python benchmarks/speech_step.py                    # fsdd_vote_gru: x4 (the recipe) against two x8 front ends
     python benchmarks/speech_step.py --front_ends '5:2:128,3:2:128;5:4:128,3:2:128' --repeats 20 --json out.json
+    python benchmarks/speech_step.py --front_ends '5:2:128,3:2:128' --implementations before,padding,now
     python benchmarks/speech_step.py --quick            # the smoke config; what tests/test_speech.py runs
+
+Implementations (``rnnlab.native`` settings, read when the step is traced; each gets
+a jitted step of its own; the results are bitwise the same, tests/test_native.py):
+  before   padded steps computed and dropped; the members' layers under vmap as one
+           native call in a loop (rnnlab up to 2026-12-05)
+  padding  padded steps left out of the GEMMs (native.SKIP_PADDING); members as before
+  now      both: padding left out, one native call per member (native.VMAP_METHOD)
 
 What is timed, identically for every front end: ``rnnlab.train_speech.train_step``
 (the jitted step the trainer runs: features, front end, bidirectional stack, CTC
@@ -33,6 +42,7 @@ when that is above half a CPU.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -47,6 +57,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from experiments import speech_recognition as sr  # noqa: E402
+from rnnlab import native  # noqa: E402
 from rnnlab import train_speech as ts  # noqa: E402
 from rnnlab.data import audio  # noqa: E402
 
@@ -64,8 +75,31 @@ def parse(argv=None):
     p.add_argument("--repeats", type=int, default=None, help="rounds (default 5; --quick: 1)")
     p.add_argument("--root", default="", help="FSDD recordings ('' = $RNNLAB_FSDD or ../shared/data/fsdd/recordings)")
     p.add_argument("--quick", action="store_true", help="the smoke variant and its small front ends")
+    p.add_argument("--implementations", default="now",
+                   help="comma-separated native-layer implementations to time on every front end (before, "
+                        "padding, now; the first front end's first implementation is the peer)")
     p.add_argument("--json", default="")
     return p.parse_args(argv)
+
+
+IMPLEMENTATIONS = {  # rnnlab.native settings
+    "before": {"SKIP_PADDING": False, "VMAP_METHOD": "sequential"},
+    "padding": {"SKIP_PADDING": True, "VMAP_METHOD": "sequential"},
+    "now": {"SKIP_PADDING": True, "VMAP_METHOD": "sequential_unrolled"},
+}
+
+
+@contextlib.contextmanager
+def implementation(name: str):
+    """rnnlab.native's settings of implementation ``name`` while a step is traced."""
+    saved = {k: getattr(native, k) for k in IMPLEMENTATIONS[name]}
+    for k, v in IMPLEMENTATIONS[name].items():
+        setattr(native, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(native, k, v)
 
 
 def config_for(variant: str, held_out: str, conv: str, root: str):
@@ -91,6 +125,16 @@ def busy_cpus(seconds: float = 1.0) -> float:
     return (os.cpu_count() or 1) * (1 - (i1 - i0) / max(t1 - t0, 1))
 
 
+def own_jit(jitted):
+    """``jitted`` (a function under ``jax.jit(static_argnums=(0, 1), donate_argnums=(2,))``, the
+    trainer's step) jitted again around a function object of its own: JAX caches traces by
+    function, so each implementation gets its own trace, under its own settings."""
+    def step(*args):
+        return jitted.__wrapped__(*args)
+
+    return jax.jit(step, static_argnums=(0, 1), donate_argnums=(2,))
+
+
 def main(argv=None) -> dict:
     args = parse(argv)
     if args.quick:
@@ -99,6 +143,10 @@ def main(argv=None) -> dict:
     args.repeats = args.repeats or (1 if args.quick else 5)
     base = sr.get_config(f"{args.variant},held_out={args.held_out}")
     front_ends = [f for f in args.front_ends.split(";") if f.strip()] if args.front_ends else []
+    impls = [v.strip() for v in args.implementations.split(",") if v.strip()]
+    if not impls or any(v not in IMPLEMENTATIONS for v in impls) or len(set(impls)) != len(impls):
+        raise SystemExit(f"--implementations={args.implementations!r}: choose from {', '.join(IMPLEMENTATIONS)}, "
+                         "comma-separated, each once")
     if not front_ends:
         front_ends = [base.model.conv, "5:4:128,3:2:128", "5:2:128,3:2:128,3:2:128"]
         if args.quick:
@@ -123,26 +171,30 @@ def main(argv=None) -> dict:
     runs = []
     for conv, c, model in zip(front_ends, cs, models, strict=True):
         tx = ts.make_optimizer(c.optim)
-        state = ts.initial_state(model, tx, c)  # the trainer's own step-0 state
-        n_params = sum(int(a.size) for a in jax.tree.leaves(state["params"]))
-        runs.append({"conv": conv, "subsampling": model.subsampling, "parameters": n_params, "model": model,
-                     "tx": tx, "state": state, "lr": jnp.float32(c.optim.lr), "decay": jnp.float32(c.train.ema_decay),
-                     "key": jax.random.key(c.seed + 1), "times_ms": [[] for _ in batches]})
+        for impl in impls:
+            state = ts.initial_state(model, tx, c)  # the trainer's own step-0 state
+            n_params = sum(int(a.size) for a in jax.tree.leaves(state["params"]))
+            runs.append({"conv": conv, "implementation": impl, "name": conv + ("" if impls == ["now"] else f" {impl}"),
+                         "subsampling": model.subsampling, "parameters": n_params, "model": model, "tx": tx,
+                         "state": state, "lr": jnp.float32(c.optim.lr), "decay": jnp.float32(c.train.ema_decay),
+                         "key": jax.random.key(c.seed + 1), "times_ms": [[] for _ in batches],
+                         "step": own_jit(ts.train_step)})
 
     def one_step(r, b):
-        r["state"], m = ts.train_step(r["model"], r["tx"], r["state"], b, r["lr"], r["key"], r["decay"])
+        r["state"], m = r["step"](r["model"], r["tx"], r["state"], b, r["lr"], r["key"], r["decay"])
         jax.block_until_ready(m)
         return float(m["loss"])
 
     for r in runs:  # compile every shape (and a first untimed step) before timing anything
         t = time.perf_counter()
         seen = set()
-        for b in batches:
-            if b["logmel"].shape not in seen:
-                seen.add(b["logmel"].shape)
-                one_step(r, b)
+        with implementation(r["implementation"]):
+            for b in batches:
+                if b["logmel"].shape not in seen:
+                    seen.add(b["logmel"].shape)
+                    one_step(r, b)
         r["compile_and_first_s"] = time.perf_counter() - t
-        print(f"  {r['conv']} (x{r['subsampling']}, {r['parameters']:,} parameters): compiled "
+        print(f"  {r['name']} (x{r['subsampling']}, {r['parameters']:,} parameters): compiled "
               f"{len(seen)} shapes in {r['compile_and_first_s']:.1f} s", flush=True)
 
     orders = itertools.cycle(itertools.permutations(range(len(runs))))
@@ -154,7 +206,7 @@ def main(argv=None) -> dict:
                 loss = one_step(r, b)
                 r["times_ms"][i].append((time.perf_counter() - t) * 1e3)
                 if not loss == loss:
-                    raise FloatingPointError(f"front end {r['conv']}: loss is NaN at repeat {rep}")
+                    raise FloatingPointError(f"{r['name']}: loss is NaN at repeat {rep}")
         print(f"  round {rep + 1}/{args.repeats} done", flush=True)
 
     load_after = busy_cpus()
@@ -163,7 +215,8 @@ def main(argv=None) -> dict:
     for r in runs:
         per_batch = [statistics.median(t) for t in r["times_ms"]]
         step_ms = statistics.mean(per_batch)  # the mean over the batches of each batch's median over rounds
-        rows.append({"conv": r["conv"], "subsampling": r["subsampling"], "parameters": r["parameters"],
+        rows.append({"conv": r["conv"], "implementation": r["implementation"], "name": r["name"],
+                     "subsampling": r["subsampling"], "parameters": r["parameters"],
                      "step_ms": step_ms, "per_batch_median_ms": per_batch, "times_ms": r["times_ms"],
                      "frames_per_s": statistics.mean(frames) / (step_ms / 1e3),
                      "minutes_for_3000_steps": step_ms * RECIPE_STEPS / 6e4,
@@ -171,17 +224,18 @@ def main(argv=None) -> dict:
     for row in rows:
         row["speed_ratio_vs_peer"] = rows[0]["step_ms"] / row["step_ms"]
 
-    print(f"\n| front end (model.conv) | frames into the stack | step ms | frames/s | speed ratio vs {peer['conv']} "
-          f"| 3000 steps (min) |")
+    print(f"\n| front end (model.conv){'' if impls == ['now'] else ' and implementation'} | frames into the stack "
+          f"| step ms | frames/s | speed ratio vs {peer['name']} | 3000 steps (min) |")
     print("|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['conv']} | x{row['subsampling']} | {row['step_ms']:.0f} | {row['frames_per_s']:,.0f} | "
+        print(f"| {row['name']} | x{row['subsampling']} | {row['step_ms']:.0f} | {row['frames_per_s']:,.0f} | "
               f"{row['speed_ratio_vs_peer']:.2f} | {row['minutes_for_3000_steps']:.1f} |")
     print(f"\nCPUs busy with other work: {load_before:.2f} before, {load_after:.2f} after; {os.cpu_count()} CPUs; "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
     out = {"variant": args.variant, "held_out": args.held_out, "batches": len(batches), "repeats": args.repeats,
            "real_frames_per_batch": frames, "busy_cpus_before_after": [load_before, load_after], "cpus": os.cpu_count(),
-           "peer": peer["conv"], "results": rows}
+           "peer": peer["conv"], "peer_implementation": peer["implementation"], "implementations": impls,
+           "results": rows}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:

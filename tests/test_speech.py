@@ -483,3 +483,27 @@ def test_speech_step_benchmark_times_each_front_end_on_the_same_batches(tmp_path
         assert r["speed_ratio_vs_peer"] == rows[0]["step_ms"] / r["step_ms"]
     assert rows[0]["speed_ratio_vs_peer"] == 1.0
     assert "| 3:4:16 | x4 |" in capsys.readouterr().out
+
+
+def test_speech_step_benchmark_times_each_native_implementation_with_its_own_settings(tmp_path, capsys, monkeypatch):
+    """--implementations: every front end x implementation, each traced under its own rnnlab.native
+    settings (seen by the layers it traces, then restored), the first row the peer."""
+    sys.path.insert(0, train_speech.REPO_ROOT)
+    from benchmarks import speech_step
+    from rnnlab import native
+
+    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
+    seen = []
+    settings = native.settings
+    monkeypatch.setattr(native, "settings", lambda: seen.append(settings()) or settings())
+    out = speech_step.main(["--quick", "--root", root, "--batches", "1", "--repeats", "1", "--front_ends", "3:2:16",
+                            "--implementations", "before,padding,now"])
+    rows = out["results"]
+    assert [r["implementation"] for r in rows] == ["before", "padding", "now"] == out["implementations"]
+    assert [r["name"] for r in rows] == ["3:2:16 before", "3:2:16 padding", "3:2:16 now"]
+    assert out["peer_implementation"] == "before" and rows[0]["speed_ratio_vs_peer"] == 1.0
+    assert {s[1:] for s in seen} == {(False, "sequential"), (True, "sequential"), (True, "sequential_unrolled")}
+    assert (native.SKIP_PADDING, native.VMAP_METHOD) == (True, native.VMAP_METHOD_DEFAULT)
+    assert "| 3:2:16 padding | x2 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="choose from before, padding, now"):
+        speech_step.main(["--quick", "--root", root, "--implementations", "now,fast"])
