@@ -33,7 +33,8 @@ Variants:
                     (each utterance decoded under white-noise floors 15, 20 and 25 dB below its own mean power;
                     the 3 x 3 transcripts voted, ROVER); capped at 30 wall-minutes (~25 min alone on 2 cores).
   fsdd_vote_gru     fsdd_vote with bidirectional GRU layers (model.cell=gru; 2.61 M parameters against 3.35 M);
-                    ~27 min alone on 2 cores of a 206-GFLOP/s host (45 min on one 1.56x slower).
+                    ~27 min alone on 2 cores of a 206-GFLOP/s host (45 min on one 1.56x slower) before the
+                    native layer left padded steps out (2026-12-06, 1.38x): 14.5 min on a 257-GFLOP/s host.
   smoke             seconds: 2 speakers, 3 takes per digit, 1x16 BiLSTM, 6 steps (tests run it).
 Shorthand keys: held_out=SPEAKER, cell=NAME (any registered cell), H=HIDDEN, L=LAYERS, members=K, steps=N, lr=LR,
 seed=N; dotted keys (train.num_steps=...) go anywhere.
