@@ -6,9 +6,10 @@ step, each dispatched to its thread pool: at (B, H) = (32, 256) a step's
 runs the whole loop in one XLA FFI custom call: W_h packed once per call, a
 register-blocked GEMM kernel, the gate nonlinearities on the step's tile while it is in
 cache, and a persistent team of threads (batch rows split with no synchronisation, units
-split with one barrier per step). Only the sequential part is native: XLA keeps the input
-projection before the loop and the weight gradients after it (ONE GEMM each over all T*B
-rows), see ``rnnlab.fused``.
+split with one barrier per step). The products that are parallel in time are in the same
+call, as ONE GEMM each over the live (t, b) rows: the input projection before the loop (or
+inside each step's GEMM while the packed weights fit in cache), d x and the weight
+gradients after it; see ``rnnlab.fused``.
 
 Padding. A batch of sequences of mixed lengths is padded to the longest; past a
 sequence's end its steps are dead (carry frozen, output 0, no gradient into the gates).

@@ -8,10 +8,10 @@
 // so it compiles to AVX-512, AVX2 or NEON with -march=native) and the gate nonlinearities
 // applied while the step's gate tile is still in L1.
 //
-// Only the sequential part is here. XLA still does everything parallel in time: the input
-// projection x @ W_x + b before the loop, and after the backward loop the weight gradients
-// as ONE GEMM over all T*B rows (rnnlab/fused.py's fused_param_grads), so those run at
-// XLA's big-GEMM speed.
+// The products that are parallel in time run in the same call as ONE blocked GEMM each over the
+// live (t, b) rows (see "live rows"): the input projection x @ W_x before the loop (or inside
+// each step's GEMM while the packed weights fit in cache), and after the backward loop d x and
+// the weight gradients.
 //
 // Semantics are those of rnnlab.fused.run (and so of scan.run): gate orders (LSTM i,f,g,o;
 // GRU r,z,n reset-after with b_hn), resets (carry_in = reset ? carry_reset : carry),
