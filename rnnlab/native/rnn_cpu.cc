@@ -693,15 +693,19 @@ static std::vector<int> live_flat_rows(const Masks& m, int TB) {
   return rows;
 }
 
-// dst row i = src row rows[i] (n floats each, row strides ld_src / ld_dst), over the threads
-static void gather_rows(const std::vector<int>& rows, const float* src, size_t ld_src, float* dst, size_t ld_dst,
-                        int n, int threads, const Spawn& spawn) {
-  const int R = static_cast<int>(rows.size()), chunks = std::min(R, 4 * threads);
-  if (R == 0) return;
-  parallel_for(chunks, threads, spawn, [&](int c) {
-    const int i0 = static_cast<int>(static_cast<int64_t>(R) * c / chunks);
-    const int i1 = static_cast<int>(static_cast<int64_t>(R) * (c + 1) / chunks);
-    for (int i = i0; i < i1; i++) std::memcpy(dst + i * ld_dst, src + rows[i] * ld_src, sizeof(float) * n);
+// dst row i = src row rows[i] (ld floats each), over the threads
+static void gather_rows(const std::vector<int>& rows, const float* src, float* dst, size_t ld, int threads,
+                        const Spawn& spawn) {
+  parallel_for(static_cast<int>(rows.size()), threads, spawn, [&](int i) {
+    std::memcpy(dst + i * ld, src + rows[i] * ld, sizeof(float) * ld);
+  });
+}
+
+// dst row rows[i] = src row i (ld floats each), over the threads: gather_rows's inverse
+static void scatter_rows(const std::vector<int>& rows, const float* src, float* dst, size_t ld, int threads,
+                         const Spawn& spawn) {
+  parallel_for(static_cast<int>(rows.size()), threads, spawn, [&](int i) {
+    std::memcpy(dst + rows[i] * ld, src + i * ld, sizeof(float) * ld);
   });
 }
 
@@ -736,11 +740,9 @@ static void forward(const Shape& s, int D, const float* X, const float* W_x, con
       const int R = static_cast<int>(rows.size());
       float* cx = scratch(LIVE_X, static_cast<size_t>(R) * D);
       float* cxp = scratch(LIVE_G, static_cast<size_t>(R) * G);
-      gather_rows(rows, X, D, cx, D, D, threads, spawn);
+      gather_rows(rows, X, cx, D, threads, spawn);
       gemm(R, G, D, Mat{cx, D, 1}, Mat{W_x, G, 1}, cxp, G, false, threads, spawn);
-      parallel_for(R, threads, spawn, [&](int i) {
-        std::memcpy(xp + static_cast<size_t>(rows[i]) * G, cxp + static_cast<size_t>(i) * G, sizeof(float) * G);
-      });
+      scatter_rows(rows, cxp, xp, G, threads, spawn);
     }
   }
   const Plan plan = make_plan(B, H, G, T, threads);
@@ -1034,13 +1036,13 @@ static void backward(const Shape& s, int D, const float* X, const float* W_x, co
   if (packed) {
     float* cx = scratch(LIVE_X, static_cast<size_t>(R) * D);
     float* cg = scratch(LIVE_G, static_cast<size_t>(R) * G);
-    gather_rows(rows, X, D, cx, D, D, threads, spawn);
-    gather_rows(rows, dxp, G, cg, G, G, threads, spawn);
+    gather_rows(rows, X, cx, D, threads, spawn);
+    gather_rows(rows, dxp, cg, G, threads, spawn);
     Xr = cx;
     dxpr = dhwr = cg;
     if (Cell::SEPARATE_DHW) {
       float* cw = scratch(LIVE_G2, static_cast<size_t>(R) * G);
-      gather_rows(rows, dhw, G, cw, G, G, threads, spawn);
+      gather_rows(rows, dhw, cw, G, threads, spawn);
       dhwr = cw;
     }
     dxr = scratch(LIVE_Y, static_cast<size_t>(R) * D);
@@ -1049,9 +1051,7 @@ static void backward(const Shape& s, int D, const float* X, const float* W_x, co
   gemm(R, D, G, Mat{dxpr, G, 1}, Mat{W_x, 1, G}, dxr, D, false, threads, spawn);
   if (packed) {
     std::memset(out.dx, 0, sizeof(float) * TB * D);
-    parallel_for(R, threads, spawn, [&](int i) {
-      std::memcpy(out.dx + static_cast<size_t>(rows[i]) * D, dxr + static_cast<size_t>(i) * D, sizeof(float) * D);
-    });
+    scatter_rows(rows, dxr, out.dx, D, threads, spawn);
   }
   Mat hm{saved + Cell::H_LEAF * H, 1, SW};
   if ((m.h_mask || packed) && R > 0) {
@@ -1113,52 +1113,52 @@ static Shape shape_of(const F32& x, const F32& w_h) {  // x: T x B x D, w_h: H x
 }
 static int d_in(const F32& x) { return static_cast<int>(x.dimensions()[2]); }
 
-static ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 c0, F32 h0, F32 cr,
-                              F32 hr, U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out ys,
-                              Out cT, Out hT, Out saved) {
+static ffi::Error LstmForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 c0, F32 h0, F32 cr, F32 hr,
+                              U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead,
+                              Out ys, Out cT, Out hT, Out saved) {
   const Spawn spawn = spawner(pool);
   const Shape s = shape_of(x, w_h);
   const float* carry0[2] = {c0.typed_data(), h0.typed_data()};
   const float* carry_reset[2] = {cr.typed_data(), hr.typed_data()};
   float* carry_T[2] = {cT->typed_data(), hT->typed_data()};
   forward<Lstm>(s, d_in(x), x.typed_data(), w_x.typed_data(), b.typed_data(), w_h.typed_data(), carry0, carry_reset,
-                masks(reset, valid, h_mask, skip_dead), reverse != 0, static_cast<int>(threads), spawn, Lstm::Params{},
-                ys->typed_data(), carry_T, saved->typed_data());
+                masks(reset, valid, h_mask, skip_dead), reverse != 0, static_cast<int>(threads), spawn,
+                Lstm::Params{}, ys->typed_data(), carry_T, saved->typed_data());
   return ffi::Error::Success();
 }
 
 static ffi::Error LstmInfer(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 c0, F32 h0, F32 cr, F32 hr,
-                            U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out ys, Out cT,
-                            Out hT) {
+                            U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead,
+                            Out ys, Out cT, Out hT) {
   const Spawn spawn = spawner(pool);
   const Shape s = shape_of(x, w_h);
   const float* carry0[2] = {c0.typed_data(), h0.typed_data()};
   const float* carry_reset[2] = {cr.typed_data(), hr.typed_data()};
   float* carry_T[2] = {cT->typed_data(), hT->typed_data()};
   forward<Lstm>(s, d_in(x), x.typed_data(), w_x.typed_data(), b.typed_data(), w_h.typed_data(), carry0, carry_reset,
-                masks(reset, valid, h_mask, skip_dead), reverse != 0, static_cast<int>(threads), spawn, Lstm::Params{},
-                ys->typed_data(), carry_T, nullptr);
+                masks(reset, valid, h_mask, skip_dead), reverse != 0, static_cast<int>(threads), spawn,
+                Lstm::Params{}, ys->typed_data(), carry_T, nullptr);
   return ffi::Error::Success();
 }
 
 static ffi::Error LstmBackward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 w_h, F32 saved, F32 dys, F32 dcT, F32 dhT,
-                               U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out dx, Out dw_x,
-                               Out db, Out dw_h, Out dc0, Out dh0, Out dcr, Out dhr) {
+                               U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead,
+                               Out dx, Out dw_x, Out db, Out dw_h, Out dc0, Out dh0, Out dcr, Out dhr) {
   const Spawn spawn = spawner(pool);
   const Shape s = shape_of(x, w_h);
   const float* d_carry_T[2] = {dcT.typed_data(), dhT.typed_data()};
   float* d_carry0[2] = {dc0->typed_data(), dh0->typed_data()};
   float* d_reset[2] = {dcr->typed_data(), dhr->typed_data()};
   const Grads g{dx->typed_data(), dw_x->typed_data(), db->typed_data(), dw_h->typed_data(), nullptr};
-  backward<Lstm>(s, d_in(x), x.typed_data(), w_x.typed_data(), w_h.typed_data(), saved.typed_data(),
-                 dys.typed_data(), d_carry_T, masks(reset, valid, h_mask, skip_dead), reverse != 0, static_cast<int>(threads),
-                 spawn, Lstm::Params{}, g, d_carry0, d_reset);
+  backward<Lstm>(s, d_in(x), x.typed_data(), w_x.typed_data(), w_h.typed_data(), saved.typed_data(), dys.typed_data(),
+                 d_carry_T, masks(reset, valid, h_mask, skip_dead), reverse != 0, static_cast<int>(threads), spawn,
+                 Lstm::Params{}, g, d_carry0, d_reset);
   return ffi::Error::Success();
 }
 
-static ffi::Error GruForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 b_hn, F32 h0, F32 hr,
-                             U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out ys, Out hT,
-                             Out saved) {
+static ffi::Error GruForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 b_hn, F32 h0, F32 hr, U8 reset,
+                             U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out ys,
+                             Out hT, Out saved) {
   const Spawn spawn = spawner(pool);
   const Shape s = shape_of(x, w_h);
   const float* carry0[1] = {h0.typed_data()};
@@ -1184,8 +1184,8 @@ static ffi::Error GruInfer(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h,
 }
 
 static ffi::Error GruBackward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 w_h, F32 b_hn, F32 saved, F32 dys, F32 dhT,
-                              U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out dx, Out dw_x,
-                              Out db, Out dw_h, Out db_hn, Out dh0, Out dhr) {
+                              U8 reset, U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead,
+                              Out dx, Out dw_x, Out db, Out dw_h, Out db_hn, Out dh0, Out dhr) {
   const Spawn spawn = spawner(pool);
   const Shape s = shape_of(x, w_h);
   const float* d_carry_T[1] = {dhT.typed_data()};
