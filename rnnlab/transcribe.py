@@ -15,6 +15,8 @@ the same speaker.
 re-scores the run on its own held-out evaluation utterances (those its training
 reported on) with today's decoding and prints WER / CER / digit-string accuracy;
 for an ensemble (model.members > 1) each member's too, then their vote.
+``--subsets=K`` adds the vote of every K-member sub-ensemble and their mean: what
+the ensemble's size buys, paired (the same networks, the same utterances).
 ``--utterances`` / ``--eval_seed`` (eval.utterances / eval.seed) score it on more or
 other utterances of the held-out speakers: one eval seed for runs of several
 training seeds scores them all on the same test set.
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 import sys
@@ -93,20 +96,35 @@ def transcribe(model, params, vocab: ctc.Vocab, paths: Sequence[str], beam_width
 
 
 def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | None = None,
-                 config: ml_collections.ConfigDict | None = None) -> dict:
+                 config: ml_collections.ConfigDict | None = None, subsets: int = 0) -> dict:
     """The run's held-out error rates with its evaluated weights (as ``--evaluate``
     prints them); an ensemble adds ``members``: each member's alone. ``floors``: the
     test-time noise floors voted over (None: the run's eval.test_floors). ``config``:
     the run's config.json as read by ``read_config``, eval.* changed at will
-    (utterances, seed); None: read it."""
+    (utterances, seed); None: read it. ``subsets=K`` (1 <= K <= members) adds
+    ``subsets``: the vote of every K-member sub-ensemble (``members``: which), and
+    ``subsets_mean``: their mean rates, the paired answer to "what does the ensemble's
+    size buy" on the same networks and utterances."""
     config = read_config(workdir) if config is None else config
     model, params, _ = load_run(workdir, config)
+    if subsets and not 1 <= subsets <= model.members:
+        raise ValueError(f"subsets={subsets}: this run has {model.members} member(s); give a size from 1 to "
+                         f"{model.members}")
     data = train_speech.load_data(config, workdir)
     out = train_speech.evaluate(model, params, config, data, beam_width, floors)
+
+    def sub_ensemble(members: Sequence[int]) -> dict:  # one member: its parameters without the members axis
+        take = members[0] if len(members) == 1 else np.asarray(members)
+        return train_speech.evaluate(dataclasses.replace(model, members=len(members)),
+                                     jax.tree.map(lambda a: a[take], params), config, data, beam_width, floors)
+
     if model.members > 1:
-        one = dataclasses.replace(model, members=1)
-        out["members"] = [train_speech.evaluate(one, jax.tree.map(lambda a, k=k: a[k], params), config, data,
-                                                beam_width, floors) for k in range(model.members)]
+        out["members"] = [sub_ensemble((k,)) for k in range(model.members)]
+    if subsets:
+        out["subsets"] = [{"members": list(c), **sub_ensemble(c)}
+                          for c in itertools.combinations(range(model.members), subsets)]
+        out["subsets_mean"] = {k: float(np.mean([r[k] for r in out["subsets"]]))
+                               for k in ("wer", "cer", "string_accuracy")}
     return out
 
 
@@ -131,10 +149,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--eval_seed", type=int, default=None,
                    help="with --evaluate: draw the held-out utterances with this seed (default: the run's "
                         "eval.seed, i.e. its own seed): the same value scores runs of several seeds on one test set")
+    p.add_argument("--subsets", type=int, default=0,
+                   help="with --evaluate on an ensemble: also score the vote of every sub-ensemble of this many "
+                        "members, then their mean (what the ensemble's size buys, on the same networks)")
     p.add_argument("wavs", nargs="*")
     a = p.parse_args(argv)
     if not a.evaluate and (a.utterances is not None or a.eval_seed is not None):
         p.error("--utterances and --eval_seed choose evaluation utterances: use them with --evaluate")
+    if a.subsets and not a.evaluate:
+        p.error("--subsets scores sub-ensembles: use it with --evaluate")
     if a.utterances is not None and a.utterances < 1:
         p.error(f"--utterances={a.utterances}: give at least 1")
     try:
@@ -153,9 +176,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"scoring {config.eval.utterances} held-out utterances of {config.data.test_speakers} drawn with seed "
               f"{seed}{' (the run seed)' if seed == config.seed else ''}; test-time floors: "
               f"{', '.join(f'{f:g}' for f in floors) or 'none'}", flush=True)
-        r = evaluate_run(a.workdir, a.beam, floors, config)
+        try:
+            r = evaluate_run(a.workdir, a.beam, floors, config, a.subsets)
+        except ValueError as e:
+            p.error(str(e))
         for k, m in enumerate(r.get("members", [])):
             print(f"member {k}: {_rates(m)}", flush=True)
+        for m in r.get("subsets", []):
+            print(f"members {','.join(map(str, m['members']))}: {_rates(m)}", flush=True)
+        if "subsets_mean" in r:
+            m = r["subsets_mean"]
+            print(f"mean of the {a.subsets}-member votes: WER {100 * m['wer']:.2f}% CER {100 * m['cer']:.2f}% "
+                  f"digit-string accuracy {100 * m['string_accuracy']:.2f}%", flush=True)
         print(f"{'vote of the members' if 'members' in r else 'model'}: {_rates(r)}", flush=True)
         return
     if not a.wavs:

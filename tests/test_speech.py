@@ -271,6 +271,10 @@ def test_config_variants_sweep_and_report_table(tmp_path):
     same = gru.to_dict()
     same["model"]["cell"] = "lstm"
     assert same == vote.to_dict()  # fsdd_vote with GRU layers, nothing else
+    four = exp.get_config("fsdd_vote4_gru,held_out=nicolas").to_dict()
+    assert four["model"]["members"] == 4
+    four["model"]["members"] = 3
+    assert four == gru.to_dict()  # fsdd_vote_gru with a fourth member, nothing else
     assert train_speech.eval_floors(exp.get_config("fsdd")) == ()
     with pytest.raises(ValueError, match="eval.test_floors"):
         train_speech.eval_floors(exp.get_config("fsdd,eval.test_floors=15;20"))
@@ -433,8 +437,20 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
             hyps[b] += [tuple(ctc.greedy_decode(np.asarray(lo[k, b]), int(out_n[b]))) for k in range(2)]
     assert train_speech.decode(model, params, batch, vocab, 0, (15.0, 30.0)) == [
         vocab.decode(ctc.rover(h)) for h in hyps]
-    f = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,20,25"], repo)
+    f = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,20,25",
+              "--subsets=2"], repo)
     assert f.returncode == 0 and "vote of the members: WER" in f.stdout, f.stderr[-3000:]
+    # the one 2-member sub-ensemble is the ensemble: its parameters taken member by member give the same vote
+    rates = {x.split(": ")[0]: x.split(": ")[1] for x in f.stdout.splitlines() if ": WER" in x}
+    assert rates["members 0,1"] == rates["vote of the members"], f.stdout
+    assert rates["mean of the 2-member votes"] in rates["members 0,1"], f.stdout
+    one_each = transcribe.evaluate_run(wd, subsets=1)  # 1-member votes: each member alone, then their mean
+    assert [m["members"] for m in one_each["subsets"]] == [[0], [1]]
+    assert [m["wer"] for m in one_each["subsets"]] == [m["wer"] for m in one_each["members"]]
+    assert one_each["subsets_mean"]["wer"] == pytest.approx(np.mean([m["wer"] for m in one_each["members"]]))
+    too_many = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--subsets=3"], repo)
+    assert too_many.returncode != 0 and "subsets=3: this run has 2 member(s); give a size from 1 to 2" in \
+        too_many.stderr and "Traceback" not in too_many.stderr, too_many.stderr[-3000:]
     bad = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,loud"], repo)
     assert bad.returncode != 0 and "eval.test_floors='15,loud'" in bad.stderr and "comma-separated" in bad.stderr
     assert "Traceback" not in bad.stderr and "usage:" in bad.stderr, bad.stderr[-3000:]
