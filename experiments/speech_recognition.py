@@ -7,9 +7,10 @@ with random silences, gains and background noise) of the 5th, for each speaker.
 One trial:
   nice -n 5 python -m rnnlab.main --config=experiments/speech_recognition.py:fsdd,held_out=jackson \
       --workdir=runs/speech/fsdd_jackson
-All five held-out speakers with the best recipe (--variant=fsdd_vote: 10.41 % with seed 0, 10.40 % with
-seed 1 on one common set of 2000 utterances per speaker; ~25 min per speaker alone on 2 cores):
-  python experiments/speech_recognition.py --run --variant=fsdd_vote --root=runs/speech_vote --out=docs/speech_vote
+All five held-out speakers with the recipe (--variant=fsdd_vote4_gru: 10.12 % with seed 5 on one common set of
+2000 utterances per speaker; 19-24 min per speaker alone on 2 cores of a 257-GFLOP/s host):
+  python experiments/speech_recognition.py --run --variant=fsdd_vote4_gru --root=runs/speech_vote4 \
+      --out=docs/speech_vote4
 All five held-out speakers (each a subprocess; the same command resumes or reuses finished
 trials), then the report (per-speaker table + average); on a shared machine run two or three at a
 time with XLA on one thread each (each model: ~12 CPU-minutes for 3000 steps):
@@ -50,6 +51,8 @@ fsdd_vote_gru on the same utterances: seed 0 14.43 / 8.14 / 6.71 / 14.19 / 7.21 
 13.59 / 6.26 / 6.61 / 11.88 / 8.73 %, average 9.41 % (the seed the cell was chosen on); seed 2 14.73 / 8.59 /
 6.58 / 12.76 / 7.98 %, average 10.13 %; seed 3 13.41 / 8.91 / 7.12 / 12.67 / 8.32 %, average 10.09 %; seed 4
 13.28 / 7.64 / 6.16 / 13.31 / 8.43 %, average 9.76 %; five-seed mean 9.91 %, the four unchosen seeds 10.03 %.
+fsdd_vote4_gru (four members) on the same utterances, seed 5 (fresh): 15.16 / 7.76 / 7.25 / 12.42 / 8.02 %,
+average 10.12 %, against 10.30 % for the mean of its 3-member votes (transcribe --evaluate --subsets=3).
 On the 400 utterances each run draws with its own seed: fsdd_vote (members=3, test-time floors 15/20/25 dB,
 nine transcripts voted; ~47 CPU-minutes, ~25 min alone on 2 cores): george 13.79 %, jackson 8.24 %, lucas 6.77 %, nicolas 12.84 %, yweweler 7.66 %;
 average 9.86 % (floors chosen by leave-one-speaker-out on these runs; the same ensembles without floors:
