@@ -95,6 +95,14 @@ def transcribe(model, params, vocab: ctc.Vocab, paths: Sequence[str], beam_width
     return out
 
 
+def _check_subsets(subsets: int, members: int) -> None:
+    if subsets and members < 2:
+        raise ValueError(f"subsets={subsets}: this run is one network (model.members=1); sub-ensembles need an "
+                         "ensemble run (model.members > 1)")
+    if subsets and not 1 <= subsets <= members:
+        raise ValueError(f"subsets={subsets}: this run has {members} members; give a size from 1 to {members}")
+
+
 def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | None = None,
                  config: ml_collections.ConfigDict | None = None, subsets: int = 0) -> dict:
     """The run's held-out error rates with its evaluated weights (as ``--evaluate``
@@ -107,9 +115,7 @@ def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | 
     size buy" on the same networks and utterances."""
     config = read_config(workdir) if config is None else config
     model, params, _ = load_run(workdir, config)
-    if subsets and not 1 <= subsets <= model.members:
-        raise ValueError(f"subsets={subsets}: this run has {model.members} member(s); give a size from 1 to "
-                         f"{model.members}")
+    _check_subsets(subsets, model.members)
     data = train_speech.load_data(config, workdir)
     out = train_speech.evaluate(model, params, config, data, beam_width, floors)
 
@@ -177,9 +183,10 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{seed}{' (the run seed)' if seed == config.seed else ''}; test-time floors: "
               f"{', '.join(f'{f:g}' for f in floors) or 'none'}", flush=True)
         try:
-            r = evaluate_run(a.workdir, a.beam, floors, config, a.subsets)
+            _check_subsets(a.subsets, config.model.members)
         except ValueError as e:
             p.error(str(e))
+        r = evaluate_run(a.workdir, a.beam, floors, config, a.subsets)
         for k, m in enumerate(r.get("members", [])):
             print(f"member {k}: {_rates(m)}", flush=True)
         for m in r.get("subsets", []):

@@ -125,6 +125,9 @@ def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp
     assert 0 <= result["eval_raw_wer"] and result["cpu_seconds"] > 0 and "eval at step 6 (EMA weights)" in r.stdout
     assert {"loss", "grad_norm", "param_norm", "update_norm", "lr"} <= set(
         json.loads(open(os.path.join(wd, "metrics.jsonl")).readline()))
+    from rnnlab import transcribe
+    with pytest.raises(ValueError, match=r"subsets=1: this run is one network \(model.members=1\)"):
+        transcribe.evaluate_run(wd, subsets=1)
     again = _run(["-m", "rnnlab.main", cfg, f"--workdir={wd}"], repo)  # finished: reads the result back
     assert again.returncode == 0 and "run already finished" in again.stdout
     other = _run(["-m", "rnnlab.main", cfg + ",H=32", f"--workdir={wd}"], repo)
@@ -449,7 +452,7 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     assert [m["wer"] for m in one_each["subsets"]] == [m["wer"] for m in one_each["members"]]
     assert one_each["subsets_mean"]["wer"] == pytest.approx(np.mean([m["wer"] for m in one_each["members"]]))
     too_many = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--subsets=3"], repo)
-    assert too_many.returncode != 0 and "subsets=3: this run has 2 member(s); give a size from 1 to 2" in \
+    assert too_many.returncode != 0 and "subsets=3: this run has 2 members; give a size from 1 to 2" in \
         too_many.stderr and "Traceback" not in too_many.stderr, too_many.stderr[-3000:]
     bad = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,loud"], repo)
     assert bad.returncode != 0 and "eval.test_floors='15,loud'" in bad.stderr and "comma-separated" in bad.stderr
