@@ -119,10 +119,15 @@ def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | 
     data = train_speech.load_data(config, workdir)
     out = train_speech.evaluate(model, params, config, data, beam_width, floors)
 
-    def sub_ensemble(members: Sequence[int]) -> dict:  # one member: its parameters without the members axis
-        take = members[0] if len(members) == 1 else np.asarray(members)
-        return train_speech.evaluate(dataclasses.replace(model, members=len(members)),
-                                     jax.tree.map(lambda a: a[take], params), config, data, beam_width, floors)
+    scored: dict[tuple[int, ...], dict] = {}  # each sub-ensemble scored once (subsets=1: the members again)
+
+    def sub_ensemble(members: tuple[int, ...]) -> dict:  # one member: its parameters without the members axis
+        if members not in scored:
+            take = members[0] if len(members) == 1 else np.asarray(members)
+            scored[members] = train_speech.evaluate(dataclasses.replace(model, members=len(members)),
+                                                    jax.tree.map(lambda a: a[take], params), config, data,
+                                                    beam_width, floors)
+        return scored[members]
 
     if model.members > 1:
         out["members"] = [sub_ensemble((k,)) for k in range(model.members)]
@@ -173,19 +178,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     for key, value in (("test_floors", a.test_floors), ("utterances", a.utterances), ("seed", a.eval_seed)):
         if value is not None:
             config.eval[key] = value
-    try:  # both name the eval.* key and its form
+    try:  # each names the key and its form
         floors = train_speech.eval_floors(config)
         seed = train_speech.eval_seed(config) if a.evaluate else None
+        _check_subsets(a.subsets, config.model.members)
     except ValueError as e:
         p.error(str(e))
     if a.evaluate:
         print(f"scoring {config.eval.utterances} held-out utterances of {config.data.test_speakers} drawn with seed "
               f"{seed}{' (the run seed)' if seed == config.seed else ''}; test-time floors: "
               f"{', '.join(f'{f:g}' for f in floors) or 'none'}", flush=True)
-        try:
-            _check_subsets(a.subsets, config.model.members)
-        except ValueError as e:
-            p.error(str(e))
         r = evaluate_run(a.workdir, a.beam, floors, config, a.subsets)
         for k, m in enumerate(r.get("members", [])):
             print(f"member {k}: {_rates(m)}", flush=True)
