@@ -307,9 +307,11 @@ static float* pack_step_panels(const float* W_x, int D, const float* W_h, int H,
     float* h_part = x_part + static_cast<size_t>(D) * NV1 * VL;
     const int u0 = p * VL;
     for (int k = 0; k < D; k++)
-      for (int v = 0; v < NV1; v++) copy_units(x_part + ((size_t)k * NV1 + v) * VL, W_x + (size_t)k * G + v * H + u0, u0);
+      for (int v = 0; v < NV1; v++)
+        copy_units(x_part + ((size_t)k * NV1 + v) * VL, W_x + (size_t)k * G + v * H + u0, u0);
     for (int k = 0; k < H; k++)
-      for (int v = 0; v < NV2; v++) copy_units(h_part + ((size_t)k * NV2 + v) * VL, W_h + (size_t)k * G + v * H + u0, u0);
+      for (int v = 0; v < NV2; v++)
+        copy_units(h_part + ((size_t)k * NV2 + v) * VL, W_h + (size_t)k * G + v * H + u0, u0);
   });
   return P;
 }
@@ -362,7 +364,8 @@ constexpr int GNV = RNNLAB_GNV, GNR = GNV * VL, GMR = tile_rows(GNV), KC = RNNLA
 // contiguous, else 16 x 16 blocks (read along src's columns, write along dst's rows)
 static void pack(float* __restrict dst, Mat src, int i0, int ni, int j0, int nj, int ld) {
   if (src.cs == 1) {
-    for (int i = 0; i < ni; i++) std::memcpy(dst + (size_t)i * ld, src.p + (i0 + i) * src.rs + j0, sizeof(float) * nj);
+    for (int i = 0; i < ni; i++)
+      std::memcpy(dst + (size_t)i * ld, src.p + (i0 + i) * src.rs + j0, sizeof(float) * nj);
     return;
   }
   if (src.rs == 1) {
@@ -429,7 +432,8 @@ static void gemm_parts(std::vector<Part> parts, int N, int K, Mat B, bool accumu
       int block = 0;
       for (const Part& pt : parts) {
         const int nb = (pt.M + GMR - 1) / GMR;
-        const int m0 = std::min(pt.M, std::max(0, b0 - block) * GMR), m1 = std::min(pt.M, std::max(0, b1 - block) * GMR);
+        const int m0 = std::min(pt.M, std::max(0, b0 - block) * GMR);
+        const int m1 = std::min(pt.M, std::max(0, b1 - block) * GMR);
         block += nb;
         for (int i0 = m0; i0 < m1; i0 += MC) {
           const int mc = std::min(MC, m1 - i0);
@@ -528,8 +532,9 @@ struct Lstm {
   }
 
   // d_carry: (dc, dh) of carry_out; returns d_in (dc_in, dh_in without the W_h term)
-  static inline void backward(int n, int H, const float* __restrict saved, const float* __restrict dc, const float* __restrict dh,
-                              const float* __restrict dy, float* __restrict dxp, float* /*dhw*/, float* __restrict dc_in, float* __restrict dh_in,
+  static inline void backward(int n, int H, const float* __restrict saved, const float* __restrict dc,
+                              const float* __restrict dh, const float* __restrict dy, float* __restrict dxp,
+                              float* /*dhw*/, float* __restrict dc_in, float* __restrict dh_in,
                               const Params&) {
     const float* __restrict c = saved;
     const float* __restrict a = saved + NC * H;
@@ -586,8 +591,9 @@ struct Gru {
     }
   }
 
-  static inline void backward(int n, int H, const float* __restrict saved, const float* __restrict dh, const float* __restrict /*unused*/,
-                              const float* __restrict dy, float* __restrict dxp, float* __restrict dhw, float* __restrict dh_in, float* __restrict /*unused*/,
+  static inline void backward(int n, int H, const float* __restrict saved, const float* __restrict dh,
+                              const float* __restrict /*unused*/, const float* __restrict dy, float* __restrict dxp,
+                              float* __restrict dhw, float* __restrict dh_in, float* __restrict /*unused*/,
                               const Params&) {
     const float* __restrict h = saved;
     const float* __restrict a = saved + NC * H;
@@ -954,7 +960,8 @@ static void backward_loop(const Shape& s, const float* W, const float* saved, co
     if (n_live < k.nb()) {  // some rows are dead: the live ones' dhw_t, contiguous
       float* g = live_dhw[chunk].get();
       for (int j = 0; j < n_live; j++)
-        std::memcpy(g + static_cast<size_t>(j) * G, dhw + (static_cast<size_t>(t) * B + lv[j]) * G, sizeof(float) * G);
+        std::memcpy(g + static_cast<size_t>(j) * G,
+                    dhw + (static_cast<size_t>(t) * B + lv[j]) * G, sizeof(float) * G);
       A = g;
       rec0 = live_rec[chunk].get();
     }
@@ -1171,7 +1178,8 @@ static ffi::Error GruForward(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_
 }
 
 static ffi::Error GruInfer(ffi::ThreadPool pool, F32 x, F32 w_x, F32 b, F32 w_h, F32 b_hn, F32 h0, F32 hr, U8 reset,
-                           U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead, Out ys, Out hT) {
+                           U8 valid, F32 h_mask, int64_t reverse, int64_t threads, int64_t skip_dead,
+                           Out ys, Out hT) {
   const Spawn spawn = spawner(pool);
   const Shape s = shape_of(x, w_h);
   const float* carry0[1] = {h0.typed_data()};
