@@ -6,6 +6,7 @@ native layer's handling of padding and of ensemble members buys.
     python benchmarks/speech_step.py                    # fsdd_vote_gru: x4 (the recipe) against two x8 front ends
     python benchmarks/speech_step.py --front_ends '5:2:128,3:2:128;5:4:128,3:2:128' --repeats 20 --json out.json
     python benchmarks/speech_step.py --front_ends '5:2:128,3:2:128' --implementations before,padding,now
+    python benchmarks/speech_step.py --variant fsdd_vote4_gru --front_ends '5:2:128,3:2:128' --member_threads 1,2
     python benchmarks/speech_step.py --quick            # the smoke config; what tests/test_speech.py runs
 
 Implementations (``rnnlab.native`` settings, read when the step is traced; each gets
@@ -22,6 +23,11 @@ the same training batches of ``experiments/speech_recognition.py:VARIANT``
 (``--batches`` of them, drawn as the trainer draws them: ``audio.connected_batch``
 at steps 0, 1, ...). Every front end starts from the same initial weights where
 the shapes agree (a stride does not change a kernel's shape).
+
+Member threads (``--member_threads 1,2``; train.member_threads of an ensemble variant): 1 is
+the trainer's one program over all members; G > 1 trains the members in G groups, each
+group's step on a thread of its own (``rnnlab.train_speech.MemberThreads``), the native
+loop's threads divided among them. Equal to one program to float rounding, not bitwise.
 
 Each step is compiled for every batch shape (frames are padded to a multiple of
 ``data.bucket``) before anything is timed. Then ``--repeats`` rounds: in each round
@@ -78,6 +84,10 @@ def parse(argv=None):
     p.add_argument("--implementations", default="now",
                    help="comma-separated native-layer implementations to time on every front end (before, "
                         "padding, now; the first front end's first implementation is the peer)")
+    p.add_argument("--members", type=int, default=0, help="model.members (0: the variant's)")
+    p.add_argument("--member_threads", default="1",
+                   help="comma-separated train.member_threads values to time with every implementation (1: one "
+                        "program over all members; G: the members in G groups, each on a thread of its own)")
     p.add_argument("--json", default="")
     return p.parse_args(argv)
 
@@ -102,10 +112,29 @@ def implementation(name: str):
             setattr(native, k, v)
 
 
-def config_for(variant: str, held_out: str, conv: str, root: str):
+@contextlib.contextmanager
+def thread_share(groups: int):
+    """The native loop's threads divided among ``groups`` programs while a step is traced (as the trainer does)."""
+    saved, native.THREAD_SHARE = native.THREAD_SHARE, groups
+    try:
+        yield
+    finally:
+        native.THREAD_SHARE = saved
+
+
+def _with_threads(c, groups: int):
+    c = c.copy_and_resolve_references()
+    c.unlock()
+    c.train.member_threads = groups
+    return c
+
+
+def config_for(variant: str, held_out: str, conv: str, root: str, members: int = 0):
     c = sr.get_config(f"{variant},held_out={held_out}")
     c.unlock()
     c.model.conv = conv
+    if members:
+        c.model.members = members
     c.data.root = root
     c.lock()
     return c
@@ -144,6 +173,10 @@ def main(argv=None) -> dict:
     base = sr.get_config(f"{args.variant},held_out={args.held_out}")
     front_ends = [f for f in args.front_ends.split(";") if f.strip()] if args.front_ends else []
     impls = [v.strip() for v in args.implementations.split(",") if v.strip()]
+    try:
+        thread_counts = [int(v) for v in args.member_threads.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"--member_threads={args.member_threads!r}: expected comma-separated counts, e.g. 1,2") from None
     if not impls or any(v not in IMPLEMENTATIONS for v in impls) or len(set(impls)) != len(impls):
         raise SystemExit(f"--implementations={args.implementations!r}: choose from {', '.join(IMPLEMENTATIONS)}, "
                          "comma-separated, each once")
@@ -156,7 +189,7 @@ def main(argv=None) -> dict:
         print(f"warning: {load_before:.2f} of {os.cpu_count()} CPUs busy before the benchmark: the times measure the "
               "load as much as the step", flush=True)
 
-    cs = [config_for(args.variant, args.held_out, conv, args.root) for conv in front_ends]
+    cs = [config_for(args.variant, args.held_out, conv, args.root, args.members) for conv in front_ends]
     models = [ts.build(c) for c in cs]  # a bad model.conv is refused here, before the data is read
     c0 = cs[0]
     with tempfile.TemporaryDirectory() as workdir:  # its feature cache, gone afterwards
@@ -171,24 +204,40 @@ def main(argv=None) -> dict:
     runs = []
     for conv, c, model in zip(front_ends, cs, models, strict=True):
         tx = ts.make_optimizer(c.optim)
-        for impl in impls:
+        for impl, groups in itertools.product(impls, thread_counts):
             state = ts.initial_state(model, tx, c)  # the trainer's own step-0 state
             n_params = sum(int(a.size) for a in jax.tree.leaves(state["params"]))
-            runs.append({"conv": conv, "implementation": impl, "name": conv + ("" if impls == ["now"] else f" {impl}"),
+            name = conv + ("" if impls == ["now"] else f" {impl}") + (
+                "" if thread_counts == [1] else f" member_threads={groups}")
+            step = own_jit(ts.train_step)
+            grouped = None
+            if groups > 1:
+                try:  # a bad count gets the trainer's own error
+                    ts.check_member_threads(_with_threads(c, groups))
+                except ValueError as e:
+                    raise SystemExit(f"--member_threads: {e}") from None
+                grouped = ts.MemberThreads(model, tx, groups, step=step)
+                grouped.load(state)
+                state = None
+            runs.append({"conv": conv, "implementation": impl, "name": name, "member_threads": groups,
                          "subsampling": model.subsampling, "parameters": n_params, "model": model, "tx": tx,
-                         "state": state, "lr": jnp.float32(c.optim.lr), "decay": jnp.float32(c.train.ema_decay),
-                         "key": jax.random.key(c.seed + 1), "times_ms": [[] for _ in batches],
-                         "step": own_jit(ts.train_step)})
+                         "state": state, "grouped": grouped, "lr": jnp.float32(c.optim.lr),
+                         "decay": jnp.float32(c.train.ema_decay), "key": jax.random.key(c.seed + 1),
+                         "times_ms": [[] for _ in batches], "step": step})
 
     def one_step(r, b):
-        r["state"], m = r["step"](r["model"], r["tx"], r["state"], b, r["lr"], r["key"], r["decay"])
+        if r["grouped"] is None:
+            r["state"], m = r["step"](r["model"], r["tx"], r["state"], b, r["lr"], r["key"], r["decay"])
+        else:
+            r["grouped"].submit(b, r["lr"], r["key"], r["decay"])
+            m = r["grouped"].collect()
         jax.block_until_ready(m)
         return float(m["loss"])
 
     for r in runs:  # compile every shape (and a first untimed step) before timing anything
         t = time.perf_counter()
         seen = set()
-        with implementation(r["implementation"]):
+        with implementation(r["implementation"]), thread_share(r["member_threads"]):
             for b in batches:
                 if b["logmel"].shape not in seen:
                     seen.add(b["logmel"].shape)
@@ -216,6 +265,7 @@ def main(argv=None) -> dict:
         per_batch = [statistics.median(t) for t in r["times_ms"]]
         step_ms = statistics.mean(per_batch)  # the mean over the batches of each batch's median over rounds
         rows.append({"conv": r["conv"], "implementation": r["implementation"], "name": r["name"],
+                     "member_threads": r["member_threads"],
                      "subsampling": r["subsampling"], "parameters": r["parameters"],
                      "step_ms": step_ms, "per_batch_median_ms": per_batch, "times_ms": r["times_ms"],
                      "frames_per_s": statistics.mean(frames) / (step_ms / 1e3),
@@ -235,6 +285,7 @@ def main(argv=None) -> dict:
     out = {"variant": args.variant, "held_out": args.held_out, "batches": len(batches), "repeats": args.repeats,
            "real_frames_per_batch": frames, "busy_cpus_before_after": [load_before, load_after], "cpus": os.cpu_count(),
            "peer": peer["conv"], "peer_implementation": peer["implementation"], "implementations": impls,
+           "member_threads": thread_counts,
            "results": rows}
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

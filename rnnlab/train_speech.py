@@ -21,6 +21,8 @@ and never used to pick a checkpoint: the result is the model at the last step.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import json
@@ -36,7 +38,7 @@ import numpy as np
 import optax
 
 from rnnlab import checkpoint as ckpt_lib
-from rnnlab import ctc, writers
+from rnnlab import ctc, native, writers
 from rnnlab import features as feat
 from rnnlab.data import audio
 from rnnlab.models import speech as speech_lib
@@ -192,7 +194,7 @@ def initial_state(model: speech_lib.SpeechModel, tx: optax.GradientTransformatio
                   config: ml_collections.ConfigDict) -> dict:
     """The step-0 training state of ``config``: initial weights, optimizer state (one per ensemble member), EMA."""
     params = model.init(jax.random.key(config.seed))
-    opt_state = tx.init(params) if model.members == 1 else jax.vmap(tx.init)(params)
+    opt_state = jax.vmap(tx.init)(params) if model.ensemble else tx.init(params)
     state = {"params": params, "opt_state": opt_state, "step": jnp.asarray(0, jnp.int32)}
     if config.train.ema_decay:
         state["ema"] = jax.tree.map(jnp.zeros_like, params)
@@ -207,7 +209,7 @@ def train_step(model: speech_lib.SpeechModel, tx: optax.GradientTransformation, 
 
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     # an ensemble's members are optimised apart (their own gradient clipping, Adam moments)
-    update = tx.update if model.members == 1 else jax.vmap(tx.update)
+    update = jax.vmap(tx.update) if model.ensemble else tx.update
     direction, opt_state = update(grads, state["opt_state"], state["params"])
     updates = jax.tree.map(lambda d: -lr * d, direction)
     params = optax.apply_updates(state["params"], updates)
@@ -217,6 +219,99 @@ def train_step(model: speech_lib.SpeechModel, tx: optax.GradientTransformation, 
     if "ema" in state:  # weight averaging: evaluated instead of the last weights (train.ema_decay)
         new["ema"] = ema_update(state["ema"], params, ema_decay)
     return new, metrics
+
+
+class MemberThreads:
+    """train.member_threads=G > 1: an ensemble's members trained in G groups of members / G, each
+    group's ``train_step`` (on ``model.slice_of`` its members, which compute what they compute in the
+    whole, their own dropout and SpecAugment draws included) run by a thread of its own, so that
+    the groups run on separate cores at once. One program over all members leaves part of a second
+    core waiting in XLA's and the native loop's thread pools; G programs, one core each, do not
+    (docs/speech: fsdd_vote4_gru's step on 2 cores). The native loop's default thread count is
+    divided among the groups (``native.THREAD_SHARE``).
+
+    Every member's update is the same function as in one program, but XLA batches the members'
+    operations differently at another width, so the numbers agree with one program to float
+    rounding, not bitwise; runs with the same G are bitwise reproducible and resume exactly. The
+    checkpoints hold the whole ensemble's state as one program would (``join``): a run can be
+    evaluated, transcribed, or resumed with another G."""
+
+    def __init__(self, model: speech_lib.SpeechModel, tx: optax.GradientTransformation, groups: int, step=None):
+        if not model.ensemble or model.members % groups:
+            raise ValueError(f"train.member_threads={groups}: not a divisor of model.members={model.members}")
+        k = model.members // groups
+        self.slices = [slice(g * k, (g + 1) * k) for g in range(groups)]
+        self.models = [model.slice_of(tuple(range(sl.start, sl.stop))) for sl in self.slices]
+        self.tx, self.step = tx, step or train_step  # step: benchmarks pass their own jitted train_step
+        self.states: list[dict] = []
+        self._running: list[concurrent.futures.Future] = []
+        self.pool = concurrent.futures.ThreadPoolExecutor(groups, thread_name_prefix="rnnlab-members")
+
+    def load(self, state: dict) -> None:
+        """Take over ``state`` (the whole ensemble's), split into the groups' (copies)."""
+        def part(sl):
+            return {k: jnp.array(v) if k == "step" else jax.tree.map(lambda a: jnp.array(a[sl]), v)
+                    for k, v in state.items()}
+
+        self.states = [part(sl) for sl in self.slices]
+
+    def join(self) -> dict:
+        """The whole ensemble's state, as one program would hold it."""
+        first = self.states[0]
+        return {k: first[k] if k == "step" else
+                jax.tree.map(lambda *xs: jnp.concatenate(xs), *[st[k] for st in self.states]) for k in first}
+
+    def submit(self, batch: dict, lr, rng, ema_decay) -> None:
+        """Start one training step of every group (``collect`` waits for them)."""
+        def one(model, state):
+            out = self.step(model, self.tx, state, batch, lr, rng, ema_decay)
+            return jax.block_until_ready(out)  # this thread runs its group's step to the end
+
+        self._running = [self.pool.submit(one, m, st) for m, st in zip(self.models, self.states, strict=True)]
+
+    def collect(self) -> dict:
+        """Wait for the groups' steps; the metrics of the whole: the members' mean loss, the global norms."""
+        outs = [f.result() for f in self._running]
+        self._running = []
+        self.states = [new for new, _ in outs]
+        ms = [m for _, m in outs]
+        norms = ("grad_norm", "param_norm", "update_norm")
+        out = {k: jnp.mean(jnp.stack([m[k] for m in ms])) for k in ms[0] if k not in norms}
+        out.update({k: jnp.sqrt(sum(jnp.square(m[k]) for m in ms)) for k in norms})
+        return out
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def check_member_threads(config: ml_collections.ConfigDict) -> int:
+    """train.member_threads, checked against model.members (see ``MemberThreads``)."""
+    groups, members = config.train.get("member_threads", 1), config.model.get("members", 1)
+    if not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"train.member_threads={groups!r}: expected a thread count >= 1 (1: one program)")
+    if groups > 1 and members == 1:
+        raise ValueError(f"train.member_threads={groups}: this model is one network (model.members=1); member "
+                         "threads train an ensemble's members apart: set model.members > 1, or train.member_threads=1")
+    if members % groups:
+        raise ValueError(f"train.member_threads={groups} must divide model.members={members} (each thread trains "
+                         f"as many members); use a divisor of {members}, or 1 (one program)")
+    return groups
+
+
+@contextlib.contextmanager
+def member_threads(model: speech_lib.SpeechModel, tx: optax.GradientTransformation, groups: int):
+    """A ``MemberThreads`` for train.member_threads=``groups`` (None for 1: one program), with the
+    native loop's threads shared among the groups meanwhile."""
+    if groups == 1:
+        yield None
+        return
+    grouped = MemberThreads(model, tx, groups)
+    share, native.THREAD_SHARE = native.THREAD_SHARE, groups
+    try:
+        yield grouped
+    finally:
+        native.THREAD_SHARE = share
+        grouped.close()
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
@@ -330,6 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     t_start, cpu_start = time.time(), time.process_time()  # process_time: CPU seconds of all our threads
     eval_floors(config), eval_seed(config)  # a bad eval.test_floors / eval.seed fails now, not at the first evaluation
     speed_factors(config.data.get("speed_perturb", ""))  # and a bad data.speed_perturb before anything is written
+    groups = check_member_threads(config)  # and a bad train.member_threads
     if config.train.get("fit_to_budget", False) and not config.train.max_minutes > 0:
         raise ValueError("train.fit_to_budget=True fits the schedule to train.max_minutes, which is "
                          f"{config.train.max_minutes}: set train.max_minutes > 0, or train.fit_to_budget=False")
@@ -340,167 +436,186 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     total, tr = config.train.num_steps, config.train
     tx = make_optimizer(config.optim)
     state = initial_state(model, tx, config)
-    params = state["params"]
-    n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+    with member_threads(model, tx, groups) as grouped:  # None: one program trains every member
+        params = state["params"]
+        n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
 
-    checkpointer = ckpt_lib.Checkpointer(workdir, keep=tr.keep_checkpoints, async_save=tr.async_checkpoint)
-    restored = checkpointer.restore_latest(state)
-    start, seconds_before, cpu_before = 0, 0.0, 0.0
-    deadline = t_start + 60 * tr.max_minutes if tr.max_minutes else None
-    fit = bool(tr.get("fit_to_budget", False))  # with a deadline: refused above without one
-    planned = None  # train.fit_to_budget: the step count planned at the end of warmup (kept in the checkpoints)
-    if restored is not None:
-        start, state, meta_in = restored
-        seconds_before = meta_in.get("train_seconds", 0.0)
-        cpu_before = meta_in.get("cpu_seconds", 0.0)
-        print(f"resumed from step {start} in {workdir}", flush=True)
-        if fit and meta_in.get("planned_steps") is not None:
-            planned = total = int(meta_in["planned_steps"])
-            print(f"budget plan of this run: {total} of {config.train.num_steps} steps", flush=True)
-    writer = writers.MetricWriter(workdir, tensorboard=tr.tensorboard)
-    writer.truncate_after(start)
-    if start >= total and (summary := writers.read_finished_result(result_path)) is not None:
-        checkpointer.close()
-        return summary
+        checkpointer = ckpt_lib.Checkpointer(workdir, keep=tr.keep_checkpoints, async_save=tr.async_checkpoint)
+        restored = checkpointer.restore_latest(state)
+        start, seconds_before, cpu_before = 0, 0.0, 0.0
+        deadline = t_start + 60 * tr.max_minutes if tr.max_minutes else None
+        fit = bool(tr.get("fit_to_budget", False))  # with a deadline: refused above without one
+        planned = None  # train.fit_to_budget: the step count planned at the end of warmup (kept in the checkpoints)
+        if restored is not None:
+            start, state, meta_in = restored
+            seconds_before = meta_in.get("train_seconds", 0.0)
+            cpu_before = meta_in.get("cpu_seconds", 0.0)
+            print(f"resumed from step {start} in {workdir}", flush=True)
+            if fit and meta_in.get("planned_steps") is not None:
+                planned = total = int(meta_in["planned_steps"])
+                print(f"budget plan of this run: {total} of {config.train.num_steps} steps", flush=True)
+        if grouped is not None:  # the groups hold the state from here on
+            grouped.load(state)
+            state = None
 
-    print(f"speech: train speakers {sorted({c.speaker for c in data.train.clips})} ({len(data.train.clips)} clips), "
-          f"held out {sorted({c.speaker for c in data.test.clips})} ({len(data.test.clips)} clips); model: "
-          f"{f'conv2d {config.model.conv2d}, ' if config.model.get('conv2d') else ''}conv "
-          f"{config.model.conv or 'none'} (x{model.subsampling}) -> {model.stack.num_layers}x{model.stack.d_h} "
-          f"bi-{model.stack.cell.name}, {model.features.dim} {model.features.kind} features, {n_params:,} "
-          f"parameters{f' in {model.members} ensemble members' if model.members > 1 else ''}; "
-          f"{config.optim.name} lr {config.optim.lr:g}; {total} steps", flush=True)
-    progress = writers.Progress(total, start)
-    ckpt_every = tr.checkpoint_every or total
-    eval_every = tr.eval_every or total
-    frames_per_step = [0]  # of the last batch: the throughput unit ('tok/s' = frames/s)
-    key = jax.random.key(config.seed + 1)
+        def whole() -> dict:  # the whole ensemble's training state
+            return state if grouped is None else grouped.join()
+        writer = writers.MetricWriter(workdir, tensorboard=tr.tensorboard)
+        writer.truncate_after(start)
+        if start >= total and (summary := writers.read_finished_result(result_path)) is not None:
+            checkpointer.close()
+            return summary
 
-    def host_copy(tree):  # the next step donates `state`: async saves must own their bytes
-        return jax.tree.map(np.array, tree)
+        print(f"speech: train speakers {sorted({c.speaker for c in data.train.clips})} ({len(data.train.clips)} clips), "
+              f"held out {sorted({c.speaker for c in data.test.clips})} ({len(data.test.clips)} clips); model: "
+              f"{f'conv2d {config.model.conv2d}, ' if config.model.get('conv2d') else ''}conv "
+              f"{config.model.conv or 'none'} (x{model.subsampling}) -> {model.stack.num_layers}x{model.stack.d_h} "
+              f"bi-{model.stack.cell.name}, {model.features.dim} {model.features.kind} features, {n_params:,} "
+              f"parameters{f' in {model.members} ensemble members' if model.members > 1 else ''}; "
+              f"{config.optim.name} lr {config.optim.lr:g}; {total} steps", flush=True)
+        progress = writers.Progress(total, start)
+        ckpt_every = tr.checkpoint_every or total
+        eval_every = tr.eval_every or total
+        frames_per_step = [0]  # of the last batch: the throughput unit ('tok/s' = frames/s)
+        key = jax.random.key(config.seed + 1)
 
-    def meta(step: int) -> dict:  # train_seconds: wall time over every session of this run; cpu_seconds:
-        # CPU time of this process (all threads) over them: the cost on a shared machine, where wall time
-        # also counts other people's jobs
-        return {"step": step, "train_seconds": seconds_before + time.time() - t_start,
-                "cpu_seconds": cpu_before + time.process_time() - cpu_start,
-                **({"planned_steps": planned} if planned is not None else {})}
+        def host_copy(tree):  # the next step donates `state`: async saves must own their bytes
+            return jax.tree.map(np.array, tree)
 
-    def check(step: int, m: dict) -> dict:
-        m = {k: float(v) for k, v in m.items()}
-        if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
-            checkpointer.wait()
-            raise NonFiniteError(
-                f"non-finite training loss at step {step} (loss={m['loss']}, grad_norm={m['grad_norm']}, "
-                f"param_norm={m['param_norm']}); stopped without saving: the checkpoints in {workdir} "
-                "are from before it. Lower optim.lr or set optim.clip_norm."
-            )
-        return m
+        def meta(step: int) -> dict:  # train_seconds: wall time over every session of this run; cpu_seconds:
+            # CPU time of this process (all threads) over them: the cost on a shared machine, where wall time
+            # also counts other people's jobs
+            return {"step": step, "train_seconds": seconds_before + time.time() - t_start,
+                    "cpu_seconds": cpu_before + time.process_time() - cpu_start,
+                    **({"planned_steps": planned} if planned is not None else {})}
 
-    def log(step: int, m: dict) -> None:
-        if step % tr.log_every and step != start + 1 and step != total:
-            return
-        m.update(lr=learning_rate(config.optim, step - 1, total))
-        loads.append(os.getloadavg()[0])  # the machine is shared: say how busy it was
-        writer.write(step, m)
-        progress.line(step, {"loss": m["loss"], "grad_norm": m["grad_norm"]}, frames_per_step[0])
+        def check(step: int, m: dict) -> dict:
+            m = {k: float(v) for k, v in m.items()}
+            if not all(math.isfinite(m[k]) for k in ("loss", "grad_norm", "param_norm")):
+                checkpointer.wait()
+                raise NonFiniteError(
+                    f"non-finite training loss at step {step} (loss={m['loss']}, grad_norm={m['grad_norm']}, "
+                    f"param_norm={m['param_norm']}); stopped without saving: the checkpoints in {workdir} "
+                    "are from before it. Lower optim.lr or set optim.clip_norm."
+                )
+            return m
 
-    def eval_and_log(step: int, beam_width: int = 0, raw: bool = False) -> dict:
-        """The EMA weights when train.ema_decay > 0 (raw=True: the last weights)."""
-        use_ema = tr.ema_decay and not raw
-        params = ema_params(state["ema"], step, tr.ema_decay) if use_ema else state["params"]
-        ev = evaluate(model, params, config, data, beam_width)
-        prefix = "raw_" if tr.ema_decay and raw else ""
-        writer.write(step, {prefix + k: v for k, v in ev.items() if k != "examples"}, kind="eval")
-        print(f"eval at step {step}{f' (beam {beam_width})' if beam_width else ''}"
-              f"{' (EMA weights)' if use_ema else ''}: WER {ev['wer']:.2%} "
-              f"CER {ev['cer']:.2%} digit-string accuracy {ev['string_accuracy']:.2%} on {ev['utterances']} "
-              f"held-out utterances; e.g. {ev['examples'][:2]}", flush=True)
-        return ev
+        def log(step: int, m: dict) -> None:
+            if step % tr.log_every and step != start + 1 and step != total:
+                return
+            m.update(lr=learning_rate(config.optim, step - 1, total))
+            loads.append(os.getloadavg()[0])  # the machine is shared: say how busy it was
+            writer.write(step, m)
+            progress.line(step, {"loss": m["loss"], "grad_norm": m["grad_norm"]}, frames_per_step[0])
 
-    def intermediate_eval(step: int) -> dict:
-        """The evaluation every eval_every steps: the evaluated weights, then the last ones beside them."""
-        ev = eval_and_log(step)
-        if tr.ema_decay:
-            eval_and_log(step, raw=True)
-        return ev
+        def eval_and_log(step: int, beam_width: int = 0, raw: bool = False) -> dict:
+            """The EMA weights when train.ema_decay > 0 (raw=True: the last weights)."""
+            use_ema = tr.ema_decay and not raw
+            st = whole()
+            params = ema_params(st["ema"], step, tr.ema_decay) if use_ema else st["params"]
+            ev = evaluate(model, params, config, data, beam_width)
+            prefix = "raw_" if tr.ema_decay and raw else ""
+            writer.write(step, {prefix + k: v for k, v in ev.items() if k != "examples"}, kind="eval")
+            print(f"eval at step {step}{f' (beam {beam_width})' if beam_width else ''}"
+                  f"{' (EMA weights)' if use_ema else ''}: WER {ev['wer']:.2%} "
+                  f"CER {ev['cer']:.2%} digit-string accuracy {ev['string_accuracy']:.2%} on {ev['utterances']} "
+                  f"held-out utterances; e.g. {ev['examples'][:2]}", flush=True)
+            return ev
 
-    def plan_budget(step: int, step_s: float) -> int:
-        """train.fit_to_budget: evaluate now (timing one intermediate evaluation), then the step
-        count whose schedule ends by the deadline (``budget_steps``)."""
-        t0 = time.time()
-        intermediate_eval(step)
-        eval_s = time.time() - t0
-        available = BUDGET_MARGIN * (deadline - time.time())
-        n = budget_steps(available, step, total, step_s, eval_s, eval_every)
-        exact = step <= config.optim.warmup_steps  # the lr so far did not depend on the step count
-        print(f"budget: {n} of {total} steps fit in the {tr.max_minutes:g} minutes (measured {step_s:.3f} s per "
-              f"step over steps {start + 4}-{step}, {eval_s:.1f} s per evaluation); the schedule now ends at step "
-              f"{n}" + (f"; the same run anywhere: train.num_steps={n} train.fit_to_budget=False "
-                        "train.max_minutes=0" if exact and n < total else ""), flush=True)
-        progress.total = n
-        return n
+        def intermediate_eval(step: int) -> dict:
+            """The evaluation every eval_every steps: the evaluated weights, then the last ones beside them."""
+            ev = eval_and_log(step)
+            if tr.ema_decay:
+                eval_and_log(step, raw=True)
+            return ev
 
-    loads: list[float] = []  # 1-minute load average at each logged step (this session)
-    pending = None  # (step, device metrics): fetched after the next step is dispatched
-    plan_at = max(config.optim.warmup_steps, PLAN_MIN_STEPS, start + PLAN_MIN_STEPS // 2)
-    step_seconds: list[float] = []  # wall time of each loop pass that compiled nothing (fit_to_budget)
-    shapes_seen: set = set()
-    t_last = time.time()
-    step, ev = start, None
-    while step < total:
-        lr = learning_rate(config.optim, step, total)
-        b = audio.connected_batch(data.train, data.noise_NxM, data.vocab, data.utterances, config.seed, step,
-                                  config.data.batch_size)
-        frames_per_step[0] = int(b.lengths_B.sum())
-        state, dev_metrics = train_step(model, tx, state, _device_batch(b), jnp.float32(lr),
-                                        jax.random.fold_in(key, step), jnp.float32(tr.ema_decay))
-        if pending is not None:  # host sync on the previous step only: keeps the device busy
-            log(pending[0], check(*pending))
-        step += 1
-        pending = (step, dev_metrics)
-        if fit and planned is None:  # time the passes until the plan
-            shape = b.logmel_BxTxM.shape
-            if step > start + 3 and shape in shapes_seen:  # a new shape's pass includes its compilation
-                step_seconds.append(time.time() - t_last)
-            shapes_seen.add(shape)
-            if step >= plan_at and len(step_seconds) >= PLAN_MIN_SAMPLES and step < total:
+        def plan_budget(step: int, step_s: float) -> int:
+            """train.fit_to_budget: evaluate now (timing one intermediate evaluation), then the step
+            count whose schedule ends by the deadline (``budget_steps``)."""
+            t0 = time.time()
+            intermediate_eval(step)
+            eval_s = time.time() - t0
+            available = BUDGET_MARGIN * (deadline - time.time())
+            n = budget_steps(available, step, total, step_s, eval_s, eval_every)
+            exact = step <= config.optim.warmup_steps  # the lr so far did not depend on the step count
+            print(f"budget: {n} of {total} steps fit in the {tr.max_minutes:g} minutes (measured {step_s:.3f} s per "
+                  f"step over steps {start + 4}-{step}, {eval_s:.1f} s per evaluation); the schedule now ends at step "
+                  f"{n}" + (f"; the same run anywhere: train.num_steps={n} train.fit_to_budget=False "
+                            "train.max_minutes=0" if exact and n < total else ""), flush=True)
+            progress.total = n
+            return n
+
+        loads: list[float] = []  # 1-minute load average at each logged step (this session)
+        pending = None  # (step, device metrics): fetched after the next step is dispatched
+        plan_at = max(config.optim.warmup_steps, PLAN_MIN_STEPS, start + PLAN_MIN_STEPS // 2)
+        step_seconds: list[float] = []  # wall time of each loop pass that compiled nothing (fit_to_budget)
+        shapes_seen: set = set()
+        t_last = time.time()
+        step, ev = start, None
+
+        def batch_at(i: int) -> audio.Batch:
+            return audio.connected_batch(data.train, data.noise_NxM, data.vocab, data.utterances, config.seed, i,
+                                         config.data.batch_size)
+
+        ahead = None  # member threads: the next step's batch, built while the groups train
+        while step < total:
+            lr = learning_rate(config.optim, step, total)
+            b = ahead if ahead is not None else batch_at(step)
+            ahead = None
+            frames_per_step[0] = int(b.lengths_B.sum())
+            args = (_device_batch(b), jnp.float32(lr), jax.random.fold_in(key, step), jnp.float32(tr.ema_decay))
+            if grouped is None:
+                state, dev_metrics = train_step(model, tx, state, *args)
+            else:
+                grouped.submit(*args)
+                ahead = batch_at(step + 1) if step + 1 < total else None
+                dev_metrics = grouped.collect()
+            if pending is not None:  # host sync on the previous step only: keeps the device busy
+                log(pending[0], check(*pending))
+            step += 1
+            pending = (step, dev_metrics)
+            if fit and planned is None:  # time the passes until the plan
+                shape = b.logmel_BxTxM.shape
+                if step > start + 3 and shape in shapes_seen:  # a new shape's pass includes its compilation
+                    step_seconds.append(time.time() - t_last)
+                shapes_seen.add(shape)
+                if step >= plan_at and len(step_seconds) >= PLAN_MIN_SAMPLES and step < total:
+                    log(step, check(*pending))
+                    pending = None
+                    planned = total = plan_budget(step, float(np.mean(step_seconds)))
+            last = step == total or (deadline is not None and time.time() > deadline)
+            evaluating, saving = step % eval_every == 0 or last, step % ckpt_every == 0 or last
+            if (evaluating or saving) and pending is not None:  # host sync now: nothing is saved before its check
                 log(step, check(*pending))
                 pending = None
-                planned = total = plan_budget(step, float(np.mean(step_seconds)))
-        last = step == total or (deadline is not None and time.time() > deadline)
-        evaluating, saving = step % eval_every == 0 or last, step % ckpt_every == 0 or last
-        if (evaluating or saving) and pending is not None:  # host sync now: nothing is saved before its check
-            log(step, check(*pending))
-            pending = None
-        if evaluating and not last:
-            ev = intermediate_eval(step)
-        if saving:
-            checkpointer.save(step, host_copy(state), meta(step))
-        if last:
-            break
-        t_last = time.time()
-    checkpointer.wait()
-    finished = step >= total
-    train_seconds = seconds_before + time.time() - t_start
-    cpu_seconds = cpu_before + time.process_time() - cpu_start
-    ev = eval_and_log(step)
-    summary = {"step": step, "finished": finished, "parameters": n_params, "train_seconds": train_seconds,
-               "cpu_seconds": cpu_seconds, "load_average_1min_mean": float(np.mean(loads)) if loads else None,
-               **({"planned_steps": planned, "num_steps": config.train.num_steps} if planned is not None else {}),
-               "held_out": config.data.test_speakers,
-               **{f"eval_{k}": v for k, v in ev.items() if k != "examples"}, "examples": ev["examples"]}
-    if tr.ema_decay:  # the last weights too, for comparison (not the result)
-        evr = eval_and_log(step, raw=True)
-        summary.update({f"eval_raw_{k}": v for k, v in evr.items() if k != "examples"})
-    if config.eval.beam_width:
-        evb = eval_and_log(step, config.eval.beam_width)
-        summary.update({f"eval_beam_{k}": v for k, v in evb.items() if k != "examples"})
-    summary["total_seconds"] = seconds_before + time.time() - t_start
-    writer.write(step, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, kind="summary")
-    writer.close()
-    checkpointer.close()
-    print("summary: " + json.dumps(summary), flush=True)
-    if finished:
-        writers.write_json_atomic(result_path, summary)
-    return summary
+            if evaluating and not last:
+                ev = intermediate_eval(step)
+            if saving:
+                checkpointer.save(step, host_copy(whole()), meta(step))
+            if last:
+                break
+            t_last = time.time()
+        checkpointer.wait()
+        finished = step >= total
+        train_seconds = seconds_before + time.time() - t_start
+        cpu_seconds = cpu_before + time.process_time() - cpu_start
+        ev = eval_and_log(step)
+        summary = {"step": step, "finished": finished, "parameters": n_params, "train_seconds": train_seconds,
+                   "cpu_seconds": cpu_seconds, "load_average_1min_mean": float(np.mean(loads)) if loads else None,
+                   **({"planned_steps": planned, "num_steps": config.train.num_steps} if planned is not None else {}),
+                   "held_out": config.data.test_speakers,
+                   **{f"eval_{k}": v for k, v in ev.items() if k != "examples"}, "examples": ev["examples"]}
+        if tr.ema_decay:  # the last weights too, for comparison (not the result)
+            evr = eval_and_log(step, raw=True)
+            summary.update({f"eval_raw_{k}": v for k, v in evr.items() if k != "examples"})
+        if config.eval.beam_width:
+            evb = eval_and_log(step, config.eval.beam_width)
+            summary.update({f"eval_beam_{k}": v for k, v in evb.items() if k != "examples"})
+        summary["total_seconds"] = seconds_before + time.time() - t_start
+        writer.write(step, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, kind="summary")
+        writer.close()
+        checkpointer.close()
+        print("summary: " + json.dumps(summary), flush=True)
+        if finished:
+            writers.write_json_atomic(result_path, summary)
+        return summary

@@ -3,6 +3,7 @@ gradients, output lengths, every parameter learns, the smoke variant trains,
 resumes and refuses another config from the command line, and transcribe prints
 transcripts."""
 
+import functools
 import json
 import os
 import shutil
@@ -526,3 +527,116 @@ def test_speech_step_benchmark_times_each_native_implementation_with_its_own_set
     assert "| 3:2:16 padding | x2 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="choose from before, padding, now"):
         speech_step.main(["--quick", "--root", root, "--implementations", "now,fast"])
+
+
+def _train_steps(model, tx, state, batches, grouped=None):
+    """``train_step`` on each batch (lr 1e-2, the rng of step i, EMA 0.9): in one program, or by ``grouped``."""
+    metrics = []
+    for i, b in enumerate(batches):
+        args = (b, jnp.float32(1e-2), jax.random.fold_in(jax.random.key(9), i), jnp.float32(0.9))
+        if grouped is None:
+            state, m = train_speech.train_step(model, tx, state, *args)
+        else:
+            grouped.submit(*args)
+            m = grouped.collect()
+        metrics.append(jax.tree.map(np.asarray, m))
+    return (state if grouped is None else grouped.join()), metrics
+
+
+def test_member_threads_train_each_member_as_the_whole_program_does():
+    """train.member_threads=2 on four members: two groups of two, each its own program on its own
+    thread. Every member draws the SpecAugment masks it draws in the whole (fold_in of its id in the
+    whole) and is clipped and updated apart, so parameters, Adam moments, EMA and the logged
+    metrics equal the one-program step's to float rounding; the native loop's threads are shared
+    between the groups while they run."""
+    import dataclasses
+
+    import optax
+
+    from rnnlab import native
+
+    model = dataclasses.replace(_model("gru"), members=4, spec_augment=(1, 3, 1, 4))
+    tx = optax.chain(optax.clip_by_global_norm(0.5), optax.adam(1e-2))
+    config = ml_collections.ConfigDict({"seed": 3, "train": {"ema_decay": 0.9}})
+    rng = np.random.default_rng(5)
+    batches = [{k: jnp.asarray(v) for k, v in _batch(rng).items()} for _ in range(3)]
+    whole, m_whole = _train_steps(model, tx, train_speech.initial_state(model, tx, config), batches)
+    with train_speech.member_threads(model, tx, 2) as grouped:
+        assert native.THREAD_SHARE == 2 and [m.member_ids for m in grouped.models] == [(0, 1), (2, 3)]
+        grouped.load(train_speech.initial_state(model, tx, config))
+        split, m_split = _train_steps(model, tx, None, batches, grouped)
+    assert native.THREAD_SHARE == 1
+    assert int(split["step"]) == int(whole["step"]) == 3
+    close = functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-6)
+    jax.tree.map(close, split, whole)
+    for a, b in zip(m_split, m_whole, strict=True):
+        assert set(a) == set(b)
+        jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5), a, b)
+    # the members' own draws matter here: members 2 and 3 trained as if they were 0 and 1 end elsewhere
+    wrong = dataclasses.replace(model.slice_of((2, 3)), member_ids=(0, 1))
+    part = {k: v if k == "step" else jax.tree.map(lambda a: jnp.array(a[2:]), v)
+            for k, v in train_speech.initial_state(model, tx, config).items()}
+    off, _ = _train_steps(wrong, tx, part, batches)
+    assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b[2:]))))
+               for a, b in zip(jax.tree.leaves(off["params"]), jax.tree.leaves(whole["params"]), strict=True)) > 1e-4
+    with pytest.raises(ValueError, match=r"members \(4,\): this model has 4"):
+        model.slice_of((4,))
+
+
+def test_member_threads_run_resumes_exactly_and_bad_counts_are_refused(tmp_path):
+    """A smoke run of four members on two threads, killed after its step-3 checkpoint (here: the step-6
+    one removed) and run again, ends bitwise where the uninterrupted run ended; its checkpoints hold the
+    whole ensemble, so one program resumes them too (to float rounding). A thread count that does not
+    divide the members, or threads for one network, are refused before anything is written."""
+    import orbax.checkpoint as ocp
+
+    from experiments.speech_recognition import get_config
+
+    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
+
+    def final(wd):
+        with ocp.StandardCheckpointer() as reader:
+            return reader.restore(os.path.join(wd, "checkpoints", "6", "state"))
+
+    def run(wd, threads):
+        config = get_config(f"smoke,data.root={root},members=4,train.member_threads={threads}")
+        return train_speech.train_and_evaluate(config, wd)
+
+    wd = str(tmp_path / "run")
+    first = run(wd, 2)
+    want = final(wd)
+    assert first["finished"] and int(want["step"]) == 6 and jax.tree.leaves(want["params"])[0].shape[0] == 4
+    for again in (2, 1):
+        shutil.rmtree(os.path.join(wd, "checkpoints", "6"))
+        os.remove(os.path.join(wd, "result.json"))
+        assert run(wd, again)["finished"]
+        got = final(wd)
+        if again == 2:
+            jax.tree.map(np.testing.assert_array_equal, got, want)
+        else:
+            jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-5), got, want)
+    for bad, message in [(",members=4,train.member_threads=3", r"train.member_threads=3 must divide model.members=4"),
+                         (",train.member_threads=2", r"train.member_threads=2: this model is one network"),
+                         (",members=2,train.member_threads=0", r"train.member_threads=0: expected a thread count")]:
+        bad_wd = str(tmp_path / "bad")
+        with pytest.raises(ValueError, match=message):
+            train_speech.train_and_evaluate(get_config(f"smoke,data.root={root}{bad}"), bad_wd)
+        assert not os.path.exists(os.path.join(bad_wd, "config.json"))
+
+
+def test_speech_step_benchmark_times_member_threads_beside_one_program(tmp_path, capsys):
+    """--member_threads 1,2: the one-program step and the two-group one on the same batches, the
+    first the peer; the groups' steps are traced with the native loop's threads shared, then restored.
+    A count that does not divide the members gets the trainer's error."""
+    sys.path.insert(0, train_speech.REPO_ROOT)
+    from benchmarks import speech_step
+    from rnnlab import native
+
+    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
+    out = speech_step.main(["--quick", "--root", root, "--batches", "1", "--repeats", "1", "--front_ends", "3:2:16",
+                            "--members", "2", "--member_threads", "1,2"])
+    rows = out["results"]
+    assert [r["member_threads"] for r in rows] == [1, 2] and rows[0]["speed_ratio_vs_peer"] == 1.0
+    assert native.THREAD_SHARE == 1 and "| 3:2:16 member_threads=2 | x2 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="train.member_threads=3 must divide model.members=2"):
+        speech_step.main(["--quick", "--root", root, "--members", "2", "--member_threads", "3"])

@@ -68,6 +68,9 @@ class SpeechModel:
         averaging CTC posteriors deletes words: the members' label spikes do not
         line up); the loss is the sum of the members' own CTC losses (each
         member's gradient is its own loss's).
+      member_ids: set on a slice of an ensemble (``slice_of``): which members of the
+        whole its stacked parameters are, so that each draws the dropout and
+        SpecAugment masks it draws in the whole (``fold_in(rng, id)``); None: 0, 1, ...
     """
 
     features: feat.FeatureSpec
@@ -78,6 +81,7 @@ class SpeechModel:
     spec_augment_blocks: int = 1
     members: int = 1
     conv2d: tuple[tuple[int, int, int], ...] = ()
+    member_ids: tuple[int, ...] | None = None
 
     def __post_init__(self):
         d = self.front_end_width
@@ -88,6 +92,23 @@ class SpeechModel:
                 raise ValueError(f"model.conv: kernel {k} must be odd and stride {s} >= 1 ('same' padding k // 2)")
         if self.members < 1:
             raise ValueError(f"model.members must be >= 1 (networks in the ensemble), got {self.members}")
+        if self.member_ids is not None and len(self.member_ids) != self.members:
+            raise ValueError(f"member_ids {self.member_ids} must name the slice's {self.members} members")
+
+    @property
+    def ensemble(self) -> bool:
+        """Whether the parameters are stacked members (an ensemble, or a slice of one)."""
+        return self.members > 1 or self.member_ids is not None
+
+    def _ids(self) -> Array:
+        return jnp.arange(self.members) if self.member_ids is None else jnp.asarray(self.member_ids)
+
+    def slice_of(self, ids: tuple[int, ...]) -> SpeechModel:
+        """The members ``ids`` of this ensemble as a model of their own: its parameters are
+        those members' rows, and each member computes what it computes in the whole."""
+        if not self.ensemble or not ids or any(not 0 <= k < self.members for k in ids):
+            raise ValueError(f"members {ids}: this model has {self.members}")
+        return dataclasses.replace(self, members=len(ids), member_ids=tuple(int(k) for k in ids))
 
     @property
     def front_end_width(self) -> int:
@@ -137,12 +158,12 @@ class SpeechModel:
               train: bool = False) -> tuple[Array, Array]:
         """(logits_BxSxV, output lengths_B), S = ceil(T / subsampling). An ensemble:
         (logits_KxBxSxV, lengths_B), one row of logits per member."""
-        if self.members == 1:
+        if not self.ensemble:
             return self._apply_one(params, logmel_BxTxM, lengths_B, rng=rng, train=train)
         logits_KxBxSxV, lengths_KxB = jax.vmap(
             lambda p, k: self._apply_one(p, logmel_BxTxM, lengths_B, train=train,
                                          rng=None if rng is None else jax.random.fold_in(rng, k)))(
-            params, jnp.arange(self.members))
+            params, self._ids())
         return logits_KxBxSxV, lengths_KxB[0]
 
     def decode_labels(self, logits: np.ndarray, lengths_B: np.ndarray, beam_width: int = 0) -> list[tuple[int, ...]]:
@@ -155,7 +176,7 @@ class SpeechModel:
                       beam_width: int = 0) -> list[list[tuple[int, ...]]]:
         """Per utterance, every member's decoded label sequence (one for a single network)."""
         logits = np.asarray(logits, np.float32)
-        stacked = logits if self.members > 1 else logits[None]
+        stacked = logits if self.ensemble else logits[None]
 
         def one(lo, n):
             return ctc.prefix_beam_search(lo, beam_width, length=n) if beam_width else ctc.greedy_decode(lo, n)
@@ -214,12 +235,12 @@ class SpeechModel:
         """CTC negative log-likelihood per label (summed over the batch, divided by
         its number of labels), and the per-utterance mean for logging. An ensemble:
         the sum of the members' losses (metrics: their mean)."""
-        if self.members == 1:
+        if not self.ensemble:
             return self._loss_one(params, batch, rng=rng, train=train)
         loss_K, metrics = jax.vmap(
             lambda p, k: self._loss_one(p, batch, train=train,
                                         rng=None if rng is None else jax.random.fold_in(rng, k)))(
-            params, jnp.arange(self.members))
+            params, self._ids())
         return jnp.sum(loss_K), jax.tree.map(jnp.mean, metrics)
 
     def _loss_one(self, params: Params, batch: dict, *, rng: Array | None = None,

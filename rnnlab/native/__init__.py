@@ -33,7 +33,8 @@ warns once and uses the XLA fused layers, which compute the same function.
 
 Environment:
   RNNLAB_NATIVE=0          use the XLA fused layers everywhere (the native loop is off)
-  RNNLAB_NATIVE_THREADS=N  threads of the native loop (default: the CPUs this process may use)
+  RNNLAB_NATIVE_THREADS=N  threads of the native loop (default: the CPUs this process may use, divided
+                           among THREAD_SHARE programs running at once)
   RNNLAB_CACHE_DIR=DIR     where the compiled library is kept
 """
 
@@ -63,6 +64,8 @@ SKIP_PADDING = True  # steps past a sequence's end (padding) take no part in any
 VMAP_METHOD = VMAP_METHOD_DEFAULT = "sequential_unrolled"  # the layer under jax.vmap (ensemble members): one call per member in the
 # program; "sequential" (a loop of its own, with copies in and out) cost the speech recipe's three-member
 # bidirectional GRU stack 1.2-1.4x (its gradient on one batch of 24 x 448 frames, 2-core CPU)
+THREAD_SHARE = 1  # programs that call the native loop at once (rnnlab.train_speech's train.member_threads): the
+# default thread count is the CPUs divided among them
 CELLS = ("lstm", "gru")  # the cells with a native loop (GRU: reset-after only, as its fused layer)
 TARGETS = tuple(f"rnnlab_{cell}_{kind}" for cell in CELLS for kind in ("forward", "infer", "backward"))
 
@@ -86,9 +89,10 @@ def threads() -> int:
             raise ValueError(f"RNNLAB_NATIVE_THREADS must be a positive integer, got {value!r}")
         return n
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    return max(1, cpus // max(1, THREAD_SHARE))
 
 
 def cache_dir() -> Path:
