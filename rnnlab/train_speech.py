@@ -471,7 +471,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
               f"{f'conv2d {config.model.conv2d}, ' if config.model.get('conv2d') else ''}conv "
               f"{config.model.conv or 'none'} (x{model.subsampling}) -> {model.stack.num_layers}x{model.stack.d_h} "
               f"bi-{model.stack.cell.name}, {model.features.dim} {model.features.kind} features, {n_params:,} "
-              f"parameters{f' in {model.members} ensemble members' if model.members > 1 else ''}; "
+              f"parameters{f' in {model.members} ensemble members' if model.members > 1 else ''}"
+              f"{f' ({groups} member threads)' if groups > 1 else ''}; "
               f"{config.optim.name} lr {config.optim.lr:g}; {total} steps", flush=True)
         progress = writers.Progress(total, start)
         ckpt_every = tr.checkpoint_every or total

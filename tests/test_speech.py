@@ -411,7 +411,7 @@ def test_an_ensemble_decodes_each_member_then_votes():
 
 def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     repo, root, wd, _, r = _smoke_run(tmp_path, ",members=2")
-    assert "in 2 ensemble members" in r.stdout and json.load(open(os.path.join(wd, "result.json")))["finished"]
+    assert "in 2 ensemble members;" in r.stdout and json.load(open(os.path.join(wd, "result.json")))["finished"]
     t = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", os.path.join(root, "3_jackson_0.wav")], repo)
     assert t.returncode == 0, t.stderr[-3000:]
     assert set(t.stdout.strip().split("\t")[1]) <= set("0123456789 ")
@@ -543,9 +543,10 @@ def _train_steps(model, tx, state, batches, grouped=None):
     return (state if grouped is None else grouped.join()), metrics
 
 
-def test_member_threads_train_each_member_as_the_whole_program_does():
-    """train.member_threads=2 on four members: two groups of two, each its own program on its own
-    thread. Every member draws the SpecAugment masks it draws in the whole (fold_in of its id in the
+@pytest.mark.parametrize("groups", [2, 4])
+def test_member_threads_train_each_member_as_the_whole_program_does(groups):
+    """train.member_threads=2 (4) on four members: two groups of two (four of one), each its own
+    program on its own thread. Every member draws the SpecAugment masks it draws in the whole (fold_in of its id in the
     whole) and is clipped and updated apart, so parameters, Adam moments, EMA and the logged
     metrics equal the one-program step's to float rounding; the native loop's threads are shared
     between the groups while they run."""
@@ -561,8 +562,10 @@ def test_member_threads_train_each_member_as_the_whole_program_does():
     rng = np.random.default_rng(5)
     batches = [{k: jnp.asarray(v) for k, v in _batch(rng).items()} for _ in range(3)]
     whole, m_whole = _train_steps(model, tx, train_speech.initial_state(model, tx, config), batches)
-    with train_speech.member_threads(model, tx, 2) as grouped:
-        assert native.THREAD_SHARE == 2 and [m.member_ids for m in grouped.models] == [(0, 1), (2, 3)]
+    with train_speech.member_threads(model, tx, groups) as grouped:
+        k = 4 // groups
+        assert native.THREAD_SHARE == groups
+        assert [m.member_ids for m in grouped.models] == [tuple(range(g * k, g * k + k)) for g in range(groups)]
         grouped.load(train_speech.initial_state(model, tx, config))
         split, m_split = _train_steps(model, tx, None, batches, grouped)
     assert native.THREAD_SHARE == 1
@@ -583,7 +586,7 @@ def test_member_threads_train_each_member_as_the_whole_program_does():
         model.slice_of((4,))
 
 
-def test_member_threads_run_resumes_exactly_and_bad_counts_are_refused(tmp_path):
+def test_member_threads_run_resumes_exactly_and_bad_counts_are_refused(tmp_path, capsys):
     """A smoke run of four members on two threads, killed after its step-3 checkpoint (here: the step-6
     one removed) and run again, ends bitwise where the uninterrupted run ended; its checkpoints hold the
     whole ensemble, so one program resumes them too (to float rounding). A thread count that does not
@@ -604,6 +607,7 @@ def test_member_threads_run_resumes_exactly_and_bad_counts_are_refused(tmp_path)
 
     wd = str(tmp_path / "run")
     first = run(wd, 2)
+    assert "in 4 ensemble members (2 member threads);" in capsys.readouterr().out
     want = final(wd)
     assert first["finished"] and int(want["step"]) == 6 and jax.tree.leaves(want["params"])[0].shape[0] == 4
     for again in (2, 1):
