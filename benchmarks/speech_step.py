@@ -112,16 +112,6 @@ def implementation(name: str):
             setattr(native, k, v)
 
 
-@contextlib.contextmanager
-def thread_share(groups: int):
-    """The native loop's threads divided among ``groups`` programs while a step is traced (as the trainer does)."""
-    saved, native.THREAD_SHARE = native.THREAD_SHARE, groups
-    try:
-        yield
-    finally:
-        native.THREAD_SHARE = saved
-
-
 def _with_threads(c, groups: int):
     c = c.copy_and_resolve_references()
     c.unlock()
@@ -237,7 +227,7 @@ def main(argv=None) -> dict:
     for r in runs:  # compile every shape (and a first untimed step) before timing anything
         t = time.perf_counter()
         seen = set()
-        with implementation(r["implementation"]), thread_share(r["member_threads"]):
+        with implementation(r["implementation"]):
             for b in batches:
                 if b["logmel"].shape not in seen:
                     seen.add(b["logmel"].shape)

@@ -227,8 +227,9 @@ class MemberThreads:
     whole, their own dropout and SpecAugment draws included) run by a thread of its own, so that
     the groups run on separate cores at once. One program over all members leaves part of a second
     core waiting in XLA's and the native loop's thread pools; G programs, one core each, do not
-    (docs/speech: fsdd_vote4_gru's step on 2 cores). The native loop's default thread count is
-    divided among the groups (``native.THREAD_SHARE``).
+    (docs/speech: fsdd_vote4_gru's step on 2 cores). While the groups' steps run (and are traced),
+    the native loop's default thread count is divided among them (``native.THREAD_SHARE``);
+    evaluations, between steps, keep every thread.
 
     Every member's update is the same function as in one program, but XLA batches the members'
     operations differently at another width, so the numbers agree with one program to float
@@ -242,7 +243,7 @@ class MemberThreads:
         k = model.members // groups
         self.slices = [slice(g * k, (g + 1) * k) for g in range(groups)]
         self.models = [model.slice_of(tuple(range(sl.start, sl.stop))) for sl in self.slices]
-        self.tx, self.step = tx, step or train_step  # step: benchmarks pass their own jitted train_step
+        self.groups, self.tx, self.step = groups, tx, step or train_step  # step: benchmarks pass their own jit
         self.states: list[dict] = []
         self._running: list[concurrent.futures.Future] = []
         self.pool = concurrent.futures.ThreadPoolExecutor(groups, thread_name_prefix="rnnlab-members")
@@ -267,12 +268,16 @@ class MemberThreads:
             out = self.step(model, self.tx, state, batch, lr, rng, ema_decay)
             return jax.block_until_ready(out)  # this thread runs its group's step to the end
 
+        self._share, native.THREAD_SHARE = native.THREAD_SHARE, self.groups  # read when a step is traced
         self._running = [self.pool.submit(one, m, st) for m, st in zip(self.models, self.states, strict=True)]
 
     def collect(self) -> dict:
         """Wait for the groups' steps; the metrics of the whole: the members' mean loss, the global norms."""
-        outs = [f.result() for f in self._running]
-        self._running = []
+        try:
+            outs = [f.result() for f in self._running]
+        finally:
+            self._running = []
+            native.THREAD_SHARE = self._share
         self.states = [new for new, _ in outs]
         ms = [m for _, m in outs]
         norms = ("grad_norm", "param_norm", "update_norm")
@@ -300,17 +305,15 @@ def check_member_threads(config: ml_collections.ConfigDict) -> int:
 
 @contextlib.contextmanager
 def member_threads(model: speech_lib.SpeechModel, tx: optax.GradientTransformation, groups: int):
-    """A ``MemberThreads`` for train.member_threads=``groups`` (None for 1: one program), with the
-    native loop's threads shared among the groups meanwhile."""
+    """A ``MemberThreads`` for train.member_threads=``groups`` (None for 1: one program), its
+    threads shut down afterwards."""
     if groups == 1:
         yield None
         return
     grouped = MemberThreads(model, tx, groups)
-    share, native.THREAD_SHARE = native.THREAD_SHARE, groups
     try:
         yield grouped
     finally:
-        native.THREAD_SHARE = share
         grouped.close()
 
 

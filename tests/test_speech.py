@@ -544,12 +544,12 @@ def _train_steps(model, tx, state, batches, grouped=None):
 
 
 @pytest.mark.parametrize("groups", [2, 4])
-def test_member_threads_train_each_member_as_the_whole_program_does(groups):
+def test_member_threads_train_each_member_as_the_whole_program_does(groups, monkeypatch):
     """train.member_threads=2 (4) on four members: two groups of two (four of one), each its own
     program on its own thread. Every member draws the SpecAugment masks it draws in the whole (fold_in of its id in the
     whole) and is clipped and updated apart, so parameters, Adam moments, EMA and the logged
-    metrics equal the one-program step's to float rounding; the native loop's threads are shared
-    between the groups while they run."""
+    metrics equal the one-program step's to float rounding; the groups' steps are traced with the
+    native loop's threads shared among them, and the setting is restored between steps."""
     import dataclasses
 
     import optax
@@ -562,13 +562,16 @@ def test_member_threads_train_each_member_as_the_whole_program_does(groups):
     rng = np.random.default_rng(5)
     batches = [{k: jnp.asarray(v) for k, v in _batch(rng).items()} for _ in range(3)]
     whole, m_whole = _train_steps(model, tx, train_speech.initial_state(model, tx, config), batches)
+    seen = []
+    settings = native.settings
+    monkeypatch.setattr(native, "settings", lambda: seen.append(native.THREAD_SHARE) or settings())
     with train_speech.member_threads(model, tx, groups) as grouped:
         k = 4 // groups
-        assert native.THREAD_SHARE == groups
         assert [m.member_ids for m in grouped.models] == [tuple(range(g * k, g * k + k)) for g in range(groups)]
         grouped.load(train_speech.initial_state(model, tx, config))
         split, m_split = _train_steps(model, tx, None, batches, grouped)
     assert native.THREAD_SHARE == 1
+    assert set(seen) == ({groups} if native.available() else set())  # the native layers, traced in the groups
     assert int(split["step"]) == int(whole["step"]) == 3
     close = functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-6)
     jax.tree.map(close, split, whole)
