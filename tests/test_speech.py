@@ -605,7 +605,7 @@ def test_member_threads_run_resumes_exactly_and_bad_counts_are_refused(tmp_path,
             return reader.restore(os.path.join(wd, "checkpoints", "6", "state"))
 
     def run(wd, threads):
-        config = get_config(f"smoke,data.root={root},members=4,train.member_threads={threads}")
+        config = get_config(f"smoke,data.root={root},members=4,threads={threads}")  # threads: the shorthand
         return train_speech.train_and_evaluate(config, wd)
 
     wd = str(tmp_path / "run")
