@@ -203,9 +203,10 @@ def initial_state(model: speech_lib.SpeechModel, tx: optax.GradientTransformatio
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
 def train_step(model: speech_lib.SpeechModel, tx: optax.GradientTransformation, state: dict, batch: dict, lr,
-               rng, ema_decay=0.0):
+               rng, ema_decay=0.0, member_ids=None):
+    """One step of every member (``member_ids``: which members of the whole a ``slice_of`` model's are)."""
     def loss_fn(params):
-        return model.loss_and_metrics(params, batch, rng=rng, train=True)
+        return model.loss_and_metrics(params, batch, rng=rng, train=True, ids=member_ids)
 
     (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     # an ensemble's members are optimised apart (their own gradient clipping, Adam moments)
@@ -223,8 +224,9 @@ def train_step(model: speech_lib.SpeechModel, tx: optax.GradientTransformation, 
 
 class MemberThreads:
     """train.member_threads=G > 1: an ensemble's members trained in G groups of members / G, each
-    group's ``train_step`` (on ``model.slice_of`` its members, which compute what they compute in the
-    whole, their own dropout and SpecAugment draws included) run by a thread of its own, so that
+    group's ``train_step`` (on ``model.slice_of``, with the group's member ids, so each member computes
+    what it computes in the whole, its own dropout and SpecAugment draws included; the groups share
+    one compiled program per batch shape) run by a thread of its own, so that
     the groups run on separate cores at once. One program over all members leaves part of a second
     core waiting in XLA's and the native loop's thread pools; G programs, one core each, do not
     (docs/speech: fsdd_vote4_gru's step on 2 cores). While the groups' steps run (and are traced),
@@ -242,7 +244,8 @@ class MemberThreads:
             raise ValueError(f"train.member_threads={groups}: not a divisor of model.members={model.members}")
         k = model.members // groups
         self.slices = [slice(g * k, (g + 1) * k) for g in range(groups)]
-        self.models = [model.slice_of(tuple(range(sl.start, sl.stop))) for sl in self.slices]
+        self.model = model.slice_of(k)
+        self.ids = [jnp.arange(sl.start, sl.stop) for sl in self.slices]
         self.groups, self.tx, self.step = groups, tx, step or train_step  # step: benchmarks pass their own jit
         self.states: list[dict] = []
         self._running: list[concurrent.futures.Future] = []
@@ -264,12 +267,12 @@ class MemberThreads:
 
     def submit(self, batch: dict, lr, rng, ema_decay) -> None:
         """Start one training step of every group (``collect`` waits for them)."""
-        def one(model, state):
-            out = self.step(model, self.tx, state, batch, lr, rng, ema_decay)
+        def one(ids, state):
+            out = self.step(self.model, self.tx, state, batch, lr, rng, ema_decay, ids)
             return jax.block_until_ready(out)  # this thread runs its group's step to the end
 
         self._share, native.THREAD_SHARE = native.THREAD_SHARE, self.groups  # read when a step is traced
-        self._running = [self.pool.submit(one, m, st) for m, st in zip(self.models, self.states, strict=True)]
+        self._running = [self.pool.submit(one, ids, st) for ids, st in zip(self.ids, self.states, strict=True)]
 
     def collect(self) -> dict:
         """Wait for the groups' steps; the metrics of the whole: the members' mean loss, the global norms."""

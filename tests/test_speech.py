@@ -529,13 +529,14 @@ def test_speech_step_benchmark_times_each_native_implementation_with_its_own_set
         speech_step.main(["--quick", "--root", root, "--implementations", "now,fast"])
 
 
-def _train_steps(model, tx, state, batches, grouped=None):
-    """``train_step`` on each batch (lr 1e-2, the rng of step i, EMA 0.9): in one program, or by ``grouped``."""
+def _train_steps(model, tx, state, batches, grouped=None, ids=None):
+    """``train_step`` on each batch (lr 1e-2, the rng of step i, EMA 0.9): in one program (of the members
+    ``ids`` of a sliced model), or by ``grouped``."""
     metrics = []
     for i, b in enumerate(batches):
         args = (b, jnp.float32(1e-2), jax.random.fold_in(jax.random.key(9), i), jnp.float32(0.9))
         if grouped is None:
-            state, m = train_speech.train_step(model, tx, state, *args)
+            state, m = train_speech.train_step(model, tx, state, *args, ids)
         else:
             grouped.submit(*args)
             m = grouped.collect()
@@ -567,7 +568,8 @@ def test_member_threads_train_each_member_as_the_whole_program_does(groups, monk
     monkeypatch.setattr(native, "settings", lambda: seen.append(native.THREAD_SHARE) or settings())
     with train_speech.member_threads(model, tx, groups) as grouped:
         k = 4 // groups
-        assert [m.member_ids for m in grouped.models] == [tuple(range(g * k, g * k + k)) for g in range(groups)]
+        assert grouped.model.sliced and grouped.model.members == k
+        assert [ids.tolist() for ids in grouped.ids] == [list(range(g * k, g * k + k)) for g in range(groups)]
         grouped.load(train_speech.initial_state(model, tx, config))
         split, m_split = _train_steps(model, tx, None, batches, grouped)
     assert native.THREAD_SHARE == 1
@@ -579,14 +581,19 @@ def test_member_threads_train_each_member_as_the_whole_program_does(groups, monk
         assert set(a) == set(b)
         jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5), a, b)
     # the members' own draws matter here: members 2 and 3 trained as if they were 0 and 1 end elsewhere
-    wrong = dataclasses.replace(model.slice_of((2, 3)), member_ids=(0, 1))
-    part = {k: v if k == "step" else jax.tree.map(lambda a: jnp.array(a[2:]), v)
-            for k, v in train_speech.initial_state(model, tx, config).items()}
-    off, _ = _train_steps(wrong, tx, part, batches)
-    assert max(float(np.max(np.abs(np.asarray(a) - np.asarray(b[2:]))))
-               for a, b in zip(jax.tree.leaves(off["params"]), jax.tree.leaves(whole["params"]), strict=True)) > 1e-4
-    with pytest.raises(ValueError, match=r"members \(4,\): this model has 4"):
-        model.slice_of((4,))
+
+    def last_two(ids):
+        part = {k: v if k == "step" else jax.tree.map(lambda a: jnp.array(a[2:]), v)
+                for k, v in train_speech.initial_state(model, tx, config).items()}
+        return _train_steps(model.slice_of(2), tx, part, batches, ids=jnp.asarray(ids))[0]["params"]
+
+    def gap(p):
+        return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b[2:]))))
+                   for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(whole["params"]), strict=True))
+
+    assert gap(last_two([2, 3])) < 1e-5 < 1e-4 < gap(last_two([0, 1]))
+    with pytest.raises(ValueError, match=r"a slice of 5 members: this model has 4"):
+        model.slice_of(5)
 
 
 def test_member_threads_run_resumes_exactly_and_bad_counts_are_refused(tmp_path, capsys):

@@ -68,9 +68,11 @@ class SpeechModel:
         averaging CTC posteriors deletes words: the members' label spikes do not
         line up); the loss is the sum of the members' own CTC losses (each
         member's gradient is its own loss's).
-      member_ids: set on a slice of an ensemble (``slice_of``): which members of the
-        whole its stacked parameters are, so that each draws the dropout and
-        SpecAugment masks it draws in the whole (``fold_in(rng, id)``); None: 0, 1, ...
+      sliced: the parameters are some of an ensemble's members (``slice_of``; stacked even
+        for one). Which members of the whole they are is given at run time (``ids`` of
+        ``apply`` and ``loss_and_metrics``), so that each member draws the dropout and
+        SpecAugment masks it draws in the whole (``fold_in(rng, id)``), and slices of one
+        size share one compiled program.
     """
 
     features: feat.FeatureSpec
@@ -81,7 +83,7 @@ class SpeechModel:
     spec_augment_blocks: int = 1
     members: int = 1
     conv2d: tuple[tuple[int, int, int], ...] = ()
-    member_ids: tuple[int, ...] | None = None
+    sliced: bool = False
 
     def __post_init__(self):
         d = self.front_end_width
@@ -92,23 +94,26 @@ class SpeechModel:
                 raise ValueError(f"model.conv: kernel {k} must be odd and stride {s} >= 1 ('same' padding k // 2)")
         if self.members < 1:
             raise ValueError(f"model.members must be >= 1 (networks in the ensemble), got {self.members}")
-        if self.member_ids is not None and len(self.member_ids) != self.members:
-            raise ValueError(f"member_ids {self.member_ids} must name the slice's {self.members} members")
 
     @property
     def ensemble(self) -> bool:
         """Whether the parameters are stacked members (an ensemble, or a slice of one)."""
-        return self.members > 1 or self.member_ids is not None
+        return self.members > 1 or self.sliced
 
-    def _ids(self) -> Array:
-        return jnp.arange(self.members) if self.member_ids is None else jnp.asarray(self.member_ids)
+    def _ids(self, ids: Array | None) -> Array:
+        if ids is None:
+            return jnp.arange(self.members)
+        if ids.shape != (self.members,):
+            raise ValueError(f"ids {ids.shape}: expected one per member, ({self.members},)")
+        return ids
 
-    def slice_of(self, ids: tuple[int, ...]) -> SpeechModel:
-        """The members ``ids`` of this ensemble as a model of their own: its parameters are
-        those members' rows, and each member computes what it computes in the whole."""
-        if not self.ensemble or not ids or any(not 0 <= k < self.members for k in ids):
-            raise ValueError(f"members {ids}: this model has {self.members}")
-        return dataclasses.replace(self, members=len(ids), member_ids=tuple(int(k) for k in ids))
+    def slice_of(self, size: int) -> SpeechModel:
+        """A model of ``size`` of this ensemble's members: its parameters are those members'
+        rows; pass which members they are as ``ids`` (each then computes what it computes
+        in the whole)."""
+        if not self.ensemble or not 1 <= size <= self.members:
+            raise ValueError(f"a slice of {size} members: this model has {self.members}")
+        return dataclasses.replace(self, members=size, sliced=True)
 
     @property
     def front_end_width(self) -> int:
@@ -155,15 +160,16 @@ class SpeechModel:
         return lengths_B
 
     def apply(self, params: Params, logmel_BxTxM: Array, lengths_B: Array, *, rng: Array | None = None,
-              train: bool = False) -> tuple[Array, Array]:
+              train: bool = False, ids: Array | None = None) -> tuple[Array, Array]:
         """(logits_BxSxV, output lengths_B), S = ceil(T / subsampling). An ensemble:
-        (logits_KxBxSxV, lengths_B), one row of logits per member."""
+        (logits_KxBxSxV, lengths_B), one row of logits per member (``ids``: which members of
+        the whole, for a slice; default 0, 1, ...)."""
         if not self.ensemble:
             return self._apply_one(params, logmel_BxTxM, lengths_B, rng=rng, train=train)
         logits_KxBxSxV, lengths_KxB = jax.vmap(
             lambda p, k: self._apply_one(p, logmel_BxTxM, lengths_B, train=train,
                                          rng=None if rng is None else jax.random.fold_in(rng, k)))(
-            params, self._ids())
+            params, self._ids(ids))
         return logits_KxBxSxV, lengths_KxB[0]
 
     def decode_labels(self, logits: np.ndarray, lengths_B: np.ndarray, beam_width: int = 0) -> list[tuple[int, ...]]:
@@ -231,7 +237,7 @@ class SpeechModel:
         return logits, lengths_B
 
     def loss_and_metrics(self, params: Params, batch: dict, *, rng: Array | None = None,
-                         train: bool = False) -> tuple[Array, dict]:
+                         train: bool = False, ids: Array | None = None) -> tuple[Array, dict]:
         """CTC negative log-likelihood per label (summed over the batch, divided by
         its number of labels), and the per-utterance mean for logging. An ensemble:
         the sum of the members' losses (metrics: their mean)."""
@@ -240,7 +246,7 @@ class SpeechModel:
         loss_K, metrics = jax.vmap(
             lambda p, k: self._loss_one(p, batch, train=train,
                                         rng=None if rng is None else jax.random.fold_in(rng, k)))(
-            params, self._ids())
+            params, self._ids(ids))
         return jnp.sum(loss_K), jax.tree.map(jnp.mean, metrics)
 
     def _loss_one(self, params: Params, batch: dict, *, rng: Array | None = None,
