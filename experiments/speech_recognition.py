@@ -164,6 +164,8 @@ def base_config() -> ml_collections.ConfigDict:
     e.batch_size = 100
     e.beam_width = 8  # final evaluation also with prefix beam search (0: greedy only)
     e.test_floors = ""  # test-time noise floors (dB, comma list): decoded once per floor, transcripts voted ('' = off)
+    e.speaker_prior = False  # prior matching: per member, output biases that make it emit every digit equally often
+    # on the held-out speakers' unlabelled clips (rnnlab.train_speech.prior_bias; no transcript used)
 
     c.train = r = ml_collections.ConfigDict()
     r.num_steps = 3000

@@ -97,6 +97,52 @@ def greedy_decode(logits_TxV: np.ndarray, length: int | None = None) -> tuple[in
     return collapse(np.argmax(logits_TxV[:n], axis=-1))
 
 
+def best_path_counts(logits: Sequence[np.ndarray], bias_V: np.ndarray | None = None) -> np.ndarray:
+    """How often best-path decoding (``greedy_decode`` of each T x V array, plus
+    ``bias_V``) emits each label; entry 0 (the blank) is 0."""
+    x = np.concatenate([np.asarray(lo, np.float32) for lo in logits])
+    starts = np.zeros(len(x), bool)
+    starts[np.cumsum([0] + [len(lo) for lo in logits[:-1]])] = len(x) > 0
+    a = np.argmax(x if bias_V is None else x + np.asarray(bias_V, np.float32), axis=-1)
+    emitted = (a != BLANK) & (starts | (a != np.roll(a, 1)))  # collapse's rule, each utterance apart
+    out = np.bincount(a[emitted], minlength=x.shape[-1]).astype(np.float64)
+    out[BLANK] = 0.0
+    return out
+
+
+def fit_label_bias(logits: Sequence[np.ndarray], prior: np.ndarray | None = None, *, iters: int = 30,
+                   step: float = 0.5, min_labels: int = 0) -> np.ndarray:
+    """Output biases (V,) that make best-path decoding of the unlabelled ``logits``
+    (T x V arrays) emit each non-blank label in proportion to ``prior`` (default:
+    all equally often): prior matching, an unsupervised adaptation of a model's label
+    priors to a new domain (cf. Saerens et al. 2002, Neural Computation 14:21) for
+    when the labels' frequencies there are known, e.g. one speaker's digits.
+
+    Each iteration decodes with the current biases, counts the labels (``best_path_counts``)
+    and moves each label's bias by ``step * log(wanted / counted)`` (add-one smoothed);
+    the non-blank biases are kept at mean 0 and the blank's at 0, so the balance
+    between labels and blank, i.e. insertions against deletions, stays the model's.
+    Deterministic. ``min_labels``: refuse (ValueError) when the undisturbed decoding
+    emits fewer labels, since counts that small are noise, not the speaker's bias."""
+    v = np.asarray(logits[0]).shape[-1] if len(logits) else 0
+    if v < 2:
+        raise ValueError("fit_label_bias needs at least one T x V array of logits with a blank and a label")
+    want = np.full(v - 1, 1.0 / (v - 1)) if prior is None else np.asarray(prior, np.float64)
+    if want.shape != (v - 1,) or np.any(want < 0) or not want.sum() > 0:
+        raise ValueError(f"prior: expected {v - 1} non-negative weights (one per non-blank label), got {want}")
+    want = want / want.sum()
+    bias = np.zeros(v)
+    for it in range(iters):
+        counts = best_path_counts(logits, bias)[1:]
+        if it == 0 and counts.sum() < min_labels:
+            raise ValueError(f"prior matching needs at least {min_labels} decoded labels to count, got "
+                             f"{int(counts.sum())}: give more of the speaker's unlabelled speech (several hundred "
+                             "clips), or decode without it")
+        bias[1:] += step * np.log((want * counts.sum() + 1.0) / (counts + 1.0))
+        bias[1:] -= bias[1:].mean()
+    return bias
+
+
 def log_softmax(logits_TxV: np.ndarray) -> np.ndarray:
     x = np.asarray(logits_TxV, np.float64)
     x = x - x.max(axis=-1, keepdims=True)

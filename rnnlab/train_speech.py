@@ -338,19 +338,63 @@ def eval_floors(config: ml_collections.ConfigDict) -> tuple[float, ...]:
     return floors
 
 
+def floor_logits(model: speech_lib.SpeechModel, params, batch: audio.Batch,
+                 floors: tuple[float, ...] = ()) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per test-time noise floor (the model as it is when there are none): the model's
+    logits (numpy, as ``apply`` gives them) and output lengths on ``batch``."""
+    x, lengths = jnp.asarray(batch.logmel_BxTxM), jnp.asarray(batch.lengths_B)
+    out = []
+    for m in [model.with_floor(f) for f in floors] or [model]:
+        logits, out_len = logits_step(m, params, x, lengths)
+        out.append((np.asarray(logits, np.float32), np.asarray(out_len)))
+    return out
+
+
 def decode(model: speech_lib.SpeechModel, params, batch: audio.Batch, vocab: ctc.Vocab,
-           beam_width: int = 0, floors: tuple[float, ...] = ()) -> list[str]:
+           beam_width: int = 0, floors: tuple[float, ...] = (), bias_KxV: np.ndarray | None = None) -> list[str]:
     """Transcripts of a batch: greedy (beam_width 0) or prefix beam search (an ensemble:
     per member, then ROVER). ``floors``: test-time noise floors (features.floor_db, dB):
     the model runs once per floor and every (floor, member) transcript is voted on with
-    ROVER (ties go to the first floor's first member)."""
-    x, lengths = jnp.asarray(batch.logmel_BxTxM), jnp.asarray(batch.lengths_B)
+    ROVER (ties go to the first floor's first member). ``bias_KxV``: added to each
+    member's logits before decoding (``prior_bias``)."""
     hyps: list[list[tuple[int, ...]]] = [[] for _ in range(len(batch.lengths_B))]
-    for m in [model.with_floor(f) for f in floors] or [model]:
-        logits, out_len = logits_step(m, params, x, lengths)
-        for h, new in zip(hyps, m.member_labels(logits, out_len, beam_width), strict=True):
+    for logits, out_len in floor_logits(model, params, batch, floors):
+        for h, new in zip(hyps, model.member_labels(logits, out_len, beam_width, bias_KxV), strict=True):
             h += new
     return [vocab.decode(ctc.rover(h)) for h in hyps]
+
+
+PRIOR_MIN_LABELS = 400  # prior matching: decoded labels needed per (floor, member) pass, ~40 of each digit
+
+
+def speaker_prior(config: ml_collections.ConfigDict) -> bool:
+    """eval.speaker_prior (runs from before the key have none: off)."""
+    v = config.eval.get("speaker_prior", False)
+    if not isinstance(v, bool):
+        raise ValueError(f"eval.speaker_prior={v!r}: expected True or False")
+    return v
+
+
+def prior_bias(model: speech_lib.SpeechModel, params, batches, floors: tuple[float, ...] = ()) -> np.ndarray:
+    """Prior matching for one speaker (eval.speaker_prior): per member, the output biases
+    (``ctc.fit_label_bias``) under which its best paths over every floor emit each digit
+    equally often on ``batches`` (that speaker's unlabelled speech: no transcript is
+    read). A model trained on few speakers hears a new one with a bias of its own (the
+    held-out george's '2' is heard as '4' by the models of every seed); the speaker's
+    digits being equally frequent is what undoes it. Returns members x labels (1 x V for
+    one network), for ``decode``'s ``bias_KxV``. Refuses fewer than ``PRIOR_MIN_LABELS``
+    decoded labels a pass: counts that small are noise."""
+    per_member: list[list[np.ndarray]] = []
+    for b in batches:
+        for logits, out_len in floor_logits(model, params, b, floors):
+            stacked = logits if model.ensemble else logits[None]
+            per_member = per_member or [[] for _ in range(stacked.shape[0])]
+            for k, lo in enumerate(stacked):
+                per_member[k] += [lo[i, :n] for i, n in enumerate(out_len)]
+    if not per_member:
+        raise ValueError("prior matching needs the speaker's speech: no utterances were given")
+    need = PRIOR_MIN_LABELS * max(len(floors), 1)
+    return np.stack([ctc.fit_label_bias(ls, min_labels=need) for ls in per_member])
 
 
 def eval_seed(config: ml_collections.ConfigDict) -> int:
@@ -369,22 +413,46 @@ def eval_utterance_spec(spec: audio.ConnectedSpec) -> audio.ConnectedSpec:
 
 
 def evaluate(model: speech_lib.SpeechModel, params, config: ml_collections.ConfigDict, data: SpeechData,
-             beam_width: int = 0, floors: tuple[float, ...] | None = None) -> dict:
+             beam_width: int = 0, floors: tuple[float, ...] | None = None,
+             bias_KxV: np.ndarray | None = None) -> dict:
     """CER / WER / digit-string accuracy on connected utterances of the held-out speakers,
-    decoded as ``decode`` with ``floors`` (None: the config's eval.test_floors)."""
+    decoded as ``decode`` with ``floors`` (None: the config's eval.test_floors).
+    ``bias_KxV``: as ``decode``'s; None: with eval.speaker_prior, ``prior_bias`` on the
+    held-out clips (``held_out_clips``), otherwise none. With a bias the result says
+    ``speaker_prior: True``."""
     ev = config.eval
     floors = eval_floors(config) if floors is None else floors
+    if bias_KxV is None and speaker_prior(config):
+        bias_KxV = prior_bias(model, params, held_out_clips(config, data), floors)
     refs, hyps = [], []
     test_utts, seed = eval_utterance_spec(data.utterances), eval_seed(config)
     for i in range(-(-ev.utterances // ev.batch_size)):
         n = min(ev.batch_size, ev.utterances - i * ev.batch_size)
         b = audio.connected_batch(data.test, data.noise_NxM, data.vocab, test_utts, seed, EVAL_STEP0 + i, n)
         refs += b.texts
-        hyps += decode(model, params, b, data.vocab, beam_width, floors)
-    return ctc.error_rates(refs, hyps) | {"examples": [[r, h] for r, h in list(zip(refs, hyps, strict=True))[:5]]}
+        hyps += decode(model, params, b, data.vocab, beam_width, floors, bias_KxV)
+    return (ctc.error_rates(refs, hyps) | {"examples": [[r, h] for r, h in list(zip(refs, hyps, strict=True))[:5]]}
+            | ({"speaker_prior": True} if bias_KxV is not None else {}))
 
 
 CONFUSION_STEP0 = 2 * 10**9  # isolated-clip utterances for confusions: seeds apart from training and evaluation
+
+
+def held_out_clips(config: ml_collections.ConfigDict, data: SpeechData, batch_size: int = 100):
+    """Every clip of the held-out speakers as a one-digit utterance made the way the
+    evaluation utterances are (silences, gain, background noise drawn with the
+    evaluation seed; no tempo or warps), in batches of ``batch_size``."""
+    spec, seed = eval_utterance_spec(data.utterances), eval_seed(config)
+    n = len(data.test.clips)
+    for start in range(0, n, batch_size):
+        utts, labels, texts = [], [], []
+        for i in range(start, min(start + batch_size, n)):
+            rng = np.random.default_rng([seed, CONFUSION_STEP0 + i])
+            u, _ = audio.connected_utterance(data.test, data.noise_NxM, rng, spec, clip_ids=[i])
+            utts.append(u)
+            texts.append(data.test.clips[i].text)
+            labels.append(data.vocab.encode(texts[-1]))
+        yield audio.pad_batch(utts, labels, texts, spec.bucket, max(len(x) for x in labels))
 
 
 def confusion_counts(refs, hyps, words) -> np.ndarray:
@@ -401,24 +469,15 @@ def confusion_counts(refs, hyps, words) -> np.ndarray:
 
 def digit_confusions(model: speech_lib.SpeechModel, params, config: ml_collections.ConfigDict, data: SpeechData,
                      batch_size: int = 100) -> np.ndarray:
-    """Which digit each held-out clip is heard as: every clip of the held-out speakers
-    as a one-digit utterance made the way the evaluation utterances are (silences,
-    gain, background noise; no tempo or warps), decoded greedily; counts as in
+    """Which digit each held-out clip is heard as (``held_out_clips``), decoded greedily
+    as ``evaluate`` decodes (floors, eval.speaker_prior); counts as in
     ``confusion_counts`` with the words '0'..'9'."""
-    spec, floors, seed = eval_utterance_spec(data.utterances), eval_floors(config), eval_seed(config)
+    floors = eval_floors(config)
+    bias = prior_bias(model, params, held_out_clips(config, data), floors) if speaker_prior(config) else None
     refs, hyps = [], []
-    n = len(data.test.clips)
-    for start in range(0, n, batch_size):
-        utts, labels, texts = [], [], []
-        for i in range(start, min(start + batch_size, n)):
-            rng = np.random.default_rng([seed, CONFUSION_STEP0 + i])
-            u, _ = audio.connected_utterance(data.test, data.noise_NxM, rng, spec, clip_ids=[i])
-            utts.append(u)
-            texts.append(data.test.clips[i].text)
-            labels.append(data.vocab.encode(texts[-1]))
-        b = audio.pad_batch(utts, labels, texts, spec.bucket, max(len(x) for x in labels))
-        refs += texts
-        hyps += decode(model, params, b, data.vocab, 0, floors)
+    for b in held_out_clips(config, data, batch_size):
+        refs += b.texts
+        hyps += decode(model, params, b, data.vocab, 0, floors, bias)
     return confusion_counts(refs, hyps, [str(d) for d in range(10)])
 
 
@@ -429,7 +488,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Train (or resume) the speech model of ``config`` in ``workdir``; returns the
     final summary (also written to workdir/result.json once finished)."""
     t_start, cpu_start = time.time(), time.process_time()  # process_time: CPU seconds of all our threads
-    eval_floors(config), eval_seed(config)  # a bad eval.test_floors / eval.seed fails now, not at the first evaluation
+    eval_floors(config), eval_seed(config), speaker_prior(config)  # a bad eval.* fails now, not at the first evaluation
     speed_factors(config.data.get("speed_perturb", ""))  # and a bad data.speed_perturb before anything is written
     groups = check_member_threads(config)  # and a bad train.member_threads
     if config.train.get("fit_to_budget", False) and not config.train.max_minutes > 0:
@@ -438,6 +497,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     check_and_write_config(config, workdir)
     result_path = os.path.join(workdir, "result.json")
     data = load_data(config, workdir)
+    if speaker_prior(config) and len(data.test.clips) < PRIOR_MIN_LABELS:
+        raise ValueError(f"eval.speaker_prior=True counts the digits heard in the held-out clips, and "
+                         f"{config.data.test_speakers} has {len(data.test.clips)}: too few for counts that mean "
+                         f"something (at least {PRIOR_MIN_LABELS}); hold out a speaker with more clips, or set "
+                         "eval.speaker_prior=False")
     model = build(config)
     total, tr = config.train.num_steps, config.train
     tx = make_optimizer(config.optim)

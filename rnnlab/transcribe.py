@@ -24,6 +24,10 @@ Test-time noise floors (``--test_floors=15,20,25``, or the run's eval.test_floor
 a white-noise floor F dB below each utterance's mean power is added before the
 model (features.floor_db), once per F, and the transcripts of every floor (and
 member) are voted on with ROVER; one value gives that floor alone.
+Prior matching (``--speaker_prior``, or the run's eval.speaker_prior): per member,
+output biases under which it hears every digit equally often in the speaker's
+unlabelled speech (``--evaluate``: the held-out speakers' clips; files: the given
+files, as one speaker, several hundred digits at least), added before decoding.
 """
 
 from __future__ import annotations
@@ -81,17 +85,21 @@ def _speaker_normalised(config, logmels: list[np.ndarray]) -> list[np.ndarray]:
 
 
 def transcribe(model, params, vocab: ctc.Vocab, paths: Sequence[str], beam_width: int = 0,
-               config: ml_collections.ConfigDict | None = None, floors: tuple[float, ...] = ()) -> list[str]:
+               config: ml_collections.ConfigDict | None = None, floors: tuple[float, ...] = (),
+               prior: bool = False) -> list[str]:
     """One transcript per WAV file (decoded one at a time: no padding to share), as
-    ``train_speech.decode`` with ``floors``."""
-    out = []
+    ``train_speech.decode`` with ``floors``. ``prior``: prior matching
+    (``train_speech.prior_bias``) with the files as one speaker's speech, in which every
+    digit is about equally frequent (needs several hundred digits)."""
     logmels = [audio.clip_log_mel(model.features, audio.read_wav(p, model.features.sample_rate)) for p in paths]
     if config is not None:
         logmels = _speaker_normalised(config, logmels)
-    for lm_TxM in logmels:
-        one = audio.Batch(lm_TxM[None], np.asarray([len(lm_TxM)], np.int32), np.zeros((1, 1), np.int32),
-                          np.zeros((1,), np.int32), [""])
-        out += train_speech.decode(model, params, one, vocab, beam_width, floors)
+    batches = [audio.Batch(lm_TxM[None], np.asarray([len(lm_TxM)], np.int32), np.zeros((1, 1), np.int32),
+                           np.zeros((1,), np.int32), [""]) for lm_TxM in logmels]
+    bias = train_speech.prior_bias(model, params, batches, floors) if prior else None
+    out = []
+    for one in batches:
+        out += train_speech.decode(model, params, one, vocab, beam_width, floors, bias)
     return out
 
 
@@ -117,7 +125,10 @@ def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | 
     model, params, _ = load_run(workdir, config)
     _check_subsets(subsets, model.members)
     data = train_speech.load_data(config, workdir)
-    out = train_speech.evaluate(model, params, config, data, beam_width, floors)
+    floors = train_speech.eval_floors(config) if floors is None else floors
+    bias = (train_speech.prior_bias(model, params, train_speech.held_out_clips(config, data), floors)
+            if train_speech.speaker_prior(config) else None)  # per member: a sub-ensemble takes its members' rows
+    out = train_speech.evaluate(model, params, config, data, beam_width, floors, bias)
 
     scored: dict[tuple[int, ...], dict] = {}  # each sub-ensemble scored once (subsets=1: the members again)
 
@@ -126,7 +137,8 @@ def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | 
             take = members[0] if len(members) == 1 else np.asarray(members)
             scored[members] = train_speech.evaluate(dataclasses.replace(model, members=len(members)),
                                                     jax.tree.map(lambda a: a[take], params), config, data,
-                                                    beam_width, floors)
+                                                    beam_width, floors,
+                                                    None if bias is None else bias[np.asarray(members)])
         return scored[members]
 
     if model.members > 1:
@@ -163,6 +175,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--subsets", type=int, default=0,
                    help="with --evaluate on an ensemble: also score the vote of every sub-ensemble of this many "
                         "members, then their mean (what the ensemble's size buys, on the same networks)")
+    p.add_argument("--speaker_prior", action=argparse.BooleanOptionalAction, default=None,
+                   help="prior matching: per member, output biases under which it hears every digit equally often "
+                        "in the speaker's unlabelled speech (with --evaluate the held-out clips, else the given "
+                        "files as one speaker: several hundred digits at least); default: the run's "
+                        "eval.speaker_prior")
     p.add_argument("wavs", nargs="*")
     a = p.parse_args(argv)
     if not a.evaluate and (a.utterances is not None or a.eval_seed is not None):
@@ -175,7 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = read_config(a.workdir)
     except FileNotFoundError as e:
         p.error(str(e))
-    for key, value in (("test_floors", a.test_floors), ("utterances", a.utterances), ("seed", a.eval_seed)):
+    for key, value in (("test_floors", a.test_floors), ("utterances", a.utterances), ("seed", a.eval_seed),
+                       ("speaker_prior", a.speaker_prior)):
         if value is not None:
             config.eval[key] = value
     try:  # each names the key and its form
@@ -187,7 +205,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if a.evaluate:
         print(f"scoring {config.eval.utterances} held-out utterances of {config.data.test_speakers} drawn with seed "
               f"{seed}{' (the run seed)' if seed == config.seed else ''}; test-time floors: "
-              f"{', '.join(f'{f:g}' for f in floors) or 'none'}", flush=True)
+              f"{', '.join(f'{f:g}' for f in floors) or 'none'}"
+              f"{'; prior matching on the held-out clips' if train_speech.speaker_prior(config) else ''}", flush=True)
         r = evaluate_run(a.workdir, a.beam, floors, config, a.subsets)
         for k, m in enumerate(r.get("members", [])):
             print(f"member {k}: {_rates(m)}", flush=True)
@@ -206,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error(f"no such WAV file: {', '.join(missing)}")
     model, params, vocab = load_run(a.workdir, config)
     try:  # an empty, corrupt or non-WAV file: read_wav's error names it
-        texts = transcribe(model, params, vocab, a.wavs, a.beam, config, floors)
+        texts = transcribe(model, params, vocab, a.wavs, a.beam, config, floors, train_speech.speaker_prior(config))
     except ValueError as e:
         p.error(str(e))
     for path, text in zip(a.wavs, texts, strict=True):

@@ -178,11 +178,18 @@ class SpeechModel:
         (member 0 wins ties; the vote of one network is its own sequence)."""
         return [ctc.rover(h) for h in self.member_labels(logits, lengths_B, beam_width)]
 
-    def member_labels(self, logits: np.ndarray, lengths_B: np.ndarray,
-                      beam_width: int = 0) -> list[list[tuple[int, ...]]]:
-        """Per utterance, every member's decoded label sequence (one for a single network)."""
+    def member_labels(self, logits: np.ndarray, lengths_B: np.ndarray, beam_width: int = 0,
+                      bias_KxV: np.ndarray | None = None) -> list[list[tuple[int, ...]]]:
+        """Per utterance, every member's decoded label sequence (one for a single network).
+        ``bias_KxV``: per member, added to its logits first (K = 1 for one network)."""
         logits = np.asarray(logits, np.float32)
         stacked = logits if self.ensemble else logits[None]
+        if bias_KxV is not None:
+            bias = np.asarray(bias_KxV, np.float32)
+            if bias.shape != (stacked.shape[0], stacked.shape[-1]):
+                raise ValueError(f"bias_KxV has shape {bias.shape}; this model's logits need "
+                                 f"{(stacked.shape[0], stacked.shape[-1])} (members x labels)")
+            stacked = stacked + bias[:, None, None, :]
 
         def one(lo, n):
             return ctc.prefix_beam_search(lo, beam_width, length=n) if beam_width else ctc.greedy_decode(lo, n)
