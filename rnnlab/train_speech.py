@@ -97,16 +97,22 @@ def speed_factors(text: str) -> tuple[float, ...]:
     return out
 
 
-def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
-    """Clip features of the training and held-out speakers (cached), the noise template."""
-    d, spec = config.data, feature_spec(config)
+def split_clips(config: ml_collections.ConfigDict) -> tuple[list[audio.Clip], list[audio.Clip]]:
+    """(training, held-out) clips of config.data: its folder, speakers and takes."""
+    d = config.data
     clips = audio.wav_folder(fsdd_root(d.root))
     if d.takes_per_digit:  # smaller runs: the first takes of each digit and speaker
         clips = [c for c in clips if c.index < d.takes_per_digit]
     speakers = [s.strip() for s in d.speakers.split(",") if s.strip()]
     if speakers:
         clips = [c for c in clips if c.speaker in speakers]
-    train, test = audio.split_by_speaker(clips, [s.strip() for s in d.test_speakers.split(",")])
+    return audio.split_by_speaker(clips, [s.strip() for s in d.test_speakers.split(",")])
+
+
+def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
+    """Clip features of the training and held-out speakers (cached), the noise template."""
+    d, spec = config.data, feature_spec(config)
+    train, test = split_clips(config)
     cache = d.cache_dir or os.path.join(workdir, "feature_cache")
     speeds = speed_factors(d.get("speed_perturb", ""))  # runs from before the option have no such key
     bank = audio.cached_bank(train + test, spec, cache, trim_db=d.trim_db)
@@ -494,14 +500,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if config.train.get("fit_to_budget", False) and not config.train.max_minutes > 0:
         raise ValueError("train.fit_to_budget=True fits the schedule to train.max_minutes, which is "
                          f"{config.train.max_minutes}: set train.max_minutes > 0, or train.fit_to_budget=False")
+    if speaker_prior(config) and len(held_out := split_clips(config)[1]) < PRIOR_MIN_LABELS:
+        raise ValueError(f"eval.speaker_prior=True counts the digits heard in the held-out clips, and "
+                         f"{config.data.test_speakers} has {len(held_out)}: too few for counts that mean "
+                         f"something (at least {PRIOR_MIN_LABELS}); hold out a speaker with more clips, or set "
+                         "eval.speaker_prior=False")
     check_and_write_config(config, workdir)
     result_path = os.path.join(workdir, "result.json")
     data = load_data(config, workdir)
-    if speaker_prior(config) and len(data.test.clips) < PRIOR_MIN_LABELS:
-        raise ValueError(f"eval.speaker_prior=True counts the digits heard in the held-out clips, and "
-                         f"{config.data.test_speakers} has {len(data.test.clips)}: too few for counts that mean "
-                         f"something (at least {PRIOR_MIN_LABELS}); hold out a speaker with more clips, or set "
-                         "eval.speaker_prior=False")
     model = build(config)
     total, tr = config.train.num_steps, config.train
     tx = make_optimizer(config.optim)

@@ -207,7 +207,10 @@ def main(argv: Sequence[str] | None = None) -> None:
               f"{seed}{' (the run seed)' if seed == config.seed else ''}; test-time floors: "
               f"{', '.join(f'{f:g}' for f in floors) or 'none'}"
               f"{'; prior matching on the held-out clips' if train_speech.speaker_prior(config) else ''}", flush=True)
-        r = evaluate_run(a.workdir, a.beam, floors, config, a.subsets)
+        try:  # --speaker_prior on too few held-out clips: prior_bias's error says so
+            r = evaluate_run(a.workdir, a.beam, floors, config, a.subsets)
+        except ValueError as e:
+            p.error(str(e))
         for k, m in enumerate(r.get("members", [])):
             print(f"member {k}: {_rates(m)}", flush=True)
         for m in r.get("subsets", []):

@@ -193,3 +193,73 @@ def test_rover_alignment_is_a_minimum_edit_alignment():
         assert [j for _, j in pairs if j is not None] == list(range(len(b)))
         cost = sum(1 if i is None or j is None else int(a[i] != b[j]) for i, j in pairs)
         assert cost == ctc.edit_distance(a, b)
+
+
+def test_best_path_counts_count_each_utterances_collapsed_best_path():
+    """Against collapse of each utterance's argmax, written out: a label ending one
+    utterance and starting the next is two emissions, not one run."""
+    rng = np.random.default_rng(0)
+    logits = [rng.normal(size=(n, 5)) for n in (7, 1, 12, 4)]
+    logits[1][0] = [0, 0, 0, 9, 0]  # the same label as the end of utterance 0 ...
+    logits[0][-1] = [0, 0, 0, 9, 0]  # ... counted once in each
+    for bias in (None, np.array([0.0, 0.5, -0.5, 0.2, 0.0])):
+        want = np.zeros(5)
+        for lo in logits:
+            for lab in _collapse_reference(list(np.argmax(lo + (0 if bias is None else bias), -1))):
+                want[lab] += 1
+        np.testing.assert_array_equal(ctc.best_path_counts(logits, bias), want)
+    assert ctc.best_path_counts(logits)[3] >= 2
+
+
+def _biased_digits(rng, truth, shift):
+    """One-digit utterances (labels 1..10) whose spike frame prefers the true label by
+    a margin of ~1 over the rest, with ``shift`` added to every frame's logits: a
+    model biased towards some labels (blank frames stay blank)."""
+    out = []
+    for lab in truth:
+        lo = rng.normal(0.0, 0.4, (5, 11))
+        lo[[0, 1, 3, 4], 0] += 6.0
+        lo[2, lab] += 3.0
+        out.append(lo + shift)
+    return out
+
+
+def test_prior_matching_undoes_a_label_bias_from_unlabelled_utterances():
+    """A model that hears many labels as label 5 (its logits shifted by +2.6) and never
+    emits label 3 (-1.5): the fitted biases, which never see the true labels, make it
+    emit every label about equally often and read nearly every utterance right again;
+    the blank's bias stays 0 and the others' mean 0."""
+    rng = np.random.default_rng(1)
+    truth = np.repeat(np.arange(1, 11), 60)
+    shift = np.zeros(11)
+    shift[5], shift[3] = 2.6, -1.5
+    logits = _biased_digits(rng, truth, shift)
+
+    def accuracy(bias):
+        return np.mean([ctc.greedy_decode(lo + bias) == (t,) for lo, t in zip(logits, truth, strict=True)])
+
+    assert accuracy(np.zeros(11)) < 0.8
+    bias = ctc.fit_label_bias(logits)
+    assert accuracy(bias) > 0.98
+    counts = ctc.best_path_counts(logits, bias)[1:]
+    assert counts.max() - counts.min() <= 0.1 * counts.mean()
+    assert bias[0] == 0.0 and abs(bias[1:].mean()) < 1e-12
+    assert bias[5] - np.median(bias[1:]) < -0.8 and bias[3] - np.median(bias[1:]) > 0.8  # undone enough to flip back
+    # a known uneven prior: label 1 three times as frequent; matching the uniform one instead hurts
+    uneven = np.concatenate([truth, np.repeat(1, 120)])
+    logits = _biased_digits(rng, uneven, shift)
+    truth = uneven
+    prior = np.ones(10)
+    prior[0] = 3.0
+    assert accuracy(ctc.fit_label_bias(logits, prior)) > 0.98
+    assert accuracy(ctc.fit_label_bias(logits)) < 0.95
+
+
+def test_prior_matching_refuses_too_few_labels_and_a_bad_prior():
+    logits = _biased_digits(np.random.default_rng(2), np.arange(1, 11), np.zeros(11))
+    with pytest.raises(ValueError, match="needs at least 400 decoded labels to count, got 10"):
+        ctc.fit_label_bias(logits, min_labels=400)
+    with pytest.raises(ValueError, match=r"prior: expected 10 non-negative weights"):
+        ctc.fit_label_bias(logits, np.ones(11))
+    with pytest.raises(ValueError, match="at least one T x V array"):
+        ctc.fit_label_bias([])

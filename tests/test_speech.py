@@ -409,6 +409,63 @@ def test_an_ensemble_decodes_each_member_then_votes():
     assert one.decode_labels(logits[1], np.array([6])) == [(1, 3)]
 
 
+def test_prior_bias_is_each_members_own_fit_over_every_floor_and_decoding_adds_it(monkeypatch):
+    """prior_bias fits each member apart (so a sub-ensemble's biases are the rows of its
+    members), on the member's best paths under every floor pooled: it equals
+    ctc.fit_label_bias on one network's logits computed floor by floor. decode adds a
+    member's row to its logits before the vote; too few labels are refused."""
+    import dataclasses
+
+    from rnnlab import ctc
+    from rnnlab.data import audio
+
+    one = _model()
+    two = dataclasses.replace(one, members=2)
+    params = two.init(jax.random.key(5))
+    rng = np.random.default_rng(6)
+    batches = []
+    for _ in range(4):
+        b = _batch(rng)
+        batches.append(audio.Batch(b["logmel"], b["lengths"], b["labels"], b["label_lengths"], [""] * 3))
+    floors = (15.0, 30.0)
+    monkeypatch.setattr(train_speech, "PRIOR_MIN_LABELS", 0)
+    bias = train_speech.prior_bias(two, params, batches, floors)
+    assert bias.shape == (2, 11) and np.any(bias != 0)
+    for k in range(2):
+        member = jax.tree.map(lambda a, k=k: a[k], params)
+        logits = []
+        for f in floors:
+            for b in batches:
+                lo, n = one.with_floor(f).apply(member, jnp.asarray(b.logmel_BxTxM), jnp.asarray(b.lengths_B))
+                logits += [np.asarray(lo[i, :int(n[i])]) for i in range(3)]
+        np.testing.assert_allclose(bias[k], ctc.fit_label_bias(logits), atol=1e-9)
+        np.testing.assert_allclose(train_speech.prior_bias(one, member, batches, floors)[0], bias[k], atol=1e-9)
+    b = batches[0]
+    hyps = [[], [], []]
+    for f in floors:
+        lo, n = two.with_floor(f).apply(params, jnp.asarray(b.logmel_BxTxM), jnp.asarray(b.lengths_B))
+        for i in range(3):
+            hyps[i] += [ctc.greedy_decode(np.asarray(lo[k, i]) + bias[k], int(n[i])) for k in range(2)]
+    vocab = audio.DIGITS
+    assert train_speech.decode(two, params, b, vocab, 0, floors, bias) == [vocab.decode(ctc.rover(h)) for h in hyps]
+    with pytest.raises(ValueError, match=r"bias_KxV has shape \(1, 11\); this model's logits need \(2, 11\)"):
+        train_speech.decode(two, params, b, vocab, 0, floors, bias[:1])
+    monkeypatch.setattr(train_speech, "PRIOR_MIN_LABELS", 10**4)
+    with pytest.raises(ValueError, match="prior matching needs at least 20000 decoded labels to count"):
+        train_speech.prior_bias(two, params, batches, floors)
+
+
+def test_speaker_prior_on_too_few_held_out_clips_is_refused_before_anything_is_written(tmp_path):
+    from experiments.speech_recognition import get_config
+
+    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
+    wd = str(tmp_path / "run")
+    with pytest.raises(ValueError, match=r"eval.speaker_prior=True counts the digits heard in the held-out clips, "
+                                         r"and jackson has 30: too few .* \(at least 400\)"):
+        train_speech.train_and_evaluate(get_config(f"smoke,data.root={root},eval.speaker_prior=True"), wd)
+    assert not os.path.exists(os.path.join(wd, "config.json"))
+
+
 def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     repo, root, wd, _, r = _smoke_run(tmp_path, ",members=2")
     assert "in 2 ensemble members;" in r.stdout and json.load(open(os.path.join(wd, "result.json")))["finished"]
@@ -484,6 +541,24 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     m = _run(["-m", "rnnlab.transcribe", f"--workdir={os.path.join(root, 'no_such_run')}", wav], repo)
     assert m.returncode != 0 and "no_such_run has no config.json: pass the --workdir of a speech" in m.stderr
     assert "Traceback" not in m.stderr and "usage:" in m.stderr, m.stderr[-3000:]
+    # prior matching on a smoke run's 30 held-out clips, or on one file: too few digits to count, said so
+    for args in (["--evaluate"], [wav]):
+        p = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--speaker_prior", *args], repo)
+        assert p.returncode != 0 and "prior matching needs at least 400 decoded labels to count" in p.stderr
+        assert "Traceback" not in p.stderr and "usage:" in p.stderr, p.stderr[-3000:]
+    # with the threshold lowered: the vote and each member decoded with the biases (a member's row each)
+    import dataclasses
+    from unittest import mock
+    config.eval.seed, config.eval.speaker_prior = -1, True
+    with mock.patch.object(train_speech, "PRIOR_MIN_LABELS", 0):
+        prior = transcribe.evaluate_run(wd, floors=(), config=config, subsets=1)
+        bias = train_speech.prior_bias(model, params, train_speech.held_out_clips(config, data))
+        alone = [train_speech.evaluate(dataclasses.replace(model, members=1), jax.tree.map(lambda a, k=k: a[k], params),
+                                       config, data, floors=()) for k in range(2)]
+    assert prior["speaker_prior"] and all(m["speaker_prior"] for m in prior["members"] + prior["subsets"])
+    assert [m["wer"] for m in prior["members"]] == [m["wer"] for m in alone]  # the row of each member = its own fit
+    assert prior == {**train_speech.evaluate(model, params, config, data, floors=(), bias_KxV=bias),
+                     "members": prior["members"], "subsets": prior["subsets"], "subsets_mean": prior["subsets_mean"]}
 
 
 def test_speech_step_benchmark_times_each_front_end_on_the_same_batches(tmp_path, capsys):
