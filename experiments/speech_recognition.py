@@ -203,6 +203,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.train.max_minutes = 30.0  # the budget per model (~25 min alone on 2 cores)
         if variant in ("fsdd_vote_gru", "fsdd_vote4_gru"):
             c.model.cell = "gru"  # bidirectional GRU layers: 2.61 M parameters against the LSTM's 3.35 M
+        if variant == "fsdd_vote4_gru":  # prior matching on the held-out speaker's clips (docs/speech, 2026-12-06)
+            c.eval.speaker_prior = True
     elif variant == "smoke":
         c.data.update(speakers="george,jackson", test_speakers="jackson", takes_per_digit=3, batch_size=4,
                       max_words=3)

@@ -200,7 +200,7 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> text_data.Corp
 # train.data_parallel: a requeued job may land on another number of devices (equal up to float rounding).
 RESUMABLE_CHANGES = ("train.num_epochs", "train.num_steps", "train.log_every", "train.max_minutes",
                      "train.checkpoint_every", "train.data_parallel", "train.member_threads", "generate.",
-                     "data.cache_dir")
+                     "data.cache_dir", "eval.speaker_prior")  # speaker_prior: decoding only, never training
 
 
 def _flat(d: dict, prefix: str = "") -> dict:
