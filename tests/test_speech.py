@@ -277,8 +277,9 @@ def test_config_variants_sweep_and_report_table(tmp_path):
     assert same == vote.to_dict()  # fsdd_vote with GRU layers, nothing else
     four = exp.get_config("fsdd_vote4_gru,held_out=nicolas").to_dict()
     assert four["model"]["members"] == 4
-    four["model"]["members"] = 3
-    assert four == gru.to_dict()  # fsdd_vote_gru with a fourth member, nothing else
+    assert four["eval"]["speaker_prior"] is True and gru.eval.speaker_prior is False
+    four["model"]["members"], four["eval"]["speaker_prior"] = 3, False
+    assert four == gru.to_dict()  # fsdd_vote_gru with a fourth member and prior matching, nothing else
     assert train_speech.eval_floors(exp.get_config("fsdd")) == ()
     with pytest.raises(ValueError, match="eval.test_floors"):
         train_speech.eval_floors(exp.get_config("fsdd,eval.test_floors=15;20"))
