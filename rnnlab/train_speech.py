@@ -356,18 +356,25 @@ def floor_logits(model: speech_lib.SpeechModel, params, batch: audio.Batch,
     return out
 
 
-def decode(model: speech_lib.SpeechModel, params, batch: audio.Batch, vocab: ctc.Vocab,
-           beam_width: int = 0, floors: tuple[float, ...] = (), bias_KxV: np.ndarray | None = None) -> list[str]:
-    """Transcripts of a batch: greedy (beam_width 0) or prefix beam search (an ensemble:
-    per member, then ROVER). ``floors``: test-time noise floors (features.floor_db, dB):
-    the model runs once per floor and every (floor, member) transcript is voted on with
-    ROVER (ties go to the first floor's first member). ``bias_KxV``: added to each
-    member's logits before decoding (``prior_bias``)."""
-    hyps: list[list[tuple[int, ...]]] = [[] for _ in range(len(batch.lengths_B))]
-    for logits, out_len in floor_logits(model, params, batch, floors):
+def vote(model: speech_lib.SpeechModel, outputs: list[tuple[np.ndarray, np.ndarray]], vocab: ctc.Vocab,
+         beam_width: int = 0, bias_KxV: np.ndarray | None = None) -> list[str]:
+    """Transcripts from one batch's ``floor_logits``: every (floor, member) decoded, greedy
+    (beam_width 0) or by prefix beam search, then voted on with ROVER (ties go to the
+    first floor's first member). ``bias_KxV``: added to each member's logits before
+    decoding (``prior_bias``)."""
+    hyps: list[list[tuple[int, ...]]] = [[] for _ in range(len(outputs[0][1]))]
+    for logits, out_len in outputs:
         for h, new in zip(hyps, model.member_labels(logits, out_len, beam_width, bias_KxV), strict=True):
             h += new
     return [vocab.decode(ctc.rover(h)) for h in hyps]
+
+
+def decode(model: speech_lib.SpeechModel, params, batch: audio.Batch, vocab: ctc.Vocab,
+           beam_width: int = 0, floors: tuple[float, ...] = (), bias_KxV: np.ndarray | None = None) -> list[str]:
+    """Transcripts of a batch (``vote`` of its ``floor_logits``). ``floors``: test-time
+    noise floors (features.floor_db, dB): the model runs once per floor and every
+    (floor, member) transcript is voted on."""
+    return vote(model, floor_logits(model, params, batch, floors), vocab, beam_width, bias_KxV)
 
 
 PRIOR_MIN_LABELS = 400  # prior matching: decoded labels needed per (floor, member) pass, ~40 of each digit
@@ -381,26 +388,34 @@ def speaker_prior(config: ml_collections.ConfigDict) -> bool:
     return v
 
 
-def prior_bias(model: speech_lib.SpeechModel, params, batches, floors: tuple[float, ...] = ()) -> np.ndarray:
+def prior_bias(model: speech_lib.SpeechModel, outputs) -> np.ndarray:
     """Prior matching for one speaker (eval.speaker_prior): per member, the output biases
     (``ctc.fit_label_bias``) under which its best paths over every floor emit each digit
-    equally often on ``batches`` (that speaker's unlabelled speech: no transcript is
-    read). A model trained on few speakers hears a new one with a bias of its own (the
-    held-out george's '2' is heard as '4' by the models of every seed); the speaker's
-    digits being equally frequent is what undoes it. Returns members x labels (1 x V for
-    one network), for ``decode``'s ``bias_KxV``. Refuses fewer than ``PRIOR_MIN_LABELS``
-    decoded labels a pass: counts that small are noise."""
+    equally often on ``outputs``, the ``floor_logits`` of each batch of that speaker's
+    unlabelled speech (no transcript is read). A model trained on few speakers hears a
+    new one with a bias of its own (the held-out george's '2' is heard as '4' by the
+    models of every seed); the speaker's digits being equally frequent is what undoes it.
+    Returns members x labels (1 x V for one network), for ``decode``'s ``bias_KxV``.
+    Refuses fewer than ``PRIOR_MIN_LABELS`` decoded labels a pass (a floor): counts that
+    small are noise."""
     per_member: list[list[np.ndarray]] = []
-    for b in batches:
-        for logits, out_len in floor_logits(model, params, b, floors):
+    passes = 1
+    for per_floor in outputs:
+        passes = len(per_floor)
+        for logits, out_len in per_floor:
             stacked = logits if model.ensemble else logits[None]
             per_member = per_member or [[] for _ in range(stacked.shape[0])]
             for k, lo in enumerate(stacked):
                 per_member[k] += [lo[i, :n] for i, n in enumerate(out_len)]
     if not per_member:
         raise ValueError("prior matching needs the speaker's speech: no utterances were given")
-    need = PRIOR_MIN_LABELS * max(len(floors), 1)
-    return np.stack([ctc.fit_label_bias(ls, min_labels=need) for ls in per_member])
+    return np.stack([ctc.fit_label_bias(ls, min_labels=PRIOR_MIN_LABELS * passes) for ls in per_member])
+
+
+def held_out_prior(model: speech_lib.SpeechModel, params, config: ml_collections.ConfigDict, data: SpeechData,
+                   floors: tuple[float, ...]) -> np.ndarray:
+    """``prior_bias`` on the held-out speakers' clips (``held_out_clips``) under ``floors``."""
+    return prior_bias(model, (floor_logits(model, params, b, floors) for b in held_out_clips(config, data)))
 
 
 def eval_seed(config: ml_collections.ConfigDict) -> int:
@@ -424,12 +439,12 @@ def evaluate(model: speech_lib.SpeechModel, params, config: ml_collections.Confi
     """CER / WER / digit-string accuracy on connected utterances of the held-out speakers,
     decoded as ``decode`` with ``floors`` (None: the config's eval.test_floors).
     ``bias_KxV``: as ``decode``'s; None: with eval.speaker_prior, ``prior_bias`` on the
-    held-out clips (``held_out_clips``), otherwise none. With a bias the result says
+    held-out clips (``held_out_prior``), otherwise none. With a bias the result says
     ``speaker_prior: True``."""
     ev = config.eval
     floors = eval_floors(config) if floors is None else floors
     if bias_KxV is None and speaker_prior(config):
-        bias_KxV = prior_bias(model, params, held_out_clips(config, data), floors)
+        bias_KxV = held_out_prior(model, params, config, data, floors)
     refs, hyps = [], []
     test_utts, seed = eval_utterance_spec(data.utterances), eval_seed(config)
     for i in range(-(-ev.utterances // ev.batch_size)):
@@ -478,12 +493,12 @@ def digit_confusions(model: speech_lib.SpeechModel, params, config: ml_collectio
     """Which digit each held-out clip is heard as (``held_out_clips``), decoded greedily
     as ``evaluate`` decodes (floors, eval.speaker_prior); counts as in
     ``confusion_counts`` with the words '0'..'9'."""
-    floors = eval_floors(config)
-    bias = prior_bias(model, params, held_out_clips(config, data), floors) if speaker_prior(config) else None
-    refs, hyps = [], []
-    for b in held_out_clips(config, data, batch_size):
+    floors, refs, outputs = eval_floors(config), [], []
+    for b in held_out_clips(config, data, batch_size):  # the model runs once: the prior's fit reads these too
         refs += b.texts
-        hyps += decode(model, params, b, data.vocab, 0, floors, bias)
+        outputs.append(floor_logits(model, params, b, floors))
+    bias = prior_bias(model, outputs) if speaker_prior(config) else None
+    hyps = [h for out in outputs for h in vote(model, out, data.vocab, 0, bias)]
     return confusion_counts(refs, hyps, [str(d) for d in range(10)])
 
 

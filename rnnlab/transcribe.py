@@ -96,11 +96,9 @@ def transcribe(model, params, vocab: ctc.Vocab, paths: Sequence[str], beam_width
         logmels = _speaker_normalised(config, logmels)
     batches = [audio.Batch(lm_TxM[None], np.asarray([len(lm_TxM)], np.int32), np.zeros((1, 1), np.int32),
                            np.zeros((1,), np.int32), [""]) for lm_TxM in logmels]
-    bias = train_speech.prior_bias(model, params, batches, floors) if prior else None
-    out = []
-    for one in batches:
-        out += train_speech.decode(model, params, one, vocab, beam_width, floors, bias)
-    return out
+    outputs = [train_speech.floor_logits(model, params, one, floors) for one in batches]  # once: fit and decode
+    bias = train_speech.prior_bias(model, outputs) if prior else None
+    return [t for out in outputs for t in train_speech.vote(model, out, vocab, beam_width, bias)]
 
 
 def _check_subsets(subsets: int, members: int) -> None:
@@ -126,7 +124,7 @@ def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | 
     _check_subsets(subsets, model.members)
     data = train_speech.load_data(config, workdir)
     floors = train_speech.eval_floors(config) if floors is None else floors
-    bias = (train_speech.prior_bias(model, params, train_speech.held_out_clips(config, data), floors)
+    bias = (train_speech.held_out_prior(model, params, config, data, floors)
             if train_speech.speaker_prior(config) else None)  # per member: a sub-ensemble takes its members' rows
     out = train_speech.evaluate(model, params, config, data, beam_width, floors, bias)
 

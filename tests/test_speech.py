@@ -430,7 +430,7 @@ def test_prior_bias_is_each_members_own_fit_over_every_floor_and_decoding_adds_i
         batches.append(audio.Batch(b["logmel"], b["lengths"], b["labels"], b["label_lengths"], [""] * 3))
     floors = (15.0, 30.0)
     monkeypatch.setattr(train_speech, "PRIOR_MIN_LABELS", 0)
-    bias = train_speech.prior_bias(two, params, batches, floors)
+    bias = train_speech.prior_bias(two, [train_speech.floor_logits(two, params, b, floors) for b in batches])
     assert bias.shape == (2, 11) and np.any(bias != 0)
     for k in range(2):
         member = jax.tree.map(lambda a, k=k: a[k], params)
@@ -440,7 +440,8 @@ def test_prior_bias_is_each_members_own_fit_over_every_floor_and_decoding_adds_i
                 lo, n = one.with_floor(f).apply(member, jnp.asarray(b.logmel_BxTxM), jnp.asarray(b.lengths_B))
                 logits += [np.asarray(lo[i, :int(n[i])]) for i in range(3)]
         np.testing.assert_allclose(bias[k], ctc.fit_label_bias(logits), atol=1e-9)
-        np.testing.assert_allclose(train_speech.prior_bias(one, member, batches, floors)[0], bias[k], atol=1e-9)
+        alone = train_speech.prior_bias(one, [train_speech.floor_logits(one, member, b, floors) for b in batches])
+        np.testing.assert_allclose(alone[0], bias[k], atol=1e-9)
     b = batches[0]
     hyps = [[], [], []]
     for f in floors:
@@ -453,7 +454,7 @@ def test_prior_bias_is_each_members_own_fit_over_every_floor_and_decoding_adds_i
         train_speech.decode(two, params, b, vocab, 0, floors, bias[:1])
     monkeypatch.setattr(train_speech, "PRIOR_MIN_LABELS", 10**4)
     with pytest.raises(ValueError, match="prior matching needs at least 20000 decoded labels to count"):
-        train_speech.prior_bias(two, params, batches, floors)
+        train_speech.prior_bias(two, [train_speech.floor_logits(two, params, b, floors) for b in batches])
 
 
 def test_speaker_prior_on_too_few_held_out_clips_is_refused_before_anything_is_written(tmp_path):
@@ -553,7 +554,7 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     config.eval.seed, config.eval.speaker_prior = -1, True
     with mock.patch.object(train_speech, "PRIOR_MIN_LABELS", 0):
         prior = transcribe.evaluate_run(wd, floors=(), config=config, subsets=1)
-        bias = train_speech.prior_bias(model, params, train_speech.held_out_clips(config, data))
+        bias = train_speech.held_out_prior(model, params, config, data, ())
         alone = [train_speech.evaluate(dataclasses.replace(model, members=1), jax.tree.map(lambda a, k=k: a[k], params),
                                        config, data, floors=()) for k in range(2)]
     assert prior["speaker_prior"] and all(m["speaker_prior"] for m in prior["members"] + prior["subsets"])
