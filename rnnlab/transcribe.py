@@ -24,10 +24,11 @@ Test-time noise floors (``--test_floors=15,20,25``, or the run's eval.test_floor
 a white-noise floor F dB below each utterance's mean power is added before the
 model (features.floor_db), once per F, and the transcripts of every floor (and
 member) are voted on with ROVER; one value gives that floor alone.
-Prior matching (``--speaker_prior``, or the run's eval.speaker_prior): per member,
-output biases under which it hears every digit equally often in the speaker's
-unlabelled speech (``--evaluate``: the held-out speakers' clips; files: the given
-files, as one speaker, several hundred digits at least), added before decoding.
+Prior matching: per member, output biases under which it hears every digit equally
+often in the speaker's unlabelled speech, added before decoding. ``--evaluate``: the
+run's eval.speaker_prior (``--[no-]speaker_prior`` to choose), fitted on the held-out
+speakers' clips. Files: only with ``--speaker_prior``, fitted on the given files as one
+speaker's speech (several hundred digits at least), since a few files cannot be fitted.
 """
 
 from __future__ import annotations
@@ -175,9 +176,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "members, then their mean (what the ensemble's size buys, on the same networks)")
     p.add_argument("--speaker_prior", action=argparse.BooleanOptionalAction, default=None,
                    help="prior matching: per member, output biases under which it hears every digit equally often "
-                        "in the speaker's unlabelled speech (with --evaluate the held-out clips, else the given "
-                        "files as one speaker: several hundred digits at least); default: the run's "
-                        "eval.speaker_prior")
+                        "in the speaker's unlabelled speech; with --evaluate fitted on the held-out clips (default: "
+                        "the run's eval.speaker_prior), with files on the given files as one speaker (several "
+                        "hundred digits at least; default: off)")
     p.add_argument("wavs", nargs="*")
     a = p.parse_args(argv)
     if not a.evaluate and (a.utterances is not None or a.eval_seed is not None):
@@ -226,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         p.error(f"no such WAV file: {', '.join(missing)}")
     model, params, vocab = load_run(a.workdir, config)
     try:  # an empty, corrupt or non-WAV file: read_wav's error names it
-        texts = transcribe(model, params, vocab, a.wavs, a.beam, config, floors, train_speech.speaker_prior(config))
+        texts = transcribe(model, params, vocab, a.wavs, a.beam, config, floors, bool(a.speaker_prior))
     except ValueError as e:
         p.error(str(e))
     for path, text in zip(a.wavs, texts, strict=True):

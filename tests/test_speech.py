@@ -548,6 +548,14 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
         p = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--speaker_prior", *args], repo)
         assert p.returncode != 0 and "prior matching needs at least 400 decoded labels to count" in p.stderr
         assert "Traceback" not in p.stderr and "usage:" in p.stderr, p.stderr[-3000:]
+    # a run whose evaluations use prior matching (as fsdd_vote4_gru's) still transcribes a file or two: for
+    # files it is asked for, not inherited
+    with open(os.path.join(wd, "config.json")) as f:
+        saved = json.load(f)
+    with open(os.path.join(wd, "config.json"), "w") as f:
+        json.dump({**saved, "eval": {**saved["eval"], "speaker_prior": True}}, f)
+    q = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", wav], repo)
+    assert q.returncode == 0 and q.stdout.startswith(wav + "\t"), q.stderr[-3000:]
     # with the threshold lowered: the vote and each member decoded with the biases (a member's row each)
     import dataclasses
     from unittest import mock
