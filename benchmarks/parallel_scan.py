@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from rnnlab import cells, scan, writers  # noqa: E402
+from rnnlab import cells, scan  # noqa: E402
+from rnnlab.train import writers  # noqa: E402
 
 CELLS = ("mingru", "minlstm", "lru", "rglru")
 

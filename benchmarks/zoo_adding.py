@@ -24,7 +24,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from rnnlab import cells, writers  # noqa: E402
+from rnnlab import cells  # noqa: E402
+from rnnlab.train import writers  # noqa: E402
 
 BASELINE = 1.0 / 6.0
 LAYERS = {"lru": 2, "indrnn": 2}  # see the docstring

@@ -83,8 +83,9 @@ import numpy as np
 if __name__ == "__main__":  # run as a file: the rnnlab next to it, whatever else is installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rnnlab import cells, configs, probes, train_tasks, writers  # noqa: E402
+from rnnlab import cells, configs, probes, train_tasks  # noqa: E402
 from rnnlab.models import seq as seq_lib  # noqa: E402
+from rnnlab.train import writers  # noqa: E402
 
 THIS_FILE = os.path.abspath(__file__)
 REPO_ROOT = os.path.dirname(os.path.dirname(THIS_FILE))

@@ -414,7 +414,7 @@ def run_study(root: str, grid: str = "sweep") -> list[dict]:
     go on. Writes root/study.json (trial -> state, seconds, error; a reused trial keeps
     the record of the run that made it; the load average at start and end)."""
     from rnnlab import main as main_lib
-    from rnnlab import writers
+    from rnnlab.train import writers
 
     added: list[dict] = []
     GRIDS[grid][0](lambda **kw: added.append(kw))
@@ -475,7 +475,7 @@ def _stats_functions():
 
 def gather(root: str) -> list[dict]:
     """One row per trial workdir under ``root``: what it is, its state, result and curve."""
-    from rnnlab import writers
+    from rnnlab.train import writers
 
     rows = []
     for entry in sorted(os.listdir(root)):
@@ -843,7 +843,7 @@ def report(root: str, out_dir: str, zoo_root: str = "") -> dict:
     count as the zoo), write README.md, results.csv, trials.csv, curves_<task>.png and
     report.json into ``out_dir``. With zoo trials only and a study report already in
     ``out_dir`` (report.json with a summary), update only its zoo section (update_zoo)."""
-    from rnnlab import writers
+    from rnnlab.train import writers
 
     os.makedirs(out_dir, exist_ok=True)
     gathered = gather(root) if os.path.isdir(root) else []
@@ -877,7 +877,7 @@ def update_zoo(out_dir: str, zoo_rows: list[dict]) -> dict:
     study's trials are not on this machine."""
     import csv
 
-    from rnnlab import writers
+    from rnnlab.train import writers
 
     table = zoo_table(zoo_rows)
     figures = _zoo_curves(zoo_rows, out_dir)

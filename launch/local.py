@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from launch import status as status_lib
 from launch.trials import STATUS_FILE, Trial
-from rnnlab import writers
+from rnnlab.train import writers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -21,7 +21,7 @@ from scipy import stats
 
 from launch import status as status_lib
 from launch.trials import Trial, metric_values, pick_metric
-from rnnlab import writers
+from rnnlab.train import writers
 
 SEED_KEYS = ("seed",)  # config keys (last dotted part) that only pick a seed
 

@@ -15,7 +15,7 @@ import socket
 import subprocess
 
 from launch.trials import STATUS_FILE, Trial, metric_values, pick_metric
-from rnnlab import writers
+from rnnlab.train import writers
 
 NON_FINITE_MARKS = ("NonFiniteError", "non-finite training loss")  # in train.log: what a NaN/Inf stop prints
 

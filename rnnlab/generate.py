@@ -361,7 +361,7 @@ def load_and_generate(
     generated texts (prompt included); with ``beam`` > 0 one beam-search text.
     ``score_text``: also print its NLL and perplexity (bits per character for char models).
     The default prompt '\\n' is a line start at both levels (words: '<eos>')."""
-    from rnnlab.checkpoint import load_for_inference  # lazy: only the CLI needs checkpoints
+    from rnnlab.train.checkpoint import load_for_inference  # lazy: only the CLI needs checkpoints
 
     _, model, params, vocab = load_for_inference(workdir)
     prompt_P = encode_prompt(vocab, prompt)

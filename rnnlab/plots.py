@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 
-from rnnlab.writers import read_metrics
+from rnnlab.train.writers import read_metrics
 
 
 def learning_curves(workdirs: dict[str, str] | list[str], out_prefix: str, *, metric: str = "loss",

@@ -37,12 +37,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from rnnlab import checkpoint as ckpt_lib
-from rnnlab import ctc, native, writers
+from rnnlab import ctc, native
 from rnnlab import features as feat
 from rnnlab.data import audio
 from rnnlab.models import speech as speech_lib
-from rnnlab.train import NonFiniteError, check_and_write_config, make_optimizer
+from rnnlab.train import NonFiniteError, check_and_write_config, make_optimizer, writers
+from rnnlab.train import checkpoint as ckpt_lib
 
 EVAL_STEP0 = 10**9  # evaluation utterances are drawn at steps EVAL_STEP0 + i: never a training step
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -33,11 +33,11 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from rnnlab import checkpoint as ckpt_lib
-from rnnlab import parallel, writers
+from rnnlab import parallel
 from rnnlab.data import digits, synthetic
 from rnnlab.models import seq as seq_lib
-from rnnlab.train import NonFiniteError, check_and_write_config, make_optimizer
+from rnnlab.train import NonFiniteError, check_and_write_config, make_optimizer, writers
+from rnnlab.train import checkpoint as ckpt_lib
 
 EVAL_STEP0 = 10**9  # evaluation batches are drawn at steps EVAL_STEP0 + i: never a training step
 TEST_STEP0 = 3 * 10**9  # the final test batches (a stream apart from validation's, for model selection)

@@ -45,9 +45,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from rnnlab import checkpoint as ckpt_lib
 from rnnlab import ctc, train_speech
 from rnnlab.data import audio
+from rnnlab.train import checkpoint as ckpt_lib
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict:

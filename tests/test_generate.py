@@ -248,9 +248,9 @@ def test_encode_prompt_names_unknown_tokens():
 
 def test_load_and_generate_with_a_stub_checkpoint(monkeypatch):
     vocab = Vocab([str(i) for i in range(V)], level="char", unk=None)
-    stub = types.ModuleType("rnnlab.checkpoint")
+    stub = types.ModuleType("rnnlab.train.checkpoint")
     stub.load_for_inference = lambda workdir: ({}, MODEL, PARAMS, vocab)
-    monkeypatch.setitem(sys.modules, "rnnlab.checkpoint", stub)
+    monkeypatch.setitem(sys.modules, "rnnlab.train.checkpoint", stub)
     lines = []
     texts = generate.load_and_generate(
         "unused", prompt="142", length=L, temperature=0.0, score_text="1423", print_fn=lines.append

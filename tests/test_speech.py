@@ -153,7 +153,7 @@ def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp
     # transcribe's weights: the debiased EMA of the newest checkpoint, read here straight from Orbax
     import orbax.checkpoint as ocp
 
-    from rnnlab import checkpoint as ckpt_lib
+    from rnnlab.train import checkpoint as ckpt_lib
     from rnnlab.transcribe import load_run
 
     model, params, _ = load_run(wd)

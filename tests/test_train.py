@@ -16,8 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from rnnlab import checkpoint, configs, train
-from rnnlab.writers import read_metrics
+from rnnlab import configs, train
+from rnnlab.train import checkpoint
+from rnnlab.train.writers import read_metrics
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from experiments import language_modelling as lm_exp  # noqa: E402

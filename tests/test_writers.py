@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 WRITER = """
 import sys
-from rnnlab import writers
+from rnnlab.train import writers
 for i in range(400):
     writers.write_json_atomic(sys.argv[1], {"writer": int(sys.argv[2]), "i": i})
 """

@@ -23,10 +23,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from rnnlab import checkpoint as ckpt_lib
-from rnnlab import parallel, writers
+from rnnlab import parallel
 from rnnlab.data import text as text_data
 from rnnlab.models import lm as lm_lib
+from rnnlab.train import checkpoint as ckpt_lib
+from rnnlab.train import writers
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "zaremba", "plateau", "cosine")
