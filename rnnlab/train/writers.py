@@ -13,7 +13,12 @@ from collections.abc import Mapping
 from typing import Any
 
 
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
+    """``v`` as JSON can hold it: numbers as floats (NaN/Inf as strings), dicts and lists inside."""
+    if isinstance(v, Mapping):
+        return {k: jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [jsonable(x) for x in v]
     try:
         f = float(v)
     except (TypeError, ValueError):
@@ -54,7 +59,7 @@ class MetricWriter:
         if not self.enabled:
             return
         row = {"step": int(step), "kind": kind, "time": time.time()}
-        row.update({k: _jsonable(v) for k, v in metrics.items()})
+        row.update({k: jsonable(v) for k, v in metrics.items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
