@@ -2,7 +2,8 @@
 padding masks, greedy (best-path) decoding, CTC prefix beam search with an
 optional character language model, and error rates.
 
-Label ids: 0 is the blank; symbol i of a ``Vocab`` is label i + 1.
+Label ids: 0 is the blank. The vocabulary is ``rnnlab.data.text.Vocab.for_ctc``
+(the blank at id 0, so its ids are these labels: ``vocab.encode`` / ``vocab.decode``).
 
 Decoding runs on the host in numpy (beam search is a loop over frames with
 dictionaries of prefixes: it is sequential and branchy, not what XLA is for).
@@ -10,7 +11,6 @@ dictionaries of prefixes: it is sequential and branchy, not what XLA is for).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 
 import jax
@@ -23,42 +23,6 @@ Array = jax.Array
 # An LM for beam search: prefix (labels, without blank) -> log P(next label | prefix)
 # as an array over the label ids (entry 0, the blank, is ignored).
 LMFn = Callable[[tuple[int, ...]], np.ndarray]
-
-
-# ----------------------------------------------------------------------------- vocabulary
-
-
-@dataclasses.dataclass(frozen=True)
-class Vocab:
-    """Output symbols of a CTC model. ``symbols`` are single characters; when
-    ``spaced`` each symbol is a word of its own (connected digits: '3 1 4' ->
-    labels of '314', decoded back to '3 1 4'); otherwise ' ' must be one of the
-    symbols to separate words (characters: 'one two')."""
-
-    symbols: str
-    spaced: bool = False
-
-    def __post_init__(self):
-        if len(set(self.symbols)) != len(self.symbols) or not self.symbols:
-            raise ValueError(f"vocabulary symbols must be distinct characters, got {self.symbols!r}")
-
-    @property
-    def num_labels(self) -> int:  # with the blank
-        return len(self.symbols) + 1
-
-    def encode(self, text: str) -> np.ndarray:
-        chars = text.replace(" ", "") if self.spaced else text
-        index = {c: i + 1 for i, c in enumerate(self.symbols)}
-        unknown = sorted(set(chars) - index.keys())
-        if unknown:
-            raise ValueError(f"transcript {text!r} has characters outside the vocabulary {self.symbols!r}: "
-                             f"{', '.join(map(repr, unknown))}; normalise the transcript (e.g. lower-case it, "
-                             "spell out digits) or widen the vocabulary")
-        return np.asarray([index[c] for c in chars], np.int32)
-
-    def decode(self, labels: Sequence[int]) -> str:
-        chars = [self.symbols[i - 1] for i in labels if i != BLANK]
-        return " ".join(chars) if self.spaced else "".join(chars)
 
 
 # ----------------------------------------------------------------------------- loss

@@ -80,7 +80,7 @@ class SpeechData(NamedTuple):
     train: audio.FeatureBank
     test: audio.FeatureBank
     noise_NxM: np.ndarray
-    vocab: ctc.Vocab
+    vocab: audio.Vocab
     utterances: audio.ConnectedSpec
 
 
@@ -356,7 +356,7 @@ def floor_logits(model: speech_lib.SpeechModel, params, batch: audio.Batch,
     return out
 
 
-def vote(model: speech_lib.SpeechModel, outputs: list[tuple[np.ndarray, np.ndarray]], vocab: ctc.Vocab,
+def vote(model: speech_lib.SpeechModel, outputs: list[tuple[np.ndarray, np.ndarray]], vocab: audio.Vocab,
          beam_width: int = 0, bias_KxV: np.ndarray | None = None) -> list[str]:
     """Transcripts from one batch's ``floor_logits``: every (floor, member) decoded, greedy
     (beam_width 0) or by prefix beam search, then voted on with ROVER (ties go to the
@@ -369,7 +369,7 @@ def vote(model: speech_lib.SpeechModel, outputs: list[tuple[np.ndarray, np.ndarr
     return [vocab.decode(ctc.rover(h)) for h in hyps]
 
 
-def decode(model: speech_lib.SpeechModel, params, batch: audio.Batch, vocab: ctc.Vocab,
+def decode(model: speech_lib.SpeechModel, params, batch: audio.Batch, vocab: audio.Vocab,
            beam_width: int = 0, floors: tuple[float, ...] = (), bias_KxV: np.ndarray | None = None) -> list[str]:
     """Transcripts of a batch (``vote`` of its ``floor_logits``). ``floors``: test-time
     noise floors (features.floor_db, dB): the model runs once per floor and every

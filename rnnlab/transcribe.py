@@ -45,7 +45,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from rnnlab import ctc, train_speech
+from rnnlab import train_speech
 from rnnlab.data import audio
 from rnnlab.train import checkpoint as ckpt_lib
 
@@ -85,7 +85,7 @@ def _speaker_normalised(config, logmels: list[np.ndarray]) -> list[np.ndarray]:
     return [audio.speaker_transform(x, mean_M, std_M, mode) for x in logmels]
 
 
-def transcribe(model, params, vocab: ctc.Vocab, paths: Sequence[str], beam_width: int = 0,
+def transcribe(model, params, vocab: audio.Vocab, paths: Sequence[str], beam_width: int = 0,
                config: ml_collections.ConfigDict | None = None, floors: tuple[float, ...] = (),
                prior: bool = False) -> list[str]:
     """One transcript per WAV file (decoded one at a time: no padding to share), as

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rnnlab import ctc
+from rnnlab.data.text import Vocab
 
 
 def _labelling_probs(logits_TxV: np.ndarray) -> dict[tuple, float]:
@@ -152,17 +153,32 @@ def test_error_rates_against_hand_counts():
 
 
 def test_vocabulary_encodes_decodes_and_names_bad_characters():
-    digits = ctc.Vocab("0123456789", spaced=True)
+    digits = Vocab.for_ctc("0123456789", spaced=True)
+    assert digits.itos[ctc.BLANK] == digits.blank  # the vocabulary ids are the CTC labels
     np.testing.assert_array_equal(digits.encode("3 1 4"), [4, 2, 5])
     assert digits.decode([4, 2, 5]) == "3 1 4" and digits.num_labels == 11
+    assert digits.decode([ctc.BLANK, 4, ctc.BLANK, 2]) == "3 1"  # the blank is no symbol
     with pytest.raises(ValueError, match=r"outside the vocabulary.*'x'"):
         digits.encode("3 x 4")
-    chars = ctc.Vocab("abc ")
+    chars = Vocab.for_ctc("abc ")
     assert chars.decode(chars.encode("ab c")) == "ab c"
     with pytest.raises(ValueError, match="'D'"):
         chars.encode("aD")
     with pytest.raises(ValueError, match="distinct"):
-        ctc.Vocab("aa")
+        Vocab.for_ctc("aa")
+
+
+def test_ctc_vocabulary_saves_and_loads_and_a_language_model_vocab_json_is_unchanged(tmp_path):
+    digits = Vocab.for_ctc("0123456789", spaced=True)
+    digits.save(tmp_path / "digits.json")
+    assert Vocab.load(tmp_path / "digits.json") == digits
+    assert digits != Vocab(digits.itos, level="char", unk=None)  # blank and spaced are part of its identity
+    # a vocab.json written before CTC shared the class (no 'blank'/'spaced' keys) loads as it was
+    (tmp_path / "vocab.json").write_text('{"format": "rnnlab.vocab/1", "level": "word", "unk": "<unk>", '
+                                         '"itos": ["<unk>", "<eos>", "the"]}')
+    old = Vocab.load(tmp_path / "vocab.json")
+    assert old == Vocab(["<unk>", "<eos>", "the"], level="word") and old.blank is None and not old.spaced
+    assert set(old.to_json()) == {"format", "level", "unk", "itos"}  # its fingerprint is unchanged
 
 
 @pytest.mark.parametrize("hyps, weights, want", [

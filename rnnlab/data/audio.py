@@ -35,10 +35,10 @@ import scipy.io.wavfile
 import scipy.signal
 
 from rnnlab import features as feat
-from rnnlab.ctc import Vocab
+from rnnlab.data.text import Vocab
 
 FSDD_PATTERN = re.compile(r"^(?P<text>\d)_(?P<speaker>[A-Za-z]+)_(?P<index>\d+)\.wav$")
-DIGITS = Vocab("0123456789", spaced=True)
+DIGITS = Vocab.for_ctc("0123456789", spaced=True)
 
 
 class Clip(NamedTuple):

@@ -55,6 +55,7 @@ SPLITS = ("train", "valid", "test")
 DEFAULT_FRACTIONS = (0.9, 0.05, 0.05)
 EOS = "<eos>"
 UNK = "<unk>"
+BLANK = "<blank>"  # the CTC blank token of Vocab.for_ctc (id 0)
 CACHE_FORMAT = "rnnlab.corpus/1"  # bump when the encoding or cache layout changes: old entries are ignored
 VOCAB_FORMAT = "rnnlab.vocab/1"
 
@@ -418,17 +419,34 @@ def _line_chunks(text: str, chunk_chars: int = 1 << 24) -> Iterator[str]:
 
 
 class Vocab:
-    """Token strings <-> int ids for one tokenizer level.
+    """Token strings <-> int ids: THE vocabulary of rnnlab, for language models
+    (``Vocab.from_texts``, saved as ``vocab.json``) and CTC outputs (``Vocab.for_ctc``).
 
     ``itos[i]`` is the string of id i. Unknown tokens encode to ``unk`` when
     ``unk`` is in the vocabulary, otherwise encoding them raises ValueError.
-    Two vocabs are equal when level, itos and unk are equal; ``check_same``
-    raises a clear error otherwise (use it on resume).
+    Two vocabs are equal when level, itos, unk, blank and spaced are equal;
+    ``check_same`` raises a clear error otherwise (use it on resume).
+
+    CTC: ``blank`` names a token at id 0 that stands for no symbol (the CTC
+    blank label, ``rnnlab.ctc.BLANK``); ``decode`` drops it, so the ids are the
+    model's label ids and ``num_labels == len(vocab)``. ``spaced`` (character
+    level only): each character is a word of its own, e.g. connected digits:
+    ``encode('3 1 4')`` reads the characters of '314', ``decode`` gives '3 1 4' back.
+
+    Example::
+
+        lm_vocab = Vocab.from_texts(docs['train'], level='word'); lm_vocab.save(workdir + '/vocab.json')
+        digits = Vocab.for_ctc('0123456789', spaced=True)   # ids: 0 blank, 1 '0', ..., 10 '9'
     """
 
-    def __init__(self, itos: Sequence[str], *, level: str, unk: str | None = UNK):
+    def __init__(self, itos: Sequence[str], *, level: str, unk: str | None = UNK, blank: str | None = None,
+                 spaced: bool = False):
         if level not in ("char", "word"):
             raise ValueError(f"level must be 'char' or 'word', got {level!r}")
+        if spaced and level != "char":
+            raise ValueError(f"spaced=True needs level='char' (one character per word), got level={level!r}")
+        if blank is not None and (not itos or itos[0] != blank):
+            raise ValueError(f"the blank {blank!r} must be token 0 (CTC's blank label), got itos[:1]={list(itos[:1])}")
         self.itos: tuple[str, ...] = tuple(itos)
         self.level = level
         self.stoi: dict[str, int] = {s: i for i, s in enumerate(self.itos)}
@@ -439,7 +457,23 @@ class Vocab:
             raise ValueError("vocabulary is empty; build it from a non-empty text")
         self.unk = unk
         self.unk_id: int | None = self.stoi.get(unk) if unk is not None else None
+        self.blank = blank
+        self.spaced = bool(spaced)
         self._table: np.ndarray | None = None  # char lookup table, built on first encode
+
+    @classmethod
+    def for_ctc(cls, symbols: str, *, spaced: bool = False, blank: str = BLANK) -> Vocab:
+        """A CTC output vocabulary: ``blank`` at id 0, then one id per character of
+        ``symbols`` (distinct), no unknown token (a transcript outside it is an error).
+        Without ``spaced``, ' ' must be one of the symbols to separate words."""
+        if not symbols or len(set(symbols)) != len(symbols):
+            raise ValueError(f"vocabulary symbols must be distinct characters, got {symbols!r}")
+        return cls((blank, *symbols), level="char", unk=None, blank=blank, spaced=spaced)
+
+    @property
+    def num_labels(self) -> int:
+        """How many ids a model outputs: ``len(self)`` (a CTC vocabulary's blank included)."""
+        return len(self.itos)
 
     @classmethod
     def from_texts(
@@ -512,19 +546,23 @@ class Vocab:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Vocab):
             return NotImplemented
-        return (self.level, self.itos, self.unk_id) == (other.level, other.itos, other.unk_id)
+        return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash((self.level, self.itos, self.unk_id))
+        return hash(self._key())
+
+    def _key(self) -> tuple:
+        return (self.level, self.itos, self.unk_id, self.blank, self.spaced)
 
     def __repr__(self) -> str:
         head = ", ".join(repr(t) for t in self.itos[:8])
-        return f"Vocab(level={self.level!r}, size={len(self)}, itos=[{head}{', ...' if len(self) > 8 else ''}])"
+        ctc = f", blank={self.blank!r}, spaced={self.spaced}" if self.blank is not None or self.spaced else ""
+        return f"Vocab(level={self.level!r}, size={len(self)}{ctc}, itos=[{head}{', ...' if len(self) > 8 else ''}])"
 
     def encode(self, text: str) -> np.ndarray:
-        """Tokenize and map to ids: ``ids_N`` int32."""
+        """Tokenize and map to ids: ``ids_N`` int32 (spaced: the spaces are dropped first)."""
         if self.level == "char":
-            return self._encode_chars(text)
+            return self._encode_chars(text.replace(" ", "") if self.spaced else text)
         pieces = [self.encode_tokens(tokenize(chunk, "word")) for chunk in _line_chunks(text)]
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
 
@@ -546,8 +584,16 @@ class Vocab:
         table = self._char_table()
         ids_N = table[np.minimum(codes_N, table.size - 1)]  # code points past the table: the last (unknown) slot
         if ids_N.min() < 0:
+            if self.blank is not None:
+                raise self._transcript_error(text, {chr(int(c)) for c in codes_N[ids_N < 0]})
             raise self._unknown_error(chr(int(codes_N[np.argmax(ids_N < 0)])))
         return ids_N
+
+    def _transcript_error(self, text: str, unknown: set[str]) -> ValueError:
+        symbols = "".join(t for t in self.itos if t != self.blank)
+        return ValueError(f"transcript {text!r} has characters outside the vocabulary {symbols!r}: "
+                          f"{', '.join(map(repr, sorted(unknown)))}; normalise the transcript (e.g. lower-case "
+                          "it, spell out digits) or widen the vocabulary")
 
     def _char_table(self) -> np.ndarray:
         """Lookup table code point -> id (-1 or unk for unknowns), built once; its
@@ -567,12 +613,15 @@ class Vocab:
         )
 
     def decode(self, ids: Iterable[int]) -> str:
-        """ids -> text. Characters are concatenated; words are joined by spaces
-        with ``'<eos>'`` turned back into a newline (so ``encode(decode(ids))
-        == ids`` when ids end with '<eos>'; whitespace is normalised to single spaces)."""
+        """ids -> text. Characters are concatenated (spaced: joined by spaces); words
+        are joined by spaces with ``'<eos>'`` turned back into a newline (so
+        ``encode(decode(ids)) == ids`` when ids end with '<eos>'; whitespace is
+        normalised to single spaces). The blank (CTC) is dropped."""
         tokens = [self.itos[int(i)] for i in np.asarray(ids).reshape(-1)]
+        if self.blank is not None:
+            tokens = [t for t in tokens if t != self.blank]
         if self.level == "char":
-            return "".join(tokens)
+            return (" " if self.spaced else "").join(tokens)
         lines, line = [], []
         for token in tokens:
             if token == EOS:
@@ -585,13 +634,21 @@ class Vocab:
     # --- persistence (JSON, never pickle) ----------------------------------------------------
 
     def to_json(self) -> dict:
-        return {"format": VOCAB_FORMAT, "level": self.level, "unk": self.unk, "itos": list(self.itos)}
+        """The saved form. 'blank' and 'spaced' appear only when set, so a language
+        model's vocab.json (and its fingerprint) is what it was before CTC shared the class."""
+        obj = {"format": VOCAB_FORMAT, "level": self.level, "unk": self.unk, "itos": list(self.itos)}
+        if self.blank is not None:
+            obj["blank"] = self.blank
+        if self.spaced:
+            obj["spaced"] = True
+        return obj
 
     @classmethod
     def from_json(cls, obj: Mapping) -> Vocab:
         if obj.get("format") != VOCAB_FORMAT:
             raise ValueError(f"not a {VOCAB_FORMAT} vocabulary (format={obj.get('format')!r})")
-        return cls(obj["itos"], level=obj["level"], unk=obj["unk"])
+        return cls(obj["itos"], level=obj["level"], unk=obj["unk"], blank=obj.get("blank"),
+                   spaced=obj.get("spaced", False))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write JSON atomically (a crash never leaves half a file)."""
@@ -619,8 +676,10 @@ class Vocab:
         elif self.itos != other.itos:
             i = next(i for i, (a, b) in enumerate(zip(self.itos, other.itos, strict=True)) if a != b)
             diff = f"id {i} is {other.itos[i]!r} vs {self.itos[i]!r}"
-        else:
+        elif self.unk != other.unk:
             diff = f"unk {other.unk!r} vs {self.unk!r}"
+        else:
+            diff = f"blank/spaced {other.blank!r}/{other.spaced} vs {self.blank!r}/{self.spaced}"
         raise ValueError(
             f"{context} differs from the vocabulary built now ({diff}): the data or tokenizer settings "
             "changed since the run started. Resume with the original data and settings, pass "
