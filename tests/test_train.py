@@ -64,9 +64,9 @@ def test_run_trains_evaluates_checkpoints_and_logs(tmp_path, capsys):
     assert os.path.exists(os.path.join(wd, "config.json")) and os.path.exists(os.path.join(wd, "vocab.json"))
     assert sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints"))) == [8, 16, 24]
     assert os.listdir(os.path.join(wd, "tb")), "TensorBoard event file written"
-    from rnnlab import plots
+    from rnnlab.report import curves
 
-    for path in plots.learning_curves([wd], str(tmp_path / "fig" / "curve")):
+    for path in curves.learning_curves([wd], str(tmp_path / "fig" / "curve")):
         assert os.path.getsize(path) > 1000
     # a finished run is not redone or overwritten
     mtime = os.path.getmtime(os.path.join(wd, "result.json"))
