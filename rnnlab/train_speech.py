@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import contextvars
 import dataclasses
 import functools
 import json
@@ -236,7 +237,7 @@ class MemberThreads:
     the groups run on separate cores at once. One program over all members leaves part of a second
     core waiting in XLA's and the native loop's thread pools; G programs, one core each, do not
     (docs/speech: fsdd_vote4_gru's step on 2 cores). While the groups' steps run (and are traced),
-    the native loop's default thread count is divided among them (``native.THREAD_SHARE``);
+    the native loop's default thread count is divided among them (``native.options(thread_share=G)``);
     evaluations, between steps, keep every thread.
 
     Every member's update is the same function as in one program, but XLA batches the members'
@@ -277,8 +278,9 @@ class MemberThreads:
             out = self.step(self.model, self.tx, state, batch, lr, rng, ema_decay, ids)
             return jax.block_until_ready(out)  # this thread runs its group's step to the end
 
-        self._share, native.THREAD_SHARE = native.THREAD_SHARE, self.groups  # read when a step is traced
-        self._running = [self.pool.submit(one, ids, st) for ids, st in zip(self.ids, self.states, strict=True)]
+        with native.options(thread_share=self.groups):  # read when a step is traced, in each group's thread
+            self._running = [self.pool.submit(contextvars.copy_context().run, one, ids, st)
+                             for ids, st in zip(self.ids, self.states, strict=True)]
 
     def collect(self) -> dict:
         """Wait for the groups' steps; the metrics of the whole: the members' mean loss, the global norms."""
@@ -286,7 +288,6 @@ class MemberThreads:
             outs = [f.result() for f in self._running]
         finally:
             self._running = []
-            native.THREAD_SHARE = self._share
         self.states = [new for new, _ in outs]
         ms = [m for _, m in outs]
         norms = ("grad_norm", "param_norm", "update_norm")
