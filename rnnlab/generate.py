@@ -19,7 +19,9 @@ Command line (loads the best checkpoint of a run, else the latest)::
 from __future__ import annotations
 
 import functools
+import json
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -343,6 +345,26 @@ def encode_prompt(vocab: Vocab, text: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 
 
+def load_for_inference(workdir: str) -> tuple[Any, LM, Params, Vocab]:
+    """(config, model, params, vocab) of a trained language-model run: its
+    ``config.json`` and ``vocab.json``, and the params of its best checkpoint
+    (else its latest), e.g. ``_, model, params, vocab = load_for_inference('runs/lm')``."""
+    import ml_collections
+
+    from rnnlab.models import lm
+    from rnnlab.train.checkpoint import load_params  # lazy: only the CLI needs checkpoints
+
+    cfg_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(cfg_path):
+        raise FileNotFoundError(f"workdir: {cfg_path} not found; is {workdir} a training run's workdir?")
+    with open(cfg_path) as f:
+        config = ml_collections.ConfigDict(json.load(f))
+    vocab = Vocab.load(os.path.join(workdir, "vocab.json"))
+    model = lm.build(config.model, len(vocab.itos))
+    like = jax.eval_shape(model.init, jax.random.key(0))
+    return config, model, load_params(workdir, like), vocab
+
+
 def load_and_generate(
     workdir: str,
     *,
@@ -361,8 +383,6 @@ def load_and_generate(
     generated texts (prompt included); with ``beam`` > 0 one beam-search text.
     ``score_text``: also print its NLL and perplexity (bits per character for char models).
     The default prompt '\\n' is a line start at both levels (words: '<eos>')."""
-    from rnnlab.train.checkpoint import load_for_inference  # lazy: only the CLI needs checkpoints
-
     _, model, params, vocab = load_for_inference(workdir)
     prompt_P = encode_prompt(vocab, prompt)
     if prompt_P.size == 0:

@@ -2,8 +2,6 @@
 step-by-step references written here, seeds are reproducible."""
 
 import itertools
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -248,9 +246,7 @@ def test_encode_prompt_names_unknown_tokens():
 
 def test_load_and_generate_with_a_stub_checkpoint(monkeypatch):
     vocab = Vocab([str(i) for i in range(V)], level="char", unk=None)
-    stub = types.ModuleType("rnnlab.train.checkpoint")
-    stub.load_for_inference = lambda workdir: ({}, MODEL, PARAMS, vocab)
-    monkeypatch.setitem(sys.modules, "rnnlab.train.checkpoint", stub)
+    monkeypatch.setattr(generate, "load_for_inference", lambda workdir: ({}, MODEL, PARAMS, vocab))
     lines = []
     texts = generate.load_and_generate(
         "unused", prompt="142", length=L, temperature=0.0, score_text="1423", print_fn=lines.append
@@ -259,3 +255,30 @@ def test_load_and_generate_with_a_stub_checkpoint(monkeypatch):
     assert texts == ["142" + g] and "bits/char" in lines[-1]
     beam = generate.load_and_generate("unused", prompt="142", length=L, beam=1, print_fn=lines.append)
     assert beam == ["142" + g]
+
+
+def test_load_for_inference_reads_a_workdir_config_vocab_and_checkpoint(tmp_path):
+    """What the CLI loads: config.json, vocab.json and the params of the best/latest checkpoint."""
+    import json
+
+    from experiments import language_modelling
+    from rnnlab.models import lm
+    from rnnlab.train.checkpoint import Checkpointer
+
+    config = language_modelling.get_config("smoke")
+    vocab = Vocab([str(i) for i in range(V)], level="char", unk=None)
+    model = lm.build(config.model, len(vocab))
+    params = model.init(jax.random.key(3))
+    wd = tmp_path / "run"
+    wd.mkdir()
+    (wd / "config.json").write_text(json.dumps(config.to_dict()))
+    vocab.save(wd / "vocab.json")
+    ckpt = Checkpointer(str(wd), async_save=False)
+    ckpt.save(5, {"params": params, "step": 5}, {"step": 5})
+    ckpt.close()
+    cfg, got_model, got_params, got_vocab = generate.load_for_inference(str(wd))
+    assert cfg.model.cell == config.model.cell and got_model == model and got_vocab == vocab
+    for a, b in zip(jax.tree.leaves(got_params), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(FileNotFoundError, match="config.json not found"):
+        generate.load_for_inference(str(tmp_path / "nothing"))

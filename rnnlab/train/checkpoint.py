@@ -2,6 +2,8 @@
 
     workdir/checkpoints/<step>/   the latest ``keep`` saves (periodic, at evals, at the end)
     workdir/best/<step>/          the one with the best validation loss so far
+    workdir/snapshots/<step>/     at chosen steps (train.checkpoint_steps), kept for good:
+                                  what probes and reports read back
 
 Each save holds ``state`` (params, optimizer state, TBPTT carries, step: arrays)
 and ``meta`` (JSON: learning-rate schedule state, best validation, data
@@ -13,7 +15,6 @@ skipped on resume for the previous one, with a warning.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -27,7 +28,7 @@ from etils import epath
 logging.getLogger("absl").setLevel(logging.WARNING)
 
 
-def _manager(path: str, keep: int, async_save: bool) -> ocp.CheckpointManager:
+def _manager(path: str, keep: int | None, async_save: bool) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         path,
         options=ocp.CheckpointManagerOptions(
@@ -41,15 +42,27 @@ def _abstract(tree: Any) -> Any:
 
 
 class Checkpointer:
+    """The run's three checkpoint folders (this module is the one place that makes
+    Orbax managers): ``latest`` (resume), ``best`` and ``snapshots``."""
+
     def __init__(self, workdir: str, keep: int = 3, async_save: bool = True):
         self.workdir = os.path.abspath(workdir)
         self.latest = _manager(os.path.join(self.workdir, "checkpoints"), keep, async_save)
         self.best = _manager(os.path.join(self.workdir, "best"), 1, async_save)
+        self._async = async_save
+        self._snapshots: ocp.CheckpointManager | None = None  # made at the first snapshot
 
-    def save(self, step: int, state: Any, meta: dict, *, best: bool = False) -> None:
-        """Save asynchronously (returns once arrays are copied off the device)."""
+    @property
+    def snapshots(self) -> ocp.CheckpointManager:
+        if self._snapshots is None:  # never deleted (max_to_keep None)
+            self._snapshots = _manager(os.path.join(self.workdir, "snapshots"), None, self._async)
+        return self._snapshots
+
+    def save(self, step: int, state: Any, meta: dict, *, best: bool = False, snapshot: bool = False) -> None:
+        """Save asynchronously (returns once arrays are copied off the device) into
+        ``latest``, or ``best``, or ``snapshots``."""
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
-        manager = self.best if best else self.latest
+        manager = self.snapshots if snapshot else self.best if best else self.latest
         if step in manager.all_steps():
             return  # already saved at this step (e.g. an eval and a periodic save coincide)
         manager.save(step, args=args)
@@ -76,14 +89,29 @@ class Checkpointer:
                 )
         return None
 
+    def _managers(self) -> list[ocp.CheckpointManager]:
+        return [m for m in (self.latest, self.best, self._snapshots) if m is not None]
+
     def wait(self) -> None:
-        self.latest.wait_until_finished()
-        self.best.wait_until_finished()
+        for m in self._managers():
+            m.wait_until_finished()
 
     def close(self) -> None:
         self.wait()
-        self.latest.close()
-        self.best.close()
+        for m in self._managers():
+            m.close()
+
+
+def snapshot_steps(workdir: str) -> list[int]:
+    """The steps of ``workdir``'s snapshots (train.checkpoint_steps), ascending."""
+    d = os.path.join(workdir, "snapshots")
+    return sorted(int(s) for s in os.listdir(d) if s.isdigit()) if os.path.isdir(d) else []
+
+
+def load_snapshot_params(workdir: str, step: int, like_params: Any) -> Any:
+    """The params of ``workdir``'s snapshot at ``step``, cast to ``like_params``' dtypes
+    (a pytree of arrays or ShapeDtypeStructs of the same structure)."""
+    return load_params(os.path.join(workdir, "snapshots", str(step)), like_params)
 
 
 class CheckpointMismatch(ValueError):
@@ -146,21 +174,3 @@ def load_params(path: str, like_params: Any, *, item: str = "params", with_step:
 
 def _shapes(tree: Any) -> dict[str, tuple]:
     return {jax.tree_util.keystr(p): tuple(getattr(v, "shape", ())) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def load_for_inference(workdir: str):
-    """(config, model, params, vocab) of a trained language-model run."""
-    import ml_collections
-
-    from rnnlab.data.text import Vocab
-    from rnnlab.models import lm
-
-    cfg_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(cfg_path):
-        raise FileNotFoundError(f"workdir: {cfg_path} not found; is {workdir} a training run's workdir?")
-    with open(cfg_path) as f:
-        config = ml_collections.ConfigDict(json.load(f))
-    vocab = Vocab.load(os.path.join(workdir, "vocab.json"))
-    model = lm.build(config.model, len(vocab.itos))
-    like = jax.eval_shape(model.init, jax.random.key(0))
-    return config, model, load_params(workdir, like), vocab
