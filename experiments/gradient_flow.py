@@ -430,7 +430,7 @@ def probe_trial(workdir: str, *, batch_size: int = 32, jacobian_batch: int = 8, 
     snaps = {}
     for step in steps:
         params = train_tasks.load_snapshot_params(workdir, step, like)
-        gn = model.grad_norms(params, xs, targets, mask)
+        gn = probes.task_grad_norms(model, params, xs, targets, mask)
         norms_T = np.asarray(gn.norms_T, np.float64)
         lag_T = n_steps - 1 - np.arange(n_steps)
         in_window = lag_T <= window

@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
 from rnnlab import cells as cells_lib
@@ -78,7 +79,7 @@ def _add(carry: Carry, eps: Carry | None) -> Carry:
 def _output_fn(model: Any) -> Callable[[Carry], Array]:
     """carry -> h (works on carries with extra leading axes, e.g. T x B x H)."""
     registered = isinstance(model, cells_lib.Cell)
-    output_of = getattr(model.module, "output_of_carry", None) if registered else None
+    output_of = model.spec.output_of_carry if registered else None
     output_of = output_of or (_OUTPUT_OF_CARRY.get(model.name) if registered else None)
     output_of = output_of or getattr(model, "output_of_carry", None)
 
@@ -97,7 +98,7 @@ def _output_fn(model: Any) -> Callable[[Carry], Array]:
 
 def _cell_recurrence(model: Any) -> _Recurrence:
     registered = isinstance(model, cells_lib.Cell)
-    names = getattr(model.module, "CARRY_NAMES", None) if registered else None
+    names = model.spec.carry_names if registered else None
     names = names or (_CARRY_NAMES.get(model.name) if registered else None)
     precompute = getattr(model, "precompute", None) or (lambda params, xs: xs)
     output = _output_fn(model)
@@ -300,6 +301,42 @@ def grad_norms_through_time(
         grads=grads,
         loss=loss,
     )
+
+
+def task_grad_norms(model: Any, params: Params, xs_TxBxD: Array, targets_TxB: Array, mask_TxB: Array) -> GradNorms:
+    """||dL/dcarry_t|| for a sequence model's own task loss L (its readout, bias
+    and loss: an ``rnnlab.models.seq.SeqModel``, or anything with ``stack``,
+    ``loss`` ('mse' | 'ce') and ``readout`` ('all' | 'last') and its params
+    ``{'stack', 'out_w_HxO', 'out_b_O'}``), from ``grad_norms_through_time``.
+    Last-step tasks differentiate the loss at step T-1; others the masked mean
+    over steps, so ``.loss`` equals ``model.loss_and_metrics(...)[0]``.
+
+    Example: ``probes.task_grad_norms(model, params, xs, targets, mask).norms_T``."""
+    w, b = params["out_w_HxO"], params["out_b_O"]
+    if model.loss == "mse":  # (y + b - t)^2 = (y - (t - b))^2: the bias folds into the target
+        loss_fn, targets = _squared_error, (targets_TxB - b[0])[..., None]
+    else:
+        loss_fn = _cross_entropy
+        targets = (targets_TxB, jnp.broadcast_to(b, targets_TxB.shape + b.shape))
+    if model.readout == "last":
+        targets = jax.tree.map(lambda a: a[-1], targets)
+        return grad_norms_through_time(
+            model.stack, params["stack"], xs_TxBxD, loss_at="last", targets=targets, loss_fn=loss_fn,
+            readout_HxO=w,
+        )
+    return grad_norms_through_time(
+        model.stack, params["stack"], xs_TxBxD, loss_at="all", targets=targets, loss_fn=loss_fn,
+        loss_mask_TxB=mask_TxB, readout_HxO=w,
+    )
+
+
+def _squared_error(y_BxO: Array, t_BxO: Array) -> Array:
+    return jnp.sum((y_BxO - t_BxO) ** 2, axis=-1)
+
+
+def _cross_entropy(y_BxO: Array, labels_and_bias: tuple[Array, Array]) -> Array:
+    labels_B, b_BxO = labels_and_bias
+    return optax.softmax_cross_entropy_with_integer_labels(y_BxO + b_BxO, labels_B)
 
 
 # --------------------------------------------------------------------------- Jacobians

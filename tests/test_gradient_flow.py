@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnlab import cells, configs, train, train_tasks
+from rnnlab import cells, configs, probes, train, train_tasks
 from rnnlab.layers import Stack
 from rnnlab.models import seq
 
@@ -127,7 +127,7 @@ def _span_at_init(cell: str, cell_options: str) -> float:
     model, _ = train_tasks.build(c)
     params = model.init(jax.random.key(0))
     xs, targets, mask = (jnp.asarray(a) for a in train_tasks.probe_batch(c, 16))
-    norms = np.asarray(model.grad_norms(params, xs, targets, mask).norms_T, np.float64)[-101:]
+    norms = np.asarray(probes.task_grad_norms(model, params, xs, targets, mask).norms_T, np.float64)[-101:]
     return norms.max() / norms.min()
 
 
@@ -166,13 +166,13 @@ def test_gru_chrono_initialisation_sets_the_keep_gate_bias_and_keeps_the_gradien
 
 
 def test_model_losses_and_probe_loss_agree():
-    """grad_norms' loss is the training loss: MSE at the last step, CE over a mask."""
+    """task_grad_norms' loss is the training loss: MSE at the last step, CE over a mask."""
     for task, kw in (("adding", {}), ("copy", {"task.length": 5}), ("temporal_order", {"task.length": 12})):
         c = _smoke(**{"task.name": task, **kw})
         model, spec = train_tasks.build(c)
         params = model.init(jax.random.key(1))
         b = train_tasks.probe_batch(c, 4)
         loss, _ = jax.jit(model.loss_and_metrics)(params, *(jnp.asarray(a) for a in b))
-        gn = model.grad_norms(params, *(jnp.asarray(a) for a in b))
+        gn = probes.task_grad_norms(model, params, *(jnp.asarray(a) for a in b))
         np.testing.assert_allclose(float(gn.loss), float(loss), rtol=1e-5)
         assert gn.norms_T.shape == (spec.length,)

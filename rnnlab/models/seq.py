@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from rnnlab import cells as cells_lib
-from rnnlab import configs, probes
+from rnnlab import configs
 from rnnlab.cells._common import Array, Params, initializer
 from rnnlab.layers import Stack
 
@@ -118,36 +118,6 @@ class SeqModel:
             correct_TxB = (jnp.argmax(ys_TxBxO, axis=-1) == targets_TxB).astype(jnp.float32)
             metrics["accuracy"] = jnp.sum(mask_TxB * correct_TxB) / count
         return loss, metrics
-
-    def grad_norms(self, params: Params, xs_TxBxD: Array, targets_TxB: Array, mask_TxB: Array) -> probes.GradNorms:
-        """||dL/dcarry_t|| for the task loss L itself (this model's readout, bias
-        and loss), from ``probes.grad_norms_through_time``. Last-step tasks
-        differentiate the loss at step T-1; others the masked mean over steps."""
-        w, b = params["out_w_HxO"], params["out_b_O"]
-        if self.loss == "mse":  # (y + b - t)^2 = (y - (t - b))^2: the bias folds into the target
-            loss_fn, targets = _squared_error, (targets_TxB - b[0])[..., None]
-        else:
-            loss_fn = _cross_entropy
-            targets = (targets_TxB, jnp.broadcast_to(b, targets_TxB.shape + b.shape))
-        if self.readout == "last":
-            targets = jax.tree.map(lambda a: a[-1], targets)
-            return probes.grad_norms_through_time(
-                self.stack, params["stack"], xs_TxBxD, loss_at="last", targets=targets, loss_fn=loss_fn,
-                readout_HxO=w,
-            )
-        return probes.grad_norms_through_time(
-            self.stack, params["stack"], xs_TxBxD, loss_at="all", targets=targets, loss_fn=loss_fn,
-            loss_mask_TxB=mask_TxB, readout_HxO=w,
-        )
-
-
-def _squared_error(y_BxO: Array, t_BxO: Array) -> Array:
-    return jnp.sum((y_BxO - t_BxO) ** 2, axis=-1)
-
-
-def _cross_entropy(y_BxO: Array, labels_and_bias: tuple[Array, Array]) -> Array:
-    labels_B, b_BxO = labels_and_bias
-    return optax.softmax_cross_entropy_with_integer_labels(y_BxO + b_BxO, labels_B)
 
 
 def build(model_cfg: Any, d_in: int, d_out: int, *, loss: str, readout: str) -> SeqModel:
