@@ -4,19 +4,23 @@
           one GPU each on a GPU machine) or on SLURM as one array job (--executor=slurm, with
           --partition --account --gpus --cpus --mem_gb --time_min); --dry_run prints the commands.
           Finished trials are skipped, interrupted ones resume; a failing trial does not stop the others.
-  status  each trial's state (pending/running/finished/failed/non-finite/interrupted/requeued),
-          last step and main metric.
+  status  each trial's state (pending/running/finished/failed/non-finite/diverged/stopped/interrupted/
+          requeued; from each run's status.json), last step and main metric.
   report  ROOT's trials in one table (mean ± std and 95% CI over seeds per configuration, best
-          step), learning curves; CSV, Markdown and PNG in --out (default ROOT/report).
+          step; 2-seed intervals flagged, a loss's interval clipped at 0), learning curves; CSV,
+          Markdown and PNG in --out (default ROOT/report).
+A config the grid cannot build (a mistyped key, a wrong type, an unknown cell) is refused in
+one line naming the trial, before any trial starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
-from launch import local, report, slurm
+from launch import report, sweep
 from launch import status as status_lib
 from launch import trials as trials_lib
 
@@ -53,31 +57,31 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    module = trials_lib.load_experiment(args.experiment)
+    try:  # every trial's config is built and checked here, before anything runs
+        module = trials_lib.load_experiment(args.experiment)
+        trials = trials_lib.expand(args.experiment, args.root, args.grid, args.variant)
+    except ValueError as e:
+        print(f"launch {args.command}: {e}", file=sys.stderr, flush=True)
+        return 2
     metric = args.metric or trials_lib.metric_spec(module)
-    trials = trials_lib.expand(args.experiment, args.root, args.grid, args.variant)
     if args.command == "status":
         print(status_lib.format_table(status_lib.table(trials, metric)))
         return 0
     if args.command == "report":
+        name = os.path.splitext(os.path.basename(args.experiment))[0]
         report.write_report(trials, args.out or f"{args.root}/report", metric,
-                            title=f"{args.experiment} grid {args.grid}")
+                            title=f"{args.experiment} grid {args.grid}", study=name)
         return 0
     if args.dry_run:
         for t in trials:
             print(shlex.join(t.command()))
         return 0
-    if args.executor == "local":
-        outcomes = local.run_local(trials, args.parallel)
-    else:
-        resources = dict(partition=args.partition, account=args.account, gpus=args.gpus, cpus=args.cpus,
-                         mem_gb=args.mem_gb, time_min=args.time_min, parallelism=args.parallel or 256)
-        jobs, submitted, folder = slurm.submit(trials, args.root, **resources)
-        print(f"submitit folder: {folder}", flush=True)
-        if args.no_wait or not jobs:
-            return 0
-        slurm.wait(jobs, submitted)
-        outcomes = status_lib.table(trials, metric)
+    resources = dict(partition=args.partition, account=args.account, gpus=args.gpus, cpus=args.cpus,
+                     mem_gb=args.mem_gb, time_min=args.time_min) if args.executor == "slurm" else {}
+    outcomes = sweep.run_trials(trials, args.root, executor=args.executor, parallel=args.parallel,
+                                wait=not args.no_wait, **resources)
+    if args.executor == "slurm" and args.no_wait:
+        return 0
     print(status_lib.format_table(status_lib.table(trials, metric)))
     return 0 if all(o["state"] == "finished" for o in outcomes) else 1
 

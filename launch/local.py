@@ -3,8 +3,8 @@ and the local executor, N trials at once.
 
 Each trial's stdout and stderr go to WORKDIR/train.log (appended across resumes);
 WORKDIR/launch.json says what the launcher knows: state (running, finished,
-failed, non-finite, interrupted, requeued), host, pid, SLURM job id, return code
-and the error's last lines. On a GPU machine each trial gets its own GPU through
+failed, non-finite, diverged, interrupted, requeued), host, pid, SLURM job id,
+return code and the error; the run's own state comes from WORKDIR/status.json. On a GPU machine each trial gets its own GPU through
 CUDA_VISIBLE_DEVICES; on CPU, N processes share the cores (XLA's CPU threads are
 left as they are: on 2 cores a thread limit was not measured to help).
 """
@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from launch import status as status_lib
 from launch.trials import STATUS_FILE, Trial
+from rnnlab.report import gather
 from rnnlab.train import writers
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,16 +52,25 @@ def start_trial(trial: Trial, env: dict | None = None, ignore_usr2: bool = False
 
 
 def finish_trial(trial: Trial, returncode: int) -> dict:
-    """Classify a child's exit from its return code, result.json and log tail; record it."""
-    tail = _log_tail(trial.workdir)
-    if returncode == 0 and os.path.exists(os.path.join(trial.workdir, "result.json")):
-        state, error = "finished", None
-    elif any(m in tail for m in status_lib.NON_FINITE_MARKS):
-        state, error = "non-finite", _last_error(tail)
+    """Classify a child's exit from the run's status.json (its own word: finished,
+    non-finite, diverged, failed), result.json and the return code; record it. The
+    error is status.json's message, else the log's first exception line."""
+    run = gather.run_state(trial.workdir)
+    if run["state"] in status_lib.ENDED and (returncode == 0 or run["state"] != "finished"):
+        state = run["state"]
+    elif run["state"] == "failed":
+        state = "failed"
     elif returncode < 0:
-        state, error = "interrupted", f"stopped by signal {signal.Signals(-returncode).name}"
+        state = "interrupted"
+    elif returncode == 0:  # exited cleanly short of the end: a deadline or preemption ("stopped")
+        state = run["state"] if run["state"] == "stopped" else "interrupted"
     else:
-        state, error = "failed", _last_error(tail) or f"exit code {returncode}"
+        state = "failed"
+    error = None
+    if state not in ("finished", "interrupted", "stopped"):
+        error = run["message"] or _last_error(_log_tail(trial.workdir)) or f"exit code {returncode}"
+    elif state == "interrupted" and returncode < 0:
+        error = f"stopped by signal {signal.Signals(-returncode).name}"
     write_status(trial, state=state, returncode=returncode, error=error, ended=time.time())
     return {"name": trial.name, "state": state, "returncode": returncode, "error": error}
 
@@ -76,8 +86,8 @@ def _log_tail(workdir: str, n_bytes: int = 20000) -> str:
 
 
 def _last_error(tail: str) -> str:
-    """The first exception line ('pkg.SomeError: message'): what stopped the run; later ones are
-    usually shutdown noise (Orbax's threads)."""
+    """The first exception line ('pkg.SomeError: message'): a message for a run that failed
+    without saying why in status.json; later ones are usually shutdown noise (Orbax's threads)."""
     errs = re.findall(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b.*)$", tail, flags=re.M)
     lines = [ln for ln in tail.splitlines() if ln.strip()]
     return (errs[:1] or lines[-1:] or [""])[0].strip()[:500]
@@ -105,7 +115,7 @@ def run_local(trials: list[Trial], parallel: int = 0, *, gpus: int | None = None
         raise ValueError(f"--parallel={parallel} but this machine has {gpus} GPUs (one per trial); "
                          f"use --parallel={gpus} or fewer")
     queue = status_lib.split_todo(trials)
-    outcomes = {t.name: {"name": t.name, "state": status_lib.read_status(t.workdir).get("state", "finished"),
+    outcomes = {t.name: {"name": t.name, "state": status_lib.trial_status(t)["state"],
                          "skipped": True} for t in trials if t not in queue}
     running: dict[str, tuple[Trial, subprocess.Popen, int | None]] = {}
     free_gpus = list(range(gpus))

@@ -1,9 +1,16 @@
-"""Where each trial of a sweep stands, from its workdir alone (result.json,
-metrics.jsonl, config.json, the launcher's launch.json) and, for SLURM jobs, squeue.
+"""Where each trial of a sweep stands, from its workdir alone: the run's own
+status.json (written by the training loop, rnnlab/train/status.py: running,
+finished, stopped, failed, non-finite, diverged, with step and message), the
+launcher's launch.json (pid, host, SLURM job id, return code) and, for SLURM jobs,
+squeue. Logs are never read for a state.
 
 States: pending (nothing ran yet, or queued), running, finished, failed,
-non-finite (NaN/Inf stopped it), queued (submitted to SLURM), interrupted (stopped or killed; the same
-command resumes it), requeued (preempted or timed out under SLURM; it resumes by itself).
+non-finite (NaN/Inf stopped it), diverged (finished far above the task's
+baseline), stopped (the run's deadline or a preemption ended a session; the same
+command resumes it), queued (submitted to SLURM), interrupted (killed; the same
+command resumes it), requeued (preempted or timed out under SLURM; it resumes by
+itself), unknown (metrics but neither status.json nor result.json: a run from
+before status.json).
 """
 
 from __future__ import annotations
@@ -15,9 +22,10 @@ import socket
 import subprocess
 
 from launch.trials import STATUS_FILE, Trial, metric_values, pick_metric
+from rnnlab.report import gather
 from rnnlab.train import writers
 
-NON_FINITE_MARKS = ("NonFiniteError", "non-finite training loss")  # in train.log: what a NaN/Inf stop prints
+ENDED = ("finished", "non-finite", "diverged")  # a run in one of these states is not run again
 
 
 def read_status(workdir: str) -> dict:
@@ -56,44 +64,55 @@ def trial_status(trial: Trial, queue: dict[str, str] | None = None, metric: str 
     """state, last step, num_steps, the main metric's last and best values of one trial."""
     wd = trial.workdir
     launched = read_status(wd)
+    run = gather.run_state(wd)  # status.json, or result.json / 'unknown' / 'not started'
     rows = writers.read_metrics(wd)
-    state = launched.get("state", "pending")
-    if os.path.exists(os.path.join(wd, "result.json")):
-        state = "finished"
-    elif state in ("running", "requeued", "queued"):
-        job = launched.get("job_id")
-        if job and queue is not None and job in queue:
-            state = "running" if queue[job] in ("RUNNING", "COMPLETING") else "pending"
-        elif job and queue is not None:
-            state = "interrupted"  # left the queue without finishing
-        elif not job and launched.get("host") == socket.gethostname() and not _pid_alive(int(launched["pid"])):
-            state = "interrupted"
-    elif state == "pending" and rows:  # ran before, without this launcher (no launch.json)
-        log = os.path.join(wd, "train.log")
-        text = open(log, errors="replace").read() if os.path.exists(log) else ""
-        state = "non-finite" if any(m in text for m in NON_FINITE_MARKS) else "interrupted"
-    num_steps = None
-    if os.path.exists(os.path.join(wd, "config.json")):
+    state = _state(run["state"], launched, queue)
+    num_steps = run["total_steps"]
+    if num_steps is None and os.path.exists(os.path.join(wd, "config.json")):
         with open(os.path.join(wd, "config.json")) as f:
             num_steps = json.load(f).get("train", {}).get("num_steps")
     metric = pick_metric(rows, metric)
     values = metric_values(rows, metric)
     best = min(values, key=lambda sv: sv[1]) if values else None
-    return {"name": trial.name, "state": state, "step": max((r["step"] for r in rows), default=0),
+    step = run["step"] if run["step"] is not None else max((r["step"] for r in rows), default=0)
+    return {"name": trial.name, "state": state, "step": step,
             "num_steps": num_steps, "metric": metric, "last": values[-1][1] if values else None,
             "best": best[1] if best else None, "best_step": best[0] if best else None,
-            "job_id": launched.get("job_id"), "error": launched.get("error")}
+            "job_id": launched.get("job_id"), "error": run["message"] or launched.get("error")}
+
+
+def _state(run_state: str, launched: dict, queue: dict[str, str] | None) -> str:
+    """One state from the run's own (status.json) and the launcher's (launch.json, squeue)."""
+    if run_state in ENDED:
+        return run_state
+    launcher = launched.get("state")
+    if launcher in ("running", "requeued", "queued"):
+        job = launched.get("job_id")
+        if job and queue is not None and job in queue:
+            return "running" if queue[job] in ("RUNNING", "COMPLETING") else "pending"
+        if job and queue is not None:
+            return "interrupted"  # left the queue without finishing
+        if not job and launched.get("host") == socket.gethostname() and not _pid_alive(int(launched["pid"])):
+            return "failed" if run_state == "failed" else "interrupted"
+        return launcher
+    if run_state in ("failed", "stopped"):
+        return run_state
+    if launcher:
+        return launcher
+    return {"not started": "pending"}.get(run_state, run_state)
 
 
 def split_todo(trials: list[Trial]) -> list[Trial]:
-    """The trials to (re)run: not finished, and not stopped by a non-finite loss (which would
-    only repeat: delete its workdir, or change its config, to retry it). Says why it skips."""
+    """The trials to (re)run: not finished, and not stopped by a non-finite loss or
+    diverged (which would only repeat: delete its workdir, or change its config, to
+    retry it). Says why it skips."""
     todo = []
     for t in trials:
-        if os.path.exists(os.path.join(t.workdir, "result.json")):
+        run = gather.run_state(t.workdir)["state"]
+        if run == "finished":
             print(f"skip {t.name}: finished", flush=True)
-        elif read_status(t.workdir).get("state") == "non-finite":
-            print(f"skip {t.name}: non-finite loss earlier (delete {t.workdir} to retry)", flush=True)
+        elif run in ENDED or read_status(t.workdir).get("state") == "non-finite":
+            print(f"skip {t.name}: {run} earlier (delete {t.workdir} to retry)", flush=True)
         else:
             todo.append(t)
     return todo

@@ -2,6 +2,11 @@
 function of the file taking ``add``) expanded into (name, overrides, workdir,
 command), every config resolved and checked before anything runs.
 
+Every trial's config is built (the experiment's get_config plus the grid's
+overrides) before any trial starts, and refused in one line naming the trial when
+a key is mistyped, a value has the wrong type, or the cell is not registered in
+rnnlab.cells (or its options are not the cell's).
+
 A trial is exactly the command a user would type:
     python -m rnnlab.main --config=EXPERIMENT[:VARIANT] --workdir=ROOT/NAME --config.k=v ...
 The workdir is the trial's identity: the same command resumes it from its latest
@@ -21,7 +26,7 @@ from typing import Any
 
 import ml_collections
 
-from rnnlab import configs
+from rnnlab import cells, configs
 from rnnlab.train import RESUMABLE_CHANGES
 
 STATUS_FILE = "launch.json"  # written by the launcher into each workdir: state, job id, return code, error
@@ -69,7 +74,8 @@ def default_variant(module: ModuleType, grid: str) -> str:
 
 
 def resolve(module: ModuleType, variant: str, overrides: dict) -> ml_collections.ConfigDict:
-    """The config rnnlab.main will build for this trial; a key the config lacks is a ValueError."""
+    """The config rnnlab.main will build for this trial; a key the config lacks, or a
+    value that does not convert to the key's type, is a one-line ValueError."""
     c = module.get_config(variant)
     c.unlock()
     for k, v in overrides.items():
@@ -78,8 +84,27 @@ def resolve(module: ModuleType, variant: str, overrides: dict) -> ml_collections
         except KeyError as e:
             raise ValueError(f"override {k}={v!r}: the config of {module.__file__}:{variant} has no key {k!r}; "
                              "fix the grid function (see base_config() for the keys)") from e
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"override {k}={v!r}: not a valid value for {k} "
+                             f"({' '.join(str(e).split())}); fix the grid function") from e
     c.lock()
     return c
+
+
+def check_cell(config: ml_collections.ConfigDict) -> None:
+    """A config with model.cell names a registered cell whose options it accepts (the
+    check rnnlab.main would make seconds into each trial)."""
+    model = config.get("model") if hasattr(config, "get") else None
+    if model is None or "cell" not in model:
+        return
+    name = model.cell
+    if name not in cells.available():
+        raise ValueError(f"unknown cell {name!r} (model.cell); registered cells: {', '.join(cells.available())}")
+    try:
+        cells.get(name, **configs.parse_options(model.get("cell_options", "") or ""))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"model.cell_options={model.get('cell_options')!r} for cell {name!r}: "
+                         f"{' '.join(str(e).split())}") from e
 
 
 def safe_name(overrides: dict) -> str:
@@ -108,9 +133,15 @@ def expand(experiment: str, root: str, grid: str = "sweep", variant: str | None 
     if not added:
         raise ValueError(f"grid {grid}(add) of {experiment} added no trials")
     trials, seen = [], {}
-    for overrides in added:
-        config = resolve(module, variant, overrides)
-        name = trial_name(module, config, overrides)
+    for overrides in added:  # every config built and checked before the caller runs any trial
+        name = None
+        try:
+            config = resolve(module, variant, overrides)
+            name = trial_name(module, config, overrides)
+            check_cell(config)
+        except (KeyError, TypeError, ValueError) as e:
+            what = name or ", ".join(f"{k}={v}" for k, v in overrides.items()) or "default"
+            raise ValueError(f"trial {what} of grid {grid!r}: {' '.join(str(e).split())}; nothing was started") from e
         if name in seen:
             raise ValueError(f"two trials of grid {grid!r} share the name {name!r} ({seen[name]} and {overrides}); "
                              "give the experiment a name(overrides) or describe(config) that tells them apart")

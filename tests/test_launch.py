@@ -1,6 +1,7 @@
 """launch/: trials from an experiment's grid, the local executor end to end (a 4-trial
 sweep, a trial killed mid-run that resumes to the uninterrupted result, a diverging
-trial reported while the others finish), status, and the report's statistics."""
+trial reported while the others finish), status from each run's status.json, bad
+configs refused before anything starts, and the report's grouping."""
 
 from __future__ import annotations
 
@@ -9,10 +10,8 @@ import os
 import signal
 import sys
 
-import numpy as np
 import pytest
 from fixtures import launch_checks as checks
-from scipy import stats
 
 from launch import __main__ as cli
 from launch import report, status, trials
@@ -93,23 +92,69 @@ def test_status_of_trials_that_never_ran(tmp_path):
     assert "4 pending" in status.format_table(rows)
 
 
-@pytest.mark.parametrize("n", [2, 3, 7])
-def test_mean_ci_equals_scipy(n):
-    x = np.random.default_rng(n).normal(2.0, 0.5, size=n)
-    got = report.mean_ci(list(x))
-    low, high = stats.t.interval(0.95, n - 1, loc=x.mean(), scale=stats.sem(x))
-    np.testing.assert_allclose([got["mean"], got["std"], got["ci_low"], got["ci_high"]],
-                               [x.mean(), x.std(ddof=1), low, high], rtol=1e-12)
-    assert report.mean_ci([1.5])["n"] == 1 and np.isnan(report.mean_ci([1.5])["ci_low"])
-
-
 def test_trials_differing_only_in_seed_share_a_group(tmp_path):
     module = trials.load_experiment(checks.EXPERIMENT)
     ts = trials.expand(checks.EXPERIMENT, str(tmp_path))
     for t in ts:  # config.json is what groups read, as a run writes it
         os.makedirs(t.workdir)
         json.dump(json.loads(trials.resolve(module, "", t.overrides).to_json()), open(f"{t.workdir}/config.json", "w"))
-    groups = report.group_by_config(ts)
-    assert sorted(sorted(t.name for t in g) for g in groups.values()) == [
-        ["diverge_seed0"], ["lstm_seed0", "lstm_seed1", "lstm_seed2"]]
-    assert "optim.lr=1000000000000.0" in [k for k, g in groups.items() if len(g) == 1][0]
+    _, per_config, _ = report.gather_sweep(ts, study="tiny_sweep")
+    by_label = {r["config"]: sorted(r["trials"].split()) for r in per_config}
+    assert sorted(by_label.values()) == [["diverge_seed0"], ["lstm_seed0", "lstm_seed1", "lstm_seed2"]]
+    (single,) = [k for k, g in by_label.items() if len(g) == 1]
+    assert "optim.lr=1000000000000.0" in single and "seed" not in single
+    # only the seed varies: the configuration is named after the study, never "all"
+    _, (only,), _ = report.gather_sweep(ts[:3], study="tiny_sweep")
+    assert only["config"] == "tiny_sweep" and only["seeds"] == 3
+
+
+def _variant(tmp_path, name, old, new):
+    path = tmp_path / name
+    text = open(checks.EXPERIMENT).read()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return str(path)
+
+
+def test_an_unknown_cell_or_a_wrong_type_is_refused_before_any_trial_starts(tmp_path, capsys):
+    root = tmp_path / "root"
+    bad_cell = _variant(tmp_path, "bad_cell.py", "    add(seed=0, **DIVERGE)",
+                        "    add(seed=0, **DIVERGE)\n    add(seed=5, **{'model.cell': 'grux'})")
+    assert cli.main(["run", bad_cell, f"--root={root}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "trial lstm_seed5" in err and "unknown cell 'grux'" in err, err
+    assert "gru" in err and "nothing was started" in err
+    assert not root.exists()  # the three good trials before it did not start either
+    bad_type = _variant(tmp_path, "bad_type.py", "add(seed=seed)", "add(**{'seed': seed, 'train.num_steps': 'many'})")
+    with pytest.raises(ValueError, match=r"trial .*train.num_steps=many.*not a valid value for train.num_steps"):
+        trials.expand(bad_type, str(root))
+    bad_option = _variant(tmp_path, "bad_option.py", "add(seed=seed)",
+                          "add(**{'seed': seed, 'model.cell_options': 'forget_biass=1.0'})")
+    with pytest.raises(ValueError, match=r"trial lstm_seed0 .*forget_biass"):
+        trials.expand(bad_option, str(root))
+    assert not root.exists()
+
+
+def test_status_reads_each_runs_status_json(tmp_path):
+    from rnnlab.train import status as train_status
+
+    ts = trials.expand(checks.EXPERIMENT, str(tmp_path))
+    written = {"lstm_seed0": "running", "lstm_seed1": "non-finite", "lstm_seed2": "diverged",
+               "diverge_seed0": "failed"}
+    for t in ts:
+        os.makedirs(t.workdir)
+        train_status.write(t.workdir, written[t.name], step=17, total_steps=400, message=f"{written[t.name]} here")
+        with open(os.path.join(t.workdir, "train.log"), "w") as f:  # logs say otherwise: never read
+            f.write("NonFiniteError: non-finite training loss at step 3\n")
+    rows = {r["name"]: r for r in status.table(ts, slurm=False)}
+    assert {n: r["state"] for n, r in rows.items()} == written
+    assert all(r["step"] == 17 and r["num_steps"] == 400 for r in rows.values())
+    assert rows["lstm_seed1"]["error"] == "non-finite here"
+    assert status.split_todo(ts) == [t for t in ts if t.name in ("lstm_seed0", "diverge_seed0")]
+    # a workdir from before status.json: result.json means finished, metrics alone 'unknown'
+    for t in ts[:2]:
+        os.remove(os.path.join(t.workdir, "status.json"))
+    json.dump({"step": 400}, open(os.path.join(ts[0].workdir, "result.json"), "w"))
+    open(os.path.join(ts[1].workdir, "metrics.jsonl"), "w").write('{"kind": "train", "step": 3, "loss": 1.0}\n')
+    rows = {r["name"]: r for r in status.table(ts, slurm=False)}
+    assert rows["lstm_seed0"]["state"] == "finished" and rows["lstm_seed1"]["state"] == "unknown"
