@@ -1,6 +1,7 @@
 """Parity with flax.linen: LSTMCell, OptimizedLSTMCell and GRUCell, one step and
 over sequences via ``nn.RNN`` (full length and ``seq_lengths``) and
-``nn.Bidirectional``; weights travel both ways with ``convert.from_flax`` /
+``nn.Bidirectional``, outputs, carries and gradients (w.r.t. parameters, inputs
+and initial carries); weights travel both ways with ``convert.from_flax`` /
 ``convert.to_flax``. Also the rnnlab Flax module ``RecurrentStack``: its parameter
 tree, its agreement with ``Stack.apply`` and with flax's own cells.
 
@@ -238,6 +239,69 @@ def test_two_bidirectional_layers_with_seq_lengths(kind, dtype):
     assert_close(np.asarray(ys)[valid], np.asarray(ref_ys)[valid], tol, "valid outputs")
     assert np.all(np.asarray(ys)[~valid] == 0)
     assert_close(finals, ref_finals, tol, "final carries")
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("kind", list(FLAX_CELLS))
+def test_gradients_of_two_bidirectional_layers_with_seq_lengths(kind, dtype):
+    """Gradients w.r.t. the parameters, the inputs and the initial carries of
+    Stack(num_layers=2, bidirectional=True) equal flax's through two nn.Bidirectional
+    layers with seq_lengths. The loss weighs every valid output and every final carry
+    with random weights (flax's outputs past a length are not defined by rnnlab, so
+    their weight is zero); rnnlab's parameter gradients are mapped into flax's tree
+    with ``convert.to_flax`` (a re-layout: each flax parameter is one slice of an
+    rnnlab array, so its gradient is the same slice of the rnnlab gradient)."""
+    dt, tol = DTYPES[dtype]
+    cell, name = flax_cell(kind, dt)
+    xs = random_xs(dt, seed=60)
+    flax_params = [
+        [flax_cell_params(kind, dt, d_in=D if i == 0 else 2 * H, seed=61 + 2 * i + j) for j in range(2)]
+        for i in range(2)
+    ]
+    carries = {
+        f"layer_{i}": {d: random_carry(name, B, dt, seed=70 + 2 * i + j) for j, d in enumerate(DIRS)}
+        for i in range(2)
+    }
+    rng = np.random.default_rng(80)
+    w_out_TxBx2H = jnp.asarray(rng.normal(size=(T, B, 2 * H)) * valid_TxB()[:, :, None], dt)
+    w_carries = random_like(carries, seed=81, scale=1.0)
+    stack = Stack(name, D, H, num_layers=2, bidirectional=True, merge="concat")
+
+    def weighted(ys_TxBx2H, finals):
+        dots = jax.tree.map(lambda a, w: jnp.sum(a * w), finals, w_carries)
+        return jnp.sum(ys_TxBx2H * w_out_TxBx2H) + sum(jax.tree.leaves(dots))
+
+    def rnnlab_loss(params, xs, carries):
+        return weighted(*stack.apply(params, xs, lengths_B=LENGTHS, carries=carries))
+
+    def flax_loss(flax_params, xs, carries):
+        x, finals = xs.swapaxes(0, 1), {}
+        for i, (fp_f, fp_b) in enumerate(flax_params):
+            c = carries[f"layer_{i}"]
+            (cf, cb), x = flax_bidirectional(cell, fp_f, fp_b, x, LENGTHS, c["forward"], c["backward"])
+            finals[f"layer_{i}"] = {"forward": cf, "backward": cb}
+        return weighted(x.swapaxes(0, 1), finals)
+
+    @jax.jit
+    def both(flax_params, xs, carries):
+        params = {
+            f"layer_{i}": {d: convert.from_flax(fp, name) for d, fp in zip(DIRS, fps, strict=True)}
+            for i, fps in enumerate(flax_params)
+        }
+        ours = jax.value_and_grad(rnnlab_loss, argnums=(0, 1, 2))(params, xs, carries)
+        theirs = jax.value_and_grad(flax_loss, argnums=(0, 1, 2))(flax_params, xs, carries)
+        return ours, theirs
+
+    (loss, (g_params, g_xs, g_carries)), (ref_loss, (ref_g_params, ref_g_xs, ref_g_carries)) = both(
+        flax_params, xs, carries)
+    assert_close(loss, ref_loss, tol, "loss")
+    mapped = [[convert.to_flax(g_params[f"layer_{i}"][d], name) for d in DIRS] for i in range(2)]
+    assert_close(mapped, ref_g_params, tol, "d loss / d params (in flax's tree)")
+    assert_close(g_xs, ref_g_xs, tol, "d loss / d xs")
+    assert_close(g_carries, ref_g_carries, tol, "d loss / d initial carries")
+    # not a comparison of zeros: every parameter array gets a gradient, padding gets none
+    assert all(np.abs(np.asarray(g)).max() > 1e-3 for g in jax.tree.leaves(g_params))
+    assert np.all(np.asarray(g_xs)[~valid_TxB()] == 0) and np.abs(np.asarray(g_xs)).max() > 1e-3
 
 
 # --- the rnnlab Flax module ----------------------------------------------------------
