@@ -11,9 +11,9 @@ each cell's learning rate on the validation metric (mean over seeds) and
 reports the test metric at that rate: mean, std and a 95% Student-t CI over
 seeds, the winner per task and whether its CI overlaps the others'.
 
-Run the study and write the report (trials one after another in this process,
-a stopgap for the launcher; the same command reuses finished trials):
-  nice -n 5 python experiments/lstm_vs_gru.py --run --root=runs/lstm_vs_gru --out=docs/lstm_vs_gru
+Run the study and write the report into docs/lstm_vs_gru (trials through launch, each a
+process of rnnlab.main, --parallel at once; the same command reuses finished trials):
+  nice -n 5 python experiments/lstm_vs_gru.py --run --parallel=2 --root=runs/lstm_vs_gru --out=docs/lstm_vs_gru
 Regenerate the report only:
   python experiments/lstm_vs_gru.py --root=runs/lstm_vs_gru --out=docs/lstm_vs_gru
 With the launcher (each trial a process of rnnlab.main; grids: sweep = the study, zoo, smoke):
@@ -94,7 +94,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from typing import Any
 
 import jax
@@ -108,12 +107,13 @@ from experiments import gradient_flow as gf_exp  # noqa: E402
 from experiments import language_modelling as lm_exp  # noqa: E402
 from rnnlab import cells, configs  # noqa: E402
 from rnnlab.data import synthetic  # noqa: E402
+from rnnlab.report import curves, stats, style, tables  # noqa: E402
 
 THIS_FILE = os.path.abspath(__file__)
 REPO_ROOT = os.path.dirname(os.path.dirname(THIS_FILE))
 SHAKESPEARE = "../shared/data/tinyshakespeare/input.txt"  # relative to the repository root, as language_modelling
-LM_TRAINER = "rnnlab.train:train_and_evaluate"
-TASK_TRAINER = "rnnlab.train_tasks:train_and_evaluate"
+LM_TRAINER = "rnnlab.tasks.lm:train_and_evaluate"
+TASK_TRAINER = "rnnlab.tasks.sequence:train_and_evaluate"
 
 # The three cells of the study (label -> model.cell, model.cell_options). LSTM with
 # forget bias 1 (Jozefowicz et al. 2015; rnnlab's default); tanh RNN with orthogonal W_h.
@@ -178,10 +178,10 @@ METRIC = None
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The keys of both loops: gradient_flow's (train_tasks) with language_modelling's
-    (train) added where missing, plus ``study``. ``trainer`` picks the loop; each loop
-    reads only its own sections (train_tasks: task, model, optim, train; train: data,
-    model, optim, train, generate, init_from)."""
+    """The keys of both tasks: gradient_flow's (rnnlab.tasks.sequence) with
+    language_modelling's (rnnlab.tasks.lm) added where missing, plus ``study``.
+    ``trainer`` picks the task; each reads only its own sections (sequence: task,
+    model, optim, train; lm: data, model, optim, train, generate, init_from)."""
     c = gf_exp.base_config()
     _add_missing(c, lm_exp.base_config())
     c.study = s = ml_collections.ConfigDict()
@@ -211,7 +211,7 @@ def _set_task(c: ml_collections.ConfigDict, task: str) -> None:
         c.task.update(name=spec["name"], length=spec["length"], batch_size=spec["batch"], n_copy=5, n_symbols=8,
                       eval_batches=2, eval_batch_size=250)
         c.train.update(eval_every=max(spec["steps"] // 6, 1), checkpoint_every=max(spec["steps"] // 2, 1),
-                       checkpoint_steps="")
+                       checkpoint_steps=())
         return
     small = task.startswith("smoke")
     source = SHAKESPEARE if os.path.exists(os.path.join(REPO_ROOT, SHAKESPEARE)) and not small else "embedded"
@@ -263,9 +263,9 @@ def parameter_count(config: ml_collections.ConfigDict, d_hidden: int) -> int:
 
         model = lm_lib.build(c.model, _vocab_size(c.data.source, c.data.level))
     else:
-        from rnnlab import train_tasks
+        from rnnlab.tasks import sequence
 
-        model, _ = train_tasks.build(c)
+        model, _ = sequence.build(c)
     shapes = jax.eval_shape(model.init, jax.random.key(0))
     return sum(int(np.prod(a.shape)) for a in jax.tree.leaves(shapes))
 
@@ -299,7 +299,7 @@ def _matched_width(config_json: str, budget: int) -> int:
 @functools.cache
 def _vocab_size(source: str, level: str) -> int:
     """The LM's vocabulary size for ``source`` (train split, all characters), as the loop builds it."""
-    from rnnlab import train
+    from rnnlab.tasks import lm
 
     c = lm_exp.get_config("smoke")
     c.unlock()
@@ -308,7 +308,7 @@ def _vocab_size(source: str, level: str) -> int:
         cwd = os.getcwd()
         os.chdir(REPO_ROOT)  # relative sources are relative to the repository root
         try:
-            return len(train.load_data(c, tmp).vocab.itos)
+            return len(lm.load_data(c, tmp).vocab.itos)
         finally:
             os.chdir(cwd)
 
@@ -403,74 +403,20 @@ def _get(config: Any, dotted: str) -> Any:
     return node
 
 
-# ----------------------------------------------------------------------------- running (stopgap)
+# ----------------------------------------------------------------------------- running
 
 
-def run_study(root: str, grid: str = "sweep") -> list[dict]:
-    """Every trial of ``grid`` in root/<name>, one after another in THIS process
-    (a stopgap for launch/: it reuses jit compilations across seeds and learning
-    rates, which matters on 2 CPU cores). A finished trial (result.json) is
-    reused; an unfinished one resumes; one that fails is recorded and the rest
-    go on. Writes root/study.json (trial -> state, seconds, error; a reused trial keeps
-    the record of the run that made it; the load average at start and end)."""
-    from rnnlab import main as main_lib
-    from rnnlab.train import writers
+def run_study(root: str, grid: str = "sweep", parallel: int = 1) -> list[dict]:
+    """Every trial of ``grid`` in root/<name>, through launch's one runner (each trial a
+    process of rnnlab.main, ``parallel`` at once). A finished trial is skipped, an
+    unfinished one resumes, one that fails is recorded and the rest go on. Returns
+    launch's outcome per trial (name, state, ...)."""
+    import launch
 
-    added: list[dict] = []
-    GRIDS[grid][0](lambda **kw: added.append(kw))
-    os.makedirs(root, exist_ok=True)
-    record_path = os.path.join(root, "study.json")
-    before = {r["name"]: r for r in json.load(open(record_path))["runs"]} if os.path.exists(record_path) else {}
-    runs, t_study, load_start = [], time.time(), list(os.getloadavg())
-    for i, trial_overrides in enumerate(added):
-        config = resolve(trial_overrides)
-        info = describe(config)
-        wd = os.path.join(root, info["name"])
-        if os.path.exists(os.path.join(wd, "result.json")):
-            runs.append({**before.get(info["name"], {"name": info["name"], "state": "finished"}), "reused": True})
-            continue
-        elapsed = time.time() - t_study
-        print(f"=== [{i + 1}/{len(added)}] {info['name']} (H={info['d_hidden']}; study {elapsed / 60:.1f} min so far)",
-              flush=True)
-        t0 = time.time()
-        try:
-            main_lib.trainer(config.trainer)(config, wd)
-            state, error = "finished", None
-        except Exception as e:  # noqa: BLE001 - a failing trial (NaN, a broken cell) must not stop the study
-            state, error = ("non-finite" if "non-finite" in str(e) else "failed"), f"{type(e).__name__}: {e}"[:500]
-            print(f"    {state}: {error}", flush=True)
-        runs.append({"name": info["name"], "state": state, "seconds": time.time() - t0, "error": error})
-        writers.write_json_atomic(record_path, {"grid": grid, "runs": runs, "load_avg_start": load_start,
-                                                "load_avg_end": list(os.getloadavg())})
-    writers.write_json_atomic(record_path, {"grid": grid, "runs": runs, "load_avg_start": load_start,
-                                            "load_avg_end": list(os.getloadavg())})
-    return runs
+    return launch.run_sweep(THIS_FILE, root, grid=grid, parallel=parallel)
 
 
 # ----------------------------------------------------------------------------- report
-
-
-def _stats_functions():
-    """launch/report.py's mean/std/CI when it is there (one definition for every
-    report of the project); a small local one otherwise."""
-    try:
-        from launch.report import mean_ci
-
-        return mean_ci
-    except ImportError:  # pragma: no cover - launch/ is part of this repository
-        from scipy import stats
-
-        def mean_ci(values: list[float], level: float = 0.95) -> dict:
-            x = np.asarray(values, np.float64)
-            n = len(x)
-            if n < 2:
-                m = float(x.mean()) if n else float("nan")
-                return {"n": n, "mean": m, "std": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
-            half = float(stats.t.ppf(0.5 + level / 2, n - 1)) * float(x.std(ddof=1)) / np.sqrt(n)
-            return {"n": n, "mean": float(x.mean()), "std": float(x.std(ddof=1)),
-                    "ci_low": float(x.mean()) - half, "ci_high": float(x.mean()) + half}
-
-        return mean_ci
 
 
 def gather(root: str) -> list[dict]:
@@ -517,7 +463,6 @@ def summarize(rows: list[dict]) -> dict:
     """Per task: per cell, the best lr (lowest/highest mean validation metric over
     seeds, among lrs where every seed finished) and the test metric's stats at it;
     the winner and which cells' 95% CIs overlap the winner's."""
-    mean_ci = _stats_functions()
     out: dict[str, Any] = {}
     for task in sorted({r["task"] for r in rows}):
         val_key, test_key, direction, label = METRICS[task]
@@ -528,8 +473,8 @@ def summarize(rows: list[dict]) -> dict:
             for lr in sorted({r["lr"] for r in rows if r["task"] == task and r["cell"] == cell}):
                 trials = [r for r in rows if r["task"] == task and r["cell"] == cell and r["lr"] == lr]
                 ok = [r for r in trials if r["finished"] and val_key in r["result"]]
-                val = mean_ci([r["result"][val_key] for r in ok])
-                test = mean_ci([r["result"][test_key] for r in ok])
+                val = stats.mean_ci([r["result"][val_key] for r in ok], nonnegative=stats.nonnegative(val_key))
+                test = stats.mean_ci([r["result"][test_key] for r in ok], nonnegative=stats.nonnegative(test_key))
                 by_lr[lr] = {"lr": lr, "seeds": len(trials), "finished": len(ok), "valid": val, "test": test,
                              "parameters": ok[0]["parameters"] if ok else None,
                              "d_hidden": trials[0]["d_hidden"], "layers": trials[0]["layers"],
@@ -553,22 +498,14 @@ def summarize(rows: list[dict]) -> dict:
     return out
 
 
-def _fmt(v: Any, spec: str = ".4g") -> str:
-    return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
-
-
-def _ci_text(s: dict) -> str:
-    return f"{_fmt(s['mean'])} ± {_fmt(s['std'], '.2g')} [{_fmt(s['ci_low'])}, {_fmt(s['ci_high'])}]"
+_fmt = tables.fmt
+_ci_text = tables.ci_text
 
 
 def plot_curves(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
     """Per task: the validation curve of each cell at its best lr, mean over seeds
     (shaded: min..max over seeds). Writes curves_<task>.png; returns the file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = style.pyplot()
     files = []
     for task, s in summary.items():
         many = len(s["cells"]) > 10  # the zoo: 20 distinct colours, a wider figure, the legend beside it
@@ -579,13 +516,13 @@ def plot_curves(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
         for cell, c in s["cells"].items():
             if not c["best"]:
                 continue
-            curves = [r["curve"] for r in rows if r["name"] in c["best"]["trials"] and r["finished"] and r["curve"]]
-            if not curves:
+            seeds_curves = [r["curve"] for r in rows if r["name"] in c["best"]["trials"] and r["finished"] and r["curve"]]
+            if not seeds_curves:
                 continue
-            steps = sorted(set.intersection(*(set(st for st, _ in cv) for cv in curves)))
-            vals = np.array([[dict(cv)[st] for st in steps] for cv in curves])
-            line, = ax.plot(steps, vals.mean(0), "o-", ms=3,
-                            label=f"{cell} (lr {c['best']['lr']:g}, {c['best']['parameters']} params)")
+            steps = sorted(set.intersection(*(set(st for st, _ in cv) for cv in seeds_curves)))
+            vals = np.array([[dict(cv)[st] for st in steps] for cv in seeds_curves])
+            line = curves.plot_curve(ax, list(zip(steps, vals.mean(0), strict=True)), marker="o", ms=3,
+                                     label=f"{cell} (lr {c['best']['lr']:g}, {c['best']['parameters']} params)")
             ax.fill_between(steps, vals.min(0), vals.max(0), color=line.get_color(), alpha=0.15)
         seeds = max((len(c["best"]["trials"]) for c in s["cells"].values() if c["best"]), default=0)
         ax.set_title(f"{task}: validation, " + ("mean over seeds (band: min..max)" if seeds > 1 else "one seed"))
@@ -594,12 +531,9 @@ def plot_curves(rows: list[dict], summary: dict, out_dir: str) -> list[str]:
         if s["test_key"] == "test_loss" and task.startswith(("adding", "zoo_adding")):
             ax.set_yscale("log")
             ax.axhline(ADDING_BASELINE, color="gray", ls="--", lw=1, label="baseline 1/6")
-        ax.grid(alpha=0.3)
         ax.legend(fontsize=7 if many else 8, **(dict(loc="center left", bbox_to_anchor=(1.01, 0.5)) if many else {}))
-        fig.tight_layout()
         name = f"curves_{task}.png"
-        fig.savefig(os.path.join(out_dir, name), dpi=110)
-        plt.close(fig)
+        style.save(fig, os.path.join(out_dir, name))
         files.append(name)
     return files
 
@@ -633,13 +567,8 @@ def _trial_record(row: dict) -> dict:
 
 
 def _write_trials_csv(path: str, records: list[dict]) -> None:
-    import csv
-
     result_keys = sorted({k for r in records for k in r if k not in TRIAL_KEYS})
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, TRIAL_KEYS + result_keys, restval="")
-        w.writeheader()
-        w.writerows(records)
+    tables.write_csv(path, records, TRIAL_KEYS + result_keys)
 
 
 def comparison_paragraph(summary: dict) -> str:
@@ -729,6 +658,7 @@ def markdown(rows: list[dict], summary: dict, figures: list[str], zoo_rows: list
             mark = " **winner**" if cell == s["winner"] else ""
             lines.append(f"| {cell}{mark} | {b['parameters']} ({b['d_hidden']}) | {b['lr']:g} | {b['finished']} | "
                          f"{_fmt(b['valid']['mean'])} | {_ci_text(b['test'])} | {per_lr} |")
+        lines += tables.footnotes([c["best"]["test"] for c in s["cells"].values() if c["best"]])
         ov = s["overlapping"]
         lines += ["", f"Winner: **{s['winner']}**; " + (f"its CI overlaps {', '.join(ov)}'s (not separated)." if ov
                                                          else "its CI overlaps no other cell's."), ""]
@@ -764,10 +694,9 @@ def zoo_table(zoo_rows: list[dict]) -> list[dict]:
 
 
 def _zoo_run_info(zoo_rows: list[dict]) -> dict:
-    """The zoo grid's run record (root/study.json, written by run_study) when there is one."""
-    roots = sorted({os.path.dirname(r["workdir"]) for r in zoo_rows if "workdir" in r})
-    path = os.path.join(roots[0], "study.json") if len(roots) == 1 else ""
-    return json.load(open(path)) if path and os.path.exists(path) else {}
+    """The zoo grid's run record from its trials: states and training seconds (result.json)."""
+    return {"runs": [{"state": "finished" if r["finished"] else "not finished",
+                      "seconds": (r["result"] or {}).get("train_seconds")} for r in zoo_rows]}
 
 
 def zoo_markdown(table: list[dict], run_info: dict) -> list[str]:
@@ -792,10 +721,8 @@ def zoo_markdown(table: list[dict], run_info: dict) -> list[str]:
     if run_info.get("runs"):
         secs = sum(r.get("seconds") or 0 for r in run_info["runs"])
         states = [r["state"] for r in run_info["runs"]]
-        load = run_info.get("load_avg_start")
-        lines += [f"Run: {len(states)} trials, {states.count('finished')} finished; {secs / 60:.1f} min of trial "
-                  f"wall time" + (f", load average {load[0]:.1f} at start, {run_info['load_avg_end'][0]:.1f} at end"
-                                  if load and run_info.get("load_avg_end") else "") + ".", ""]
+        lines += [f"Run: {len(states)} trials, {states.count('finished')} finished; {secs / 60:.1f} min of "
+                  "training (result.json's train_seconds).", ""]
     lines += ["| cell | layers x width | params | lr (chosen) | validation MSE at lr "
               + " / ".join(f"{x:g}" for x in lrs) + " | adding T=100 test MSE | / baseline | below baseline | "
               "tokens/s | LM smoke lr | LM test bpc | LM params (layers x width) | LM tokens/s |",
@@ -871,51 +798,38 @@ def report(root: str, out_dir: str, zoo_root: str = "") -> dict:
 
 
 def update_zoo(out_dir: str, zoo_rows: list[dict]) -> dict:
-    """Replace the zoo in an existing report (README.md's zoo section, report.json's
-    zoo entries, the zoo tasks' lines of trials.csv, the zoo figure), keeping the
-    study's tables, results.csv and figures as they are: for a zoo rerun when the
-    study's trials are not on this machine."""
-    import csv
-
+    """Regenerate the report in ``out_dir`` with a new zoo, for a zoo rerun when the
+    study's trials are not on this machine: the study's tables are rendered again
+    from report.json's summary (the artifact of the study's own run), the zoo from
+    ``zoo_rows``; README.md is written whole, never edited in place."""
     from rnnlab.train import writers
 
-    table = zoo_table(zoo_rows)
-    figures = _zoo_curves(zoo_rows, out_dir)
-    section = zoo_markdown(table, _zoo_run_info(zoo_rows))
-    section[2:2] = ["_This section was regenerated from the zoo grid's trials alone (the study's trials were not "
-                    "under the report's root); the tables above are from the study's own run._", ""]
-    with open(os.path.join(out_dir, "README.md")) as f:
-        lines = f.read().split("\n")
-    starts = [i for i, line in enumerate(lines) if line.startswith("## Zoo")]
-    if starts:
-        end = next((i for i in range(starts[0] + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        lines[starts[0]:end] = section
-    else:
-        at = next((i for i, line in enumerate(lines) if line.startswith(("## Learning curves", "Files:"))), len(lines))
-        lines[at:at] = section
-    for fig in figures:
-        if f"![{fig}]({fig})" not in lines:
-            at = next((i for i, line in enumerate(lines) if line.startswith("Files:")), len(lines))
-            if not any(line.startswith("## Learning curves") for line in lines):
-                lines[at:at] = ["## Learning curves", ""]
-                at += 2
-            last_fig = max((i for i in range(at) if lines[i].startswith("![")), default=at - 1)
-            lines.insert(last_fig + 1, f"![{fig}]({fig})")
-    text = "\n".join(lines)
+    with open(os.path.join(out_dir, "report.json")) as f:
+        rep = json.load(f)
+    summary = {task: _summary_from_json(s) for task, s in rep["summary"].items()}
+    zoo_figures = _zoo_curves(zoo_rows, out_dir)
+    figures = [f for f in rep.get("figures", []) if f not in zoo_figures] + zoo_figures
+    text = markdown([], summary, figures, zoo_rows)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
         f.write(text)
-    rep = json.load(open(os.path.join(out_dir, "report.json")))
-    rep.update(_zoo_json(zoo_rows, table))
-    rep["figures"] = list(rep.get("figures", [])) + [f for f in figures if f not in rep.get("figures", [])]
+    rep.update(_zoo_json(zoo_rows, zoo_table(zoo_rows)), figures=figures)
     writers.write_json_atomic(os.path.join(out_dir, "report.json"), rep)
     path = os.path.join(out_dir, "trials.csv")
     kept = []
     if os.path.exists(path):
+        import csv
+
         with open(path, newline="") as f:
             kept = [r for r in csv.DictReader(f) if r["task"] not in ZOO_TASKS]  # repeated columns: equal values
     _write_trials_csv(path, kept + [_trial_record(r) for r in zoo_rows])
-    print("\n".join(section), flush=True)
+    print(text, flush=True)
     return rep
+
+
+def _summary_from_json(s: dict) -> dict:
+    """A task's summary read back from report.json: learning rates were dict keys, JSON made them strings."""
+    cells_ = {cell: {**c, "by_lr": {float(lr): x for lr, x in c["by_lr"].items()}} for cell, c in s["cells"].items()}
+    return {**s, "cells": cells_}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -927,12 +841,13 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", required=True, help="folder of trial workdirs (one per trial)")
     p.add_argument("--out", default="", help="report folder (default: ROOT/report)")
-    p.add_argument("--run", action="store_true", help="run (or resume) the grid's trials first, in this process")
+    p.add_argument("--run", action="store_true", help="run (or resume) the grid's trials first (through launch)")
+    p.add_argument("--parallel", type=int, default=1, help="with --run: trials at once")
     p.add_argument("--grid", default="sweep", choices=sorted(GRIDS))
     p.add_argument("--zoo_root", default="", help="the zoo grid's root (default: ROOT_zoo when it exists)")
     args = p.parse_args(argv)
     if args.run:
-        run_study(args.root, args.grid)
+        run_study(args.root, args.grid, args.parallel)
     zoo_root = args.zoo_root or os.path.normpath(args.root) + "_zoo"
     report(args.root, args.out or os.path.join(args.root, "report"), zoo_root if args.grid != "zoo" else "")
 

@@ -4,8 +4,8 @@ its overrides survive the command line, the zoo takes every registered cell
 (a new cell file included, with no edit) at every lr, with the study's adding
 setting and a budget matched for the cell's layer count, the smoke variant
 trains, the report picks learning rates on validation and gives the CIs scipy
-gives, and the zoo table judges 'below baseline' and replaces only the zoo part
-of an existing report."""
+gives (an MSE's clipped at 0), trials run through launch, and the zoo table
+judges 'below baseline' and a zoo rerun renders the report again from report.json."""
 
 import json
 import math
@@ -154,16 +154,25 @@ def test_summary_picks_lr_on_validation_and_gives_scipy_cis():
     assert summary["overlapping"] == ["lstm"]
 
 
-def test_report_end_to_end(tmp_path, monkeypatch):
-    def tiny(add):
-        for cell in ("tanh", "gru"):
-            for seed in (0, 1):
-                add(**exp.overrides("smoke", cell, 1e-2, seed))
+TINY = """from experiments.lstm_vs_gru import *  # noqa: F403 - the study, with a smaller grid
+from experiments import lstm_vs_gru as _exp
 
-    monkeypatch.setitem(exp.GRIDS, "tiny", (tiny, ""))
+
+def sweep(add):
+    for cell in ("tanh", "gru"):
+        for seed in (0, 1):
+            add(**_exp.overrides("smoke", cell, 1e-2, seed))
+"""
+
+
+def test_report_end_to_end(tmp_path):
+    import launch
+
+    tiny = tmp_path / "tiny_lstm_vs_gru.py"
+    tiny.write_text(TINY)
     root, out = str(tmp_path / "runs"), str(tmp_path / "report")
-    runs = exp.run_study(root, "tiny")
-    assert [r["state"] for r in runs] == ["finished"] * 4
+    runs = launch.run_sweep(str(tiny), root, parallel=2)  # the study's runner is launch's
+    assert [r["state"] for r in runs] == ["finished"] * 4, runs
     rep = exp.report(root, out)
     for f in ("README.md", "results.csv", "trials.csv", "report.json", "curves_smoke.png"):
         assert os.path.getsize(os.path.join(out, f)) > 100, f
@@ -173,10 +182,14 @@ def test_report_end_to_end(tmp_path, monkeypatch):
             d = exp.describe(json.load(open(os.path.join(root, name, "config.json"))))
             tests.setdefault(d["cell"], []).append(json.load(open(os.path.join(root, name, "result.json")))["test_loss"])
     for cell, values in tests.items():
-        assert rep["summary"]["smoke"]["cells"][cell]["best"]["test"]["mean"] == pytest.approx(np.mean(values))
+        got = rep["summary"]["smoke"]["cells"][cell]["best"]["test"]
+        low, high = stats.t.interval(0.95, 1, loc=np.mean(values), scale=stats.sem(values))
+        assert got["mean"] == pytest.approx(np.mean(values)) and got["ci_high"] == pytest.approx(high)
+        assert got["ci_low"] == pytest.approx(max(low, 0.0)) and got["clipped"] == (low < 0)  # an MSE: >= 0
     text = open(os.path.join(out, "README.md")).read()
     assert "Chung et al. (2014)" in text and "Jozefowicz et al. (2015)" in text and "winner" in text
-    assert exp.run_study(root, "tiny")[0].get("reused")  # a rerun reuses finished trials
+    assert "2 seeds: wide interval" in text
+    assert all(r.get("skipped") for r in launch.run_sweep(str(tiny), root))  # a rerun reuses finished trials
 
 
 def _zoo_rows():
@@ -207,25 +220,28 @@ def test_zoo_table_chooses_lr_on_validation_and_judges_the_baseline():
     assert "Below the baseline on adding T=100: 2 of 3 cells; not: slow (0.990 x baseline)." in text
 
 
-def test_zoo_update_keeps_the_study_tables(tmp_path):
+def test_zoo_update_renders_the_study_tables_again_from_report_json(tmp_path):
+    from rnnlab.train import writers
+
     out = tmp_path / "report"
     out.mkdir()
-    readme = ["# study", "", "## adding100: test MSE", "", "| gru | ... |", "", "## Zoo: every registered cell", "",
-              "| old zoo line |", "", "## Learning curves", "", "![curves_adding100.png](curves_adding100.png)", "",
-              "Files: ...", ""]
-    (out / "README.md").write_text("\n".join(readme))
-    (out / "report.json").write_text(json.dumps({"summary": {"adding100": {"winner": "gru"}},
-                                                 "figures": ["curves_adding100.png"], "zoo": [{"old": 1}]}))
+    study_rows = [_row("adding100", cell, 0.01, s, 0.01 * (s + 1) * k, 0.002 * (s + 1) * k)
+                  for k, cell in ((1, "gru"), (3, "lstm")) for s in range(3)]
+    summary = exp.summarize(study_rows)
+    writers.write_json_atomic(str(out / "report.json"), {"summary": summary, "figures": ["curves_adding100.png"],
+                                                         "zoo": [{"old": 1}]})
+    (out / "README.md").write_text("| old zoo line |\n")
     (out / "trials.csv").write_text("name,task,cell,finished,test_loss,finished\n"
                                     "a,adding100,gru,True,0.001,True\nz,zoo_adding100,lru,True,0.16,True\n")
     rows = _zoo_rows()
     exp.update_zoo(str(out), rows)
     text = (out / "README.md").read_text()
-    assert "| gru | ... |" in text and "old zoo line" not in text and "| fast | 1x8 |" in text
+    want = exp.markdown([], summary, ["curves_adding100.png", "curves_zoo_adding100.png"], rows)
+    assert text == want  # rendered whole, from the artifacts
+    assert "old zoo line" not in text and "| fast | 1x8 |" in text and "Winner: **gru**" in text
     assert text.index("## Zoo") < text.index("## Learning curves") < text.index("curves_zoo_adding100.png")
-    assert text.index("curves_adding100.png") < text.index("curves_zoo_adding100.png") < text.index("Files:")
     rep = json.load(open(out / "report.json"))
-    assert rep["summary"] == {"adding100": {"winner": "gru"}} and len(rep["zoo"]) == len(rows)
+    assert rep["summary"]["adding100"]["winner"] == "gru" and len(rep["zoo"]) == len(rows)
     assert rep["figures"] == ["curves_adding100.png", "curves_zoo_adding100.png"]
     import csv
 
