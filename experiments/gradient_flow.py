@@ -11,9 +11,10 @@ Classic results checked (Pascanu et al. 2013; Arjovsky et al. 2016, fig. of
   (b) adding problem, T = 200: the LSTM reaches MSE < 0.0167 (a tenth of the
       1/6 baseline) while the tanh RNN stays near the baseline.
 
-Run the whole study and write the report (sequentially, each trial a
-subprocess of rnnlab.main; the same command resumes or reuses finished trials):
+Run the whole study and write the report (through launch: each trial a process of
+rnnlab.main, --parallel at once; the same command resumes or reuses finished trials):
   nice -n 10 python experiments/gradient_flow.py --run --root=runs/gradient_flow --out=docs/gradient_flow
+or, the same trials: python -m launch run experiments/gradient_flow.py --root=runs/gradient_flow --grid=full
 Regenerate the report from the trials' Orbax checkpoints only:
   python experiments/gradient_flow.py --root=runs/gradient_flow --out=docs/gradient_flow
 One trial (variants below; keys as in language_modelling: ':default,cell=gru,T=400'):
@@ -69,8 +70,6 @@ import csv
 import json
 import math
 import os
-import re
-import subprocess
 import sys
 import time
 from typing import Any
@@ -295,57 +294,27 @@ def _get(config: Any, dotted: str) -> Any:
 # ----------------------------------------------------------------------------- running the study
 
 
-def run_study(root: str, grid: str = "full") -> list[dict]:
-    """Every trial of ``grid`` in root/<trial name>, one after the other, each a
-    subprocess of rnnlab.main (so each workdir's command.txt reproduces it, and
-    a rerun resumes or reuses it). A trial that fails (e.g. NaN) is recorded and
-    the study goes on. Writes root/study.json."""
-    os.makedirs(root, exist_ok=True)
-    study_path = os.path.join(root, "study.json")
-    previous = {r["name"]: r for r in json.load(open(study_path))["runs"]} if os.path.exists(study_path) else {}
-    runs = []
-    for variant, overrides in trials(grid):
-        name = describe(resolve(variant, overrides))["name"]
-        wd = os.path.join(root, name)
-        cmd = [sys.executable, "-u", "-m", "rnnlab.main", f"--config={THIS_FILE}:{variant}", f"--workdir={wd}"]
-        cmd += [f"--config.{k}={v}" for k, v in overrides.items()]
-        if name in previous and (os.path.exists(os.path.join(wd, "result.json")) or run_status(wd)["non_finite"]):
-            print(f"=== {name}: done in an earlier session ({run_status(wd)['status']}); delete {wd} to redo it")
-            runs.append({**previous[name], "reused": True})
-            continue
-        print(f"=== {name}\n    {' '.join(cmd)}", flush=True)
-        os.makedirs(wd, exist_ok=True)
-        t0 = time.time()
-        with open(os.path.join(wd, "train.log"), "a") as log:
-            proc = subprocess.Popen(cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            tail = []
-            for line in proc.stdout:
-                print("    " + line, end="", flush=True)
-                log.write(line)
-                tail = (tail + [line.rstrip()])[-3:]
-            rc = proc.wait()
-        runs.append({"name": name, "command": cmd, "returncode": rc, "seconds": time.time() - t0,
-                     "error": None if rc == 0 else " | ".join(tail)})
-        with open(study_path, "w") as f:
-            json.dump({"grid": grid, "runs": runs}, f, indent=2)
-    return runs
+def run_study(root: str, grid: str = "full", parallel: int = 1) -> list[dict]:
+    """Every trial of ``grid`` in root/<trial name>, through launch's one runner (each
+    trial a process of rnnlab.main, ``parallel`` at once; a rerun resumes unfinished
+    trials and skips finished or non-finite ones). Returns launch's outcome per trial."""
+    import launch
+
+    return launch.run_sweep(THIS_FILE, root, grid=grid, parallel=parallel)
 
 
 # ----------------------------------------------------------------------------- probes
 
 
 def run_status(workdir: str) -> dict:
-    """'finished', 'non-finite loss at step N' (from the train.log run_study keeps)
-    or 'unfinished'."""
-    log = os.path.join(workdir, "train.log")
-    text = open(log).read() if os.path.exists(log) else ""
-    m = re.findall(r"non-finite training loss at step (\d+)", text)
-    if os.path.exists(os.path.join(workdir, "result.json")):
-        status = "finished"
-    else:
-        status = f"non-finite loss at step {m[-1]}" if m else "unfinished"
-    return {"status": status, "non_finite": bool(m) and status != "finished",
-            "non_finite_step": int(m[-1]) if m else None}
+    """'finished', 'non-finite loss at step N', or the run's state ('failed', 'running',
+    'unknown', ...), read from status.json (result.json for runs from before it)."""
+    from rnnlab.report import gather
+
+    run = gather.run_state(workdir)
+    non_finite = run["state"] == "non-finite"
+    text = f"non-finite loss at step {run['step']}" if non_finite else run["state"]
+    return {"status": text, "non_finite": non_finite, "non_finite_step": run["step"] if non_finite else None}
 
 
 def _trial_dirs(workdirs_or_root: str | list[str]) -> list[str]:
@@ -482,8 +451,9 @@ def report(workdirs_or_root: str | list[str], out_dir: str, **probe_kw) -> dict:
         print(f"probing {wd}", flush=True)
         t = probe_trial(wd, **probe_kw)
         trials_[t["name"]] = t
-    study_path = os.path.join(workdirs_or_root, "study.json") if isinstance(workdirs_or_root, str) else ""
-    study = json.load(open(study_path)) if study_path and os.path.exists(study_path) else None
+    study = {"trials": len(trials_), "train_seconds": sum((t["result"] or {}).get("train_seconds") or 0
+                                                          for t in trials_.values()),
+             "not_finished": {t["name"]: t["status"] for t in trials_.values() if t["status"] != "finished"}}
     rep = {"trials": trials_, "claims": claims(trials_), "study": study}
     rep["figures"] = figures(trials_, rep["claims"], out_dir)
     rep["report_seconds"] = time.time() - t0
@@ -576,12 +546,9 @@ def claims(trials_: dict) -> dict:
 
 
 def _plt():
-    import matplotlib
+    from rnnlab.report import style
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return style.pyplot()
 
 
 def _save(fig, out_dir: str, stem: str) -> list[str]:
@@ -792,11 +759,11 @@ def markdown(rep: dict) -> str:
              "`report.json` (curves also in `curves.csv`, `eval.csv`, `summary.csv`).", ""]
     study = rep.get("study")
     if study:
-        total = sum(r["seconds"] for r in study["runs"])
-        failed = [r["name"] for r in study["runs"] if r["returncode"]]
-        lines += [f"Study grid `{study['grid']}`: {len(study['runs'])} trials, {total / 60:.1f} min of training "
-                  f"(sequential), report {rep.get('report_seconds', 0) / 60:.1f} min."
-                  + (f" Failed (non-finite loss or error): {', '.join(failed)}." if failed else ""), ""]
+        bad = study["not_finished"]
+        lines += [f"{study['trials']} trials, {study['train_seconds'] / 60:.1f} min of training (result.json's "
+                  f"train_seconds), report {rep.get('report_seconds', 0) / 60:.1f} min."
+                  + (" Not finished (status.json): " + ", ".join(f"{n} ({st})" for n, st in bad.items()) + "."
+                     if bad else ""), ""]
     lines += ["## Claims", ""]
     if "a_tanh_decay" in c:
         a = c["a_tanh_decay"]
@@ -889,13 +856,14 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--root", required=True, help="folder of trial workdirs (one per trial)")
     p.add_argument("--out", default="", help="report folder (default: ROOT/report)")
-    p.add_argument("--run", action="store_true", help="run (or resume) the grid's trials first")
+    p.add_argument("--run", action="store_true", help="run (or resume) the grid's trials first (through launch)")
     p.add_argument("--grid", default="full", choices=sorted(GRIDS))
+    p.add_argument("--parallel", type=int, default=1, help="with --run: trials at once")
     p.add_argument("--probe_batch", type=int, default=32)
     p.add_argument("--jacobian_batch", type=int, default=8)
     args = p.parse_args(argv)
     if args.run:
-        run_study(args.root, args.grid)
+        run_study(args.root, args.grid, args.parallel)
     report(args.root, args.out or os.path.join(args.root, "report"), batch_size=args.probe_batch,
            jacobian_batch=args.jacobian_batch)
 

@@ -176,3 +176,16 @@ def test_model_losses_and_probe_loss_agree():
         gn = probes.task_grad_norms(model, params, *(jnp.asarray(a) for a in b))
         np.testing.assert_allclose(float(gn.loss), float(loss), rtol=1e-5)
         assert gn.norms_T.shape == (spec.length,)
+
+
+def test_run_status_reads_status_json_not_the_log(tmp_path):
+    from rnnlab.train import status as train_status
+
+    wd = str(tmp_path)
+    with open(os.path.join(wd, "train.log"), "w") as f:  # a log that says non-finite is not read
+        f.write("NonFiniteError: non-finite training loss at step 3\n")
+    assert gf.run_status(wd) == {"status": "not started", "non_finite": False, "non_finite_step": None}
+    train_status.write(wd, "non-finite", step=31, message="non-finite training loss at step 31")
+    assert gf.run_status(wd) == {"status": "non-finite loss at step 31", "non_finite": True, "non_finite_step": 31}
+    train_status.write(wd, "finished", step=40)
+    assert gf.run_status(wd)["status"] == "finished"
