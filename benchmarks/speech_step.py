@@ -13,8 +13,8 @@ Implementations (``rnnlab.native`` settings, read when the step is traced; each 
 a jitted step of its own; the results are bitwise the same, tests/test_native.py):
   before   padded steps computed and dropped; the members' layers under vmap as one
            native call in a loop (rnnlab up to 2026-12-05)
-  padding  padded steps left out of the GEMMs (native.SKIP_PADDING); members as before
-  now      both: padding left out, one native call per member (native.VMAP_METHOD)
+  padding  padded steps left out of the GEMMs (native.options skip_padding); members as before
+  now      both: padding left out, one native call per member (native.options vmap_method)
 
 What is timed, identically for every front end: ``rnnlab.train_speech.train_step``
 (the jitted step the trainer runs: features, front end, bidirectional stack, CTC
@@ -48,7 +48,6 @@ when that is above half a CPU.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -92,24 +91,16 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-IMPLEMENTATIONS = {  # rnnlab.native settings
-    "before": {"SKIP_PADDING": False, "VMAP_METHOD": "sequential"},
-    "padding": {"SKIP_PADDING": True, "VMAP_METHOD": "sequential"},
-    "now": {"SKIP_PADDING": True, "VMAP_METHOD": "sequential_unrolled"},
+IMPLEMENTATIONS = {  # rnnlab.native.options
+    "before": {"skip_padding": False, "vmap_method": "sequential"},
+    "padding": {"skip_padding": True, "vmap_method": "sequential"},
+    "now": {"skip_padding": True, "vmap_method": "sequential_unrolled"},
 }
 
 
-@contextlib.contextmanager
 def implementation(name: str):
-    """rnnlab.native's settings of implementation ``name`` while a step is traced."""
-    saved = {k: getattr(native, k) for k in IMPLEMENTATIONS[name]}
-    for k, v in IMPLEMENTATIONS[name].items():
-        setattr(native, k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(native, k, v)
+    """rnnlab.native's options of implementation ``name`` while a step is traced."""
+    return native.options(**IMPLEMENTATIONS[name])
 
 
 def _with_threads(c, groups: int):

@@ -111,8 +111,8 @@ def test_results_do_not_depend_on_the_thread_count(name, shape, monkeypatch):
 @pytest.mark.parametrize("name", native.CELLS)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("padding", ["much", "one_row"])
-def test_padding_takes_no_part_in_the_gemms_and_changes_no_bit(name, shape, padding, monkeypatch):
-    """native.SKIP_PADDING: the steps past each sequence's end are left out of every GEMM
+def test_padding_takes_no_part_in_the_gemms_and_changes_no_bit(name, shape, padding):
+    """native.options(skip_padding=True): the steps past each sequence's end are left out of every GEMM
     (per step: the live rows gathered; over all steps: the live (t, b) rows packed, when
     more than 1/16 are padding). Outputs, final carries and every gradient equal, to the
     bit, those of the same layer computing the padded steps and dropping them."""
@@ -122,18 +122,18 @@ def test_padding_takes_no_part_in_the_gemms_and_changes_no_bit(name, shape, padd
         feats["lengths_B"] = np.where(np.arange(b) == b // 2, t - 1, t)
     out, infer = {}, {}
     for skip in (False, True):
-        monkeypatch.setattr(native, "SKIP_PADDING", skip)
-        out[skip], hlo = _run(cell, params, xs, carry0, r, rc, True, feats)
-        assert f"rnnlab_{name}_forward" in hlo and f"rnnlab_{name}_backward" in hlo
-        infer[skip] = jax.jit(lambda p, c, x: scan.run(cell, p, c, x, fused=True, **feats))(params, carry0, xs)
+        with native.options(skip_padding=skip):
+            out[skip], hlo = _run(cell, params, xs, carry0, r, rc, True, feats)
+            assert f"rnnlab_{name}_forward" in hlo and f"rnnlab_{name}_backward" in hlo
+            infer[skip] = jax.jit(lambda p, c, x: scan.run(cell, p, c, x, fused=True, **feats))(params, carry0, xs)
     for a, c in zip(jax.tree.leaves((out[False], infer[False])), jax.tree.leaves((out[True], infer[True])),
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
 
 
-def test_members_under_vmap_are_one_native_call_each_with_the_plain_calls_results(monkeypatch):
+def test_members_under_vmap_are_one_native_call_each_with_the_plain_calls_results():
     """An ensemble's members vmapped over (as the speech model does): each member's layer is
-    its own native call in the program (native.VMAP_METHOD), not a loop around one, and
+    its own native call in the program (native.options' vmap_method), not a loop around one, and
     every member's outputs and gradients are bitwise those of calling it alone."""
     stack = Stack("gru", 6, 40, num_layers=1, bidirectional=True)
     params = jax.vmap(lambda k: stack.init(k, dtype=jnp.float32))(jax.random.split(jax.random.key(0), 3))
@@ -146,9 +146,9 @@ def test_members_under_vmap_are_one_native_call_each_with_the_plain_calls_result
         return jnp.sum(ys * r), ys
 
     def compiled(method):  # the optimised program: whiles and custom calls as XLA runs them
-        monkeypatch.setattr(native, "VMAP_METHOD", method)
-        fn = jax.jit(jax.vmap(jax.value_and_grad(loss, has_aux=True)))
-        return fn, fn.lower(params).compile().as_text()
+        with native.options(vmap_method=method):
+            fn = jax.jit(jax.vmap(jax.value_and_grad(loss, has_aux=True)))
+            return fn, fn.lower(params).compile().as_text()
 
     def calls(hlo, kind):
         return hlo.count(f'custom_call_target="rnnlab_gru_{kind}"')

@@ -179,7 +179,7 @@ def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp
 
 def test_non_finite_loss_stops_the_run_without_saving(tmp_path):
     from experiments.speech_recognition import get_config
-    from rnnlab.train import NonFiniteError
+    from rnnlab.train.loop import NonFiniteError
 
     root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=1)
     config = get_config(f"smoke,data.root={root},optim.lr=1e30,optim.clip_norm=0,optim.warmup_steps=1")
@@ -608,7 +608,7 @@ def test_speech_step_benchmark_times_each_native_implementation_with_its_own_set
     assert [r["name"] for r in rows] == ["3:2:16 before", "3:2:16 padding", "3:2:16 now"]
     assert out["peer_implementation"] == "before" and rows[0]["speed_ratio_vs_peer"] == 1.0
     assert {s[1:] for s in seen} == {(False, "sequential"), (True, "sequential"), (True, "sequential_unrolled")}
-    assert (native.SKIP_PADDING, native.VMAP_METHOD) == (True, native.VMAP_METHOD_DEFAULT)
+    assert native.settings()[1:] == (True, native.VMAP_METHOD_DEFAULT)
     assert "| 3:2:16 padding | x2 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="choose from before, padding, now"):
         speech_step.main(["--quick", "--root", root, "--implementations", "now,fast"])
@@ -650,14 +650,14 @@ def test_member_threads_train_each_member_as_the_whole_program_does(groups, monk
     whole, m_whole = _train_steps(model, tx, train_speech.initial_state(model, tx, config), batches)
     seen = []
     settings = native.settings
-    monkeypatch.setattr(native, "settings", lambda: seen.append(native.THREAD_SHARE) or settings())
+    monkeypatch.setattr(native, "settings", lambda: seen.append(native.current().thread_share) or settings())
     with train_speech.member_threads(model, tx, groups) as grouped:
         k = 4 // groups
         assert grouped.model.sliced and grouped.model.members == k
         assert [ids.tolist() for ids in grouped.ids] == [list(range(g * k, g * k + k)) for g in range(groups)]
         grouped.load(train_speech.initial_state(model, tx, config))
         split, m_split = _train_steps(model, tx, None, batches, grouped)
-    assert native.THREAD_SHARE == 1
+    assert native.current().thread_share == 1
     assert set(seen) == ({groups} if native.available() else set())  # the native layers, traced in the groups
     assert int(split["step"]) == int(whole["step"]) == 3
     close = functools.partial(np.testing.assert_allclose, rtol=2e-5, atol=2e-6)
@@ -736,6 +736,6 @@ def test_speech_step_benchmark_times_member_threads_beside_one_program(tmp_path,
                             "--members", "2", "--member_threads", "1,2"])
     rows = out["results"]
     assert [r["member_threads"] for r in rows] == [1, 2] and rows[0]["speed_ratio_vs_peer"] == 1.0
-    assert native.THREAD_SHARE == 1 and "| 3:2:16 member_threads=2 | x2 |" in capsys.readouterr().out
+    assert native.current().thread_share == 1 and "| 3:2:16 member_threads=2 | x2 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="train.member_threads=3 must divide model.members=2"):
         speech_step.main(["--quick", "--root", root, "--members", "2", "--member_threads", "3"])

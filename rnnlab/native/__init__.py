@@ -17,10 +17,11 @@ Dead rows take no part in any GEMM of the call: each step's GEMM runs on the row
 live at that step (gathered when some are dead), and the products over all steps (input
 projection, d x, weight gradients) run on the live (t, b) rows. The results are bitwise
 those of computing the dead rows and dropping them (``SKIP_PADDING = False``;
-tests/test_native.py). The speech recipe's batches are about half padding.
+tests/test_native.py; ``options(skip_padding=False)`` computes them). The speech recipe's
+batches are about half padding.
 
 Ensembles. Under ``jax.vmap`` (the speech model's members) each member's layer is its
-own call in the program (``VMAP_METHOD``); a loop of calls, what "sequential" makes,
+own call in the program (``options(vmap_method=...)``); a loop of calls, what "sequential" makes,
 copies every input and output in and out. With both, the speech recipe's training step
 runs 1.4x faster than before, bitwise the same (``benchmarks/speech_step.py
 --implementations before,padding,now``).
@@ -31,16 +32,25 @@ keyed by the source, the compiler, the jaxlib FFI headers and this machine's CPU
 then reused by every process. Where it cannot be built (no compiler, another OS) rnnlab
 warns once and uses the XLA fused layers, which compute the same function.
 
+Settings are read when a layer is traced, from ``options`` (a context manager, local to
+the thread and context that traces: ``contextvars``), never from module globals::
+
+    with native.options(thread_share=2):   # two programs call the native loop at once
+        step(...)                          # traced here: each gets half the CPUs' threads
+
 Environment:
   RNNLAB_NATIVE=0          use the XLA fused layers everywhere (the native loop is off)
   RNNLAB_NATIVE_THREADS=N  threads of the native loop (default: the CPUs this process may use, divided
-                           among THREAD_SHARE programs running at once)
+                           among ``options().thread_share`` programs running at once)
   RNNLAB_CACHE_DIR=DIR     where the compiled library is kept
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
+import dataclasses
 import fcntl
 import functools
 import hashlib
@@ -50,6 +60,7 @@ import shutil
 import subprocess
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -58,20 +69,60 @@ import numpy as np
 
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
 CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-pthread", "-shared", "-fPIC")
-# Read when a layer is traced (``settings``; benchmarks/speech_step.py --implementations sets them to
-# measure the difference; results are bitwise the same either way, tests/test_native.py):
-SKIP_PADDING = True  # steps past a sequence's end (padding) take no part in any GEMM; False: computed and dropped
-VMAP_METHOD = VMAP_METHOD_DEFAULT = "sequential_unrolled"  # the layer under jax.vmap (ensemble members): one call per member in the
-# program; "sequential" (a loop of its own, with copies in and out) cost the speech recipe's three-member
-# bidirectional GRU stack 1.2-1.4x (its gradient on one batch of 24 x 448 frames, 2-core CPU)
-THREAD_SHARE = 1  # programs that call the native loop at once (rnnlab.train_speech's train.member_threads): the
-# default thread count is the CPUs divided among them
+VMAP_METHOD_DEFAULT = "sequential_unrolled"
 CELLS = ("lstm", "gru")  # the cells with a native loop (GRU: reset-after only, as its fused layer)
 TARGETS = tuple(f"rnnlab_{cell}_{kind}" for cell in CELLS for kind in ("forward", "infer", "backward"))
 
 
 class BuildError(RuntimeError):
     pass
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """How a native call is made, read when a layer is traced (``settings``; results are
+    bitwise the same for every value, tests/test_native.py).
+
+    thread_share: programs that call the native loop at once (the speech recipe's
+      train.member_threads): the default thread count is the CPUs divided among them.
+    skip_padding: steps past a sequence's end take no part in any GEMM; False: they are
+      computed and dropped (benchmarks/speech_step.py --implementations measures both).
+    vmap_method: the layer under ``jax.vmap`` (ensemble members): "sequential_unrolled",
+      one call per member in the program; "sequential" (a loop of its own, with copies in
+      and out) cost the speech recipe's three-member bidirectional GRU stack 1.2-1.4x.
+    """
+
+    thread_share: int = 1
+    skip_padding: bool = True
+    vmap_method: str = VMAP_METHOD_DEFAULT
+
+
+_OPTIONS: contextvars.ContextVar[Options] = contextvars.ContextVar(
+    "rnnlab_native_options", default=Options())  # noqa: B039 (Options is frozen)
+
+
+def current() -> Options:
+    """The options in force here (this thread's context)."""
+    return _OPTIONS.get()
+
+
+@contextlib.contextmanager
+def options(**changes) -> Iterator[Options]:
+    """Native calls traced inside the block use these options, e.g.
+    ``with native.options(thread_share=2):``. Local to the current context: a thread
+    started inside sees them only when run in a copy of it (``contextvars.copy_context``)."""
+    for k, v in changes.items():
+        default = getattr(Options(), k, None)
+        if default is None:
+            raise TypeError(f"native.options: no option {k!r}; options: {[f.name for f in dataclasses.fields(Options)]}")
+        if type(v) is not type(default) or (k == "thread_share" and v < 1):
+            raise ValueError(f"native.options: {k}={v!r} must be a {type(default).__name__} like {default!r}"
+                             + (" and >= 1" if k == "thread_share" else ""))
+    token = _OPTIONS.set(dataclasses.replace(_OPTIONS.get(), **changes))
+    try:
+        yield _OPTIONS.get()
+    finally:
+        _OPTIONS.reset(token)
 
 
 def switched_off() -> bool:
@@ -92,7 +143,7 @@ def threads() -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
-    return max(1, cpus // max(1, THREAD_SHARE))
+    return max(1, cpus // current().thread_share)
 
 
 def cache_dir() -> Path:
@@ -195,10 +246,12 @@ def _h_mask(mask_BxH):
 
 
 def settings() -> tuple[int, bool, str]:
-    """What a native call is traced with now: (threads, SKIP_PADDING, VMAP_METHOD).
-    ``rnnlab.fused`` caches its traced layers under it: JAX keeps a custom_vjp
-    function's traced rules, so a setting changed later would otherwise not be seen."""
-    return threads(), bool(SKIP_PADDING), str(VMAP_METHOD)
+    """What a native call is traced with now: (threads, skip_padding, vmap_method), from
+    ``options`` and the environment. ``rnnlab.fused`` caches its traced layers under it:
+    JAX keeps a custom_vjp function's traced rules, so a setting changed later would
+    otherwise not be seen."""
+    opts = current()
+    return threads(), opts.skip_padding, opts.vmap_method
 
 
 def _call(target: str, out_shapes, *args, reverse: bool, setting: tuple[int, bool, str] | None):
@@ -212,7 +265,7 @@ def _call(target: str, out_shapes, *args, reverse: bool, setting: tuple[int, boo
 def forward(cell_name: str, params, carry0, carry_reset, xs_TxBxD, reset_TxB, valid_TxB, h_mask_BxH, reverse: bool,
             keep: bool = True, setting: tuple[int, bool, str] | None = None):
     """The layer's forward pass: input projection and loop. -> (carry_T, ys_TxBxH,
-    saved_TxBxK), saved laid out as ``fused._pack`` does (per step and row: the carry
+    saved_TxBxA), saved laid out as ``fused._pack`` does (per step and row: the carry
     that entered the step, then the gate activations; zeros for the activations of a
     padded step); ``keep=False`` (no backward pass follows): saved is not written and
     None is returned in its place. ``setting``: ``settings()``'s (the default: now)."""
@@ -234,7 +287,7 @@ def forward(cell_name: str, params, carry0, carry_reset, xs_TxBxD, reset_TxB, va
     return h_t, ys, saved[0] if keep else None
 
 
-def backward(cell_name: str, params, xs_TxBxD, saved_TxBxK, dys_TxBxH, d_carry_T, reset_TxB, valid_TxB,
+def backward(cell_name: str, params, xs_TxBxD, saved_TxBxA, dys_TxBxH, d_carry_T, reset_TxB, valid_TxB,
              h_mask_BxH, reverse: bool, setting: tuple[int, bool, str] | None = None):
     """The layer's backward pass: loop, then d xs and every weight gradient as one GEMM
     each. -> (d_params, d_carry0, d_carry_reset, d_xs)."""
@@ -248,12 +301,12 @@ def backward(cell_name: str, params, xs_TxBxD, saved_TxBxK, dys_TxBxH, d_carry_T
         dc_t, dh_t = d_carry_T
         dx, dw_x, db, dw_h, dc0, dh0, dcr, dhr = _call(
             "rnnlab_lstm_backward", (*grads, f32(b, h), f32(b, h), f32(b, h), f32(b, h)),
-            xs_TxBxD, w_x, w_h, saved_TxBxK, dys_TxBxH, dc_t, dh_t, *masks, reverse=reverse, setting=setting)
+            xs_TxBxD, w_x, w_h, saved_TxBxA, dys_TxBxH, dc_t, dh_t, *masks, reverse=reverse, setting=setting)
         d_params = {"w_x_DxG": dw_x, "b_G": db, "w_h_HxG": dw_h}
         return d_params, (dc0, dh0), (dcr, dhr), dx
     dx, dw_x, db, dw_h, db_hn, dh0, dhr = _call(
         "rnnlab_gru_backward", (*grads, f32(h), f32(b, h), f32(b, h)),
-        xs_TxBxD, w_x, w_h, params["b_hn_H"], saved_TxBxK, dys_TxBxH, d_carry_T, *masks, reverse=reverse,
+        xs_TxBxD, w_x, w_h, params["b_hn_H"], saved_TxBxA, dys_TxBxH, d_carry_T, *masks, reverse=reverse,
         setting=setting)
     d_params = {"w_x_DxG": dw_x, "b_G": db, "w_h_HxG": dw_h, "b_hn_H": db_hn}
     return d_params, dh0, dhr, dx
