@@ -9,15 +9,17 @@ weight gradient is ONE (H x T*B) @ (T*B x G) GEMM. The input projection stays
 hoisted (``x @ W_x + b`` for all steps), so its gradients are already single GEMMs
 by ordinary autodiff.
 
-A cell opts in with three functions (see ``cells/lstm.py``, ``cells/gru.py``)::
+A cell opts in with three functions (the ``FusedCell`` protocol of
+``cells/_common.py``; see ``cells/lstm.py``, ``cells/gru.py``)::
 
-    fused_forward(params, carry_in, xp_BxG, hm_BxH) -> (carry, h_BxH, acts_BxK)
-    fused_backward(params, carry_in, acts_BxK, h_mask_BxH, d_carry, dy_BxH)
+    fused_forward(params, carry_in, xp_BxG, hm_BxH) -> (carry, h_BxH, acts_BxA)
+    fused_backward(params, carry_in, acts_BxA, h_mask_BxH, d_carry, dy_BxH)
         -> (d_carry_in, dxp_BxG, dhw_BxG)   # dhw: gradient w.r.t. hm @ W_h; None: = dxp
     fused_param_grads(params, hm_TxBxH, dhw_TxBxG) -> grads of RECURRENT_PARAMS
 
 and a tuple ``RECURRENT_PARAMS`` naming the parameters the recurrence reads
-(the others only enter through ``precompute``).
+(the others only enter through ``precompute``). This module reads them from the
+cell's checked record (``cell.spec.fused``), with the cell's options bound.
 
 ``store``: 'activations' keeps each step's gate activations for the backward
 pass (memory O(T*B*G), fastest); 'recompute' keeps only the carries and
@@ -37,18 +39,13 @@ from rnnlab import native as native_lib
 from rnnlab.cells._common import Array, Carry, Params
 
 STORES = ("activations", "recompute")
-FUNCTIONS = ("fused_forward", "fused_backward", "fused_param_grads")
 
 
 def supports(cell) -> bool:
     """Whether ``cell`` (a ``cells.Cell`` with options bound) provides a fused
     layer for its options (a cell may offer one for some options only, through
     ``fused_available(**options)``)."""
-    module = cell.module
-    if not all(hasattr(module, n) for n in FUNCTIONS):
-        return False
-    available = getattr(module, "fused_available", None)
-    return available is None or available(**cell._opts(available))
+    return cell.has_fused
 
 
 def _where(mask_B, a, b):
@@ -63,37 +60,27 @@ def _h_in(carry) -> Array:
 def run(cell, params: Params, carry0: Carry, xp_TxBxG: Array | None, *, reset_TxB: Array | None,
         valid_TxB: Array | None, reverse: bool, h_mask_BxH: Array | None, unroll: int = 1,
         store: str = "activations", carry_reset: Carry | None = None,
-        xs_TxBxD: Array | None = None) -> tuple[Carry, Array]:
+        xs_TxBxD: Array | None = None, native: bool = False) -> tuple[Carry, Array]:
     """The recurrence of ``scan.run`` (resets, lengths, reverse, recurrent dropout
     mask) with the fused backward. ``xp_TxBxG`` is the hoisted precompute. Masks
     that are None cost nothing: the loops are traced without them. A reset step
     starts again from ``carry_reset`` (default ``carry0``; a rematerialised chunk
-    passes the sequence's carry0). Given the inputs ``xs_TxBxD`` too, where
-    ``native_applies`` the whole layer (input projection included) runs in the native
-    CPU code (``rnnlab.native``) and ``xp_TxBxG`` may be None."""
+    passes the sequence's carry0). With ``native`` (``scan.choose_path`` decides it) the
+    whole layer, input projection included, runs in the native CPU code
+    (``rnnlab.native``) from the inputs ``xs_TxBxD``, and ``xp_TxBxG`` may be None."""
     if store not in STORES:
         raise ValueError(f"fused store must be one of {STORES}, got {store!r}")
     carry_reset = carry0 if carry_reset is None else carry_reset
-    if xs_TxBxD is not None and native_applies(cell, store, (params, carry0, carry_reset, xs_TxBxD, h_mask_BxH)):
+    if native:
+        if xs_TxBxD is None or store != "activations":
+            raise ValueError("fused.run(native=True) takes the inputs xs_TxBxD and store='activations'")
         layer = _native_layer(cell, reverse, unroll, native_lib.settings())
         return layer(params, carry0, carry_reset, xs_TxBxD, reset_TxB, valid_TxB, h_mask_BxH)
     if xp_TxBxG is None:
         xp_TxBxG = cell.precompute(params, xs_TxBxD)
-    rec = {k: params[k] for k in cell.module.RECURRENT_PARAMS}
+    rec = {k: params[k] for k in cell.spec.fused.recurrent_params}
     fn = _fused(cell, reverse, unroll, store)
     return fn(rec, carry0, carry_reset, xp_TxBxG, reset_TxB, valid_TxB, h_mask_BxH)
-
-
-def native_applies(cell, store: str, arrays) -> bool:
-    """Whether ``run`` hands the layer to the native CPU code: an LSTM or reset-after GRU
-    with the dense input projection, activations kept (store='activations'), every
-    array float32, and the native library available (``rnnlab.native``). On a platform
-    other than the CPU the same call still lowers to the XLA fused layer."""
-    from rnnlab.cells._common import dense_precompute
-
-    return (store == "activations" and cell.name in native_lib.CELLS and supports(cell)
-            and getattr(cell.module, "precompute", None) is dense_precompute
-            and native_lib.supports(cell.name, arrays))
 
 
 def _pack(carry_in, acts) -> Array:
@@ -102,10 +89,10 @@ def _pack(carry_in, acts) -> Array:
     return jnp.concatenate([*jax.tree.leaves(carry_in), *([] if acts is None else [acts])], axis=-1)
 
 
-def _unpack(saved_BxK, carry_like):
+def _unpack(saved_BxA, carry_like):
     leaves, treedef = jax.tree.flatten(carry_like)
     cuts = list(itertools.accumulate(leaf.shape[-1] for leaf in leaves))
-    parts = jnp.split(saved_BxK, cuts, axis=-1)
+    parts = jnp.split(saved_BxA, cuts, axis=-1)
     return jax.tree.unflatten(treedef, parts[: len(leaves)]), parts[len(leaves)]
 
 
@@ -116,16 +103,17 @@ def _loops(cell, reverse: bool, unroll: int, store: str):
     # Imported here, not at the top: scan.py imports this module; every scan lives in scan.py.
     from rnnlab.scan import loop
 
-    module = cell.module
-    opts_f, opts_b, opts_g = (cell._opts(getattr(module, n)) for n in FUNCTIONS)
+    fused = cell.spec.fused
+    fused_forward, fused_backward, fused_param_grads = (
+        cell.bind(fn) for fn in (fused.forward, fused.backward, fused.param_grads))
 
     def forward_loop(rec, carry0, carry_reset, xp, reset, valid, mask):
-        """-> (carry_T, ys_TxBxH, saved_TxBxK), saved as ``_pack`` lays it out"""
+        """-> (carry_T, ys_TxBxH, saved_TxBxA), saved as ``_pack`` lays it out"""
         def body(carry, inp):
             xp_t, r_t, v_t = inp
             carry_in = carry if r_t is None else _where(r_t, carry_reset, carry)
             hm = _h_in(carry_in) if mask is None else _h_in(carry_in) * mask
-            new, h, acts = module.fused_forward(rec, carry_in, xp_t, hm, **opts_f)
+            new, h, acts = fused_forward(rec, carry_in, xp_t, hm)
             new = jax.tree.map(lambda n, o: n.astype(o.dtype), new, carry_in)
             if v_t is not None:
                 new = _where(v_t, new, carry_in)
@@ -147,13 +135,13 @@ def _loops(cell, reverse: bool, unroll: int, store: str):
             carry_in, acts = _unpack(saved_t, carry0)
             if store == "recompute":
                 hm = _h_in(carry_in) if mask is None else _h_in(carry_in) * mask
-                _, _, acts = module.fused_forward(rec, carry_in, xp_t, hm, **opts_f)
+                _, _, acts = fused_forward(rec, carry_in, xp_t, hm)
             d_pass = None
             if v_t is not None:  # past a sequence's end the carry passed through unchanged
                 d_pass = _where(v_t, zeros(d_carry), d_carry)
                 d_carry = _where(v_t, d_carry, zeros(d_carry))
                 dy_t = jnp.where(v_t[:, None], dy_t, jnp.zeros_like(dy_t))
-            d_in, dxp, dhw = module.fused_backward(rec, carry_in, acts, ones_mask, d_carry, dy_t, **opts_b)
+            d_in, dxp, dhw = fused_backward(rec, carry_in, acts, ones_mask, d_carry, dy_t)
             if d_pass is not None:
                 d_in = jax.tree.map(jnp.add, d_in, d_pass)
             if r_t is not None:  # a reset step read carry_reset, not the previous carry
@@ -169,7 +157,7 @@ def _loops(cell, reverse: bool, unroll: int, store: str):
     def recurrent_grads(rec, carry0, mask, saved, dxp, dhw):
         carries_in, _ = _unpack(saved, carry0)
         hm_TxBxH = _h_in(carries_in) if mask is None else _h_in(carries_in) * mask  # what entered the matmul
-        return module.fused_param_grads(rec, hm_TxBxH, dxp if dhw is None else dhw, **opts_g)
+        return fused_param_grads(rec, hm_TxBxH, dxp if dhw is None else dhw)
 
     return forward_loop, backward_loop, recurrent_grads
 
@@ -215,7 +203,7 @@ def _native_layer(cell, reverse: bool, unroll: int, setting: tuple):
     same residuals. ``setting``: ``native.settings()``'s, with which the calls are made
     (a key of this cache: JAX keeps the traced rules of each custom_vjp function)."""
     forward_loop, backward_loop, recurrent_grads = _loops(cell, reverse, unroll, "activations")
-    recurrent = cell.module.RECURRENT_PARAMS
+    recurrent = cell.spec.fused.recurrent_params
 
     def xla_forward(params, carry0, carry_reset, xs, reset, valid, mask):
         rec = {k: params[k] for k in recurrent}

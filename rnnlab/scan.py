@@ -1,7 +1,8 @@
 """The scan engine: the only place that calls ``jax.lax.scan`` and
 ``jax.lax.associative_scan``.
 
-``run`` owns everything around a cell's ``step``: hoisting the time-parallel
+``run`` owns everything around a cell's ``step``: which implementation runs
+(``choose_path``, the one place that decides, and says why), hoisting the time-parallel
 input projection, resets at document boundaries, variable lengths, the reverse
 direction, unrolling, rematerialisation and the dtype policy. For cells whose
 recurrence is linear in the state (``h_t = a_t * h_{t-1} + b_t``, elementwise;
@@ -12,6 +13,7 @@ and the reverse direction are folded into the coefficients (a, b) and ONE
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from rnnlab import cells as cells_lib
 from rnnlab import fused as fused_lib
-from rnnlab.cells._common import Array, Carry, Params
+from rnnlab.cells._common import Array, Carry, Params, dense_precompute
 
 
 def check_inputs(xs_TxBxD: Any, lengths_B: Any = None, reset_TxB: Any = None, d_in: int | None = None):
@@ -105,15 +107,7 @@ def run(
       (final carry, outputs hs_TxBxH).
     """
     cell = cells_lib.get(cell)
-    if path not in PATHS:
-        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
-    if path == "parallel" and not cell.has_parallel:
-        raise ValueError(
-            f"path='parallel': cell {cell.name!r} has no linear_coefficients (its recurrence is not "
-            "linear in the state); use path='sequential' or 'auto'"
-        )
-    if path == "parallel" and h_mask_BxH is not None:
-        raise ValueError("path='parallel' takes no h_mask_BxH (linear cells have no recurrent matmul)")
+    _check_path(cell, path, h_mask_BxH)
     w_x = params.get("w_x_DxG") if isinstance(params, dict) else None
     check_inputs(xs_TxBxD, lengths_B, reset_TxB, None if w_x is None else w_x.shape[0])
     # The carry is at least float32 and at least as wide as the parameters: a
@@ -123,10 +117,10 @@ def run(
     if compute_dtype is not None:
         params, xs_TxBxD = _cast_floats((params, xs_TxBxD), compute_dtype)
     n_steps = xs_TxBxD.shape[0]
-    chunk = remat_chunk(remat, n_steps)
+    choice = choose_path(cell, params, carry0, xs_TxBxD, h_mask_BxH=h_mask_BxH, compute_dtype=compute_dtype,
+                         remat=remat, fused=fused, fused_store=fused_store, path=path)
+    chunk, native = choice.chunk, choice.path == "native"
     # the native CPU layer does its own input projection; otherwise it is hoisted here
-    native = (fused and compute_dtype is None and chunk != 1 and cell.name in fused_lib.native_lib.CELLS
-              and fused_lib.native_applies(cell, fused_store, (params, carry0, xs_TxBxD, h_mask_BxH)))
     xp_TxBxG = None if native else cell.precompute(params, xs_TxBxD)  # hoisted: one matmul for all t
 
     valid_TxB = None
@@ -137,20 +131,128 @@ def run(
         if reverse:  # token t+1 opens a document, so t closes the previous one
             reset_TxB = jnp.concatenate([reset_TxB[1:], jnp.zeros_like(reset_TxB[:1])])
 
-    auto_parallel = (path == "auto" and h_mask_BxH is None and cell.has_parallel
-                     and prefer_parallel(cell, n_steps, kind=scan_kind(cell, params, xp_TxBxG)))
-    if path == "parallel" or auto_parallel:
+    if choice.path == "parallel":
         carry_T, hs_TxBxH = _run_parallel(cell, params, carry0, xp_TxBxG, reset_TxB, valid_TxB, reverse)
         if compute_dtype is not None:
             hs_TxBxH = hs_TxBxH.astype(compute_dtype)
         return carry_T, hs_TxBxH
 
     seq = dict(reverse=reverse, unroll=unroll, compute_dtype=compute_dtype, h_mask_BxH=h_mask_BxH,
-               fused=fused, fused_store=fused_store)
+               layer=choice.path, fused_store=fused_store)
     if chunk > 1:
-        return _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk, native=native, **seq)
+        return _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk, **seq)
     return _sequential(cell, params, carry0, carry0, xp_TxBxG, reset_TxB, valid_TxB, remat_step=chunk == 1,
                        xs_TxBxD=xs_TxBxD if native else None, **seq)
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """The implementation ``run`` takes, and why.
+
+    path: 'parallel' (one associative scan of a linear cell's coefficients), 'native'
+      (the fused layer as the native CPU code, ``rnnlab.native``; input projection
+      included), 'fused' (the XLA fused layer, ``rnnlab.fused``) or 'scan' (a
+      ``jax.lax.scan`` of ``step``, autodiff through it).
+    reason: what decided it, in words (argument, platform, dtype, length, environment).
+    chunk: steps per rematerialised chunk (``remat_chunk``; 0: none), each chunk run
+      on ``path``.
+    """
+
+    path: str
+    reason: str
+    chunk: int = 0
+
+
+def _check_path(cell: cells_lib.Cell, path: str, h_mask_BxH: Any) -> None:
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if path == "parallel" and not cell.has_parallel:
+        raise ValueError(
+            f"path='parallel': cell {cell.name!r} has no linear_coefficients (its recurrence is not "
+            "linear in the state); use path='sequential' or 'auto'"
+        )
+    if path == "parallel" and h_mask_BxH is not None:
+        raise ValueError("path='parallel' takes no h_mask_BxH (linear cells have no recurrent matmul)")
+
+
+def choose_path(cell: cells_lib.Cell | str, params: Params, carry0: Carry, xs_TxBxD: Array, *,
+                h_mask_BxH: Array | None = None, compute_dtype: Any = None, remat: bool | int = False,
+                fused: bool = True, fused_store: str = "activations", path: str = "auto") -> Choice:
+    """Which implementation ``run`` takes for these arguments (the same keywords), and why.
+    ``run`` calls it and follows it; call it to see what a layer will do, e.g.
+    ``scan.choose_path("lstm", params, carry0, xs)`` -> Choice('native', 'the native CPU ...').
+    Arrays may be abstract (``jax.ShapeDtypeStruct``): only shapes and dtypes are read.
+    ``carry0`` as ``run`` promotes it (at least float32 and the parameters' dtype).
+
+    In order: ``path='parallel'`` (an argument) or, for ``path='auto'`` and a linear cell
+    with no recurrent dropout mask, ``prefer_parallel`` (platform, kind of scan, length
+    T): 'parallel'. Otherwise the fused layer where ``fused`` (an argument), the cell has
+    one for its options, there is no ``compute_dtype`` and no per-step remat; it is
+    'native' where ``fused_store='activations'``, the cell is an LSTM/GRU with the dense
+    input projection, every array is float32, one device, and the native library is
+    built and not switched off (``RNNLAB_NATIVE``). Else 'scan'."""
+    cell = cells_lib.get(cell)
+    _check_path(cell, path, h_mask_BxH)
+    n_steps = xs_TxBxD.shape[0]
+    chunk = remat_chunk(remat, n_steps)
+    within = f" in rematerialised chunks of {chunk} steps" if chunk > 1 else ""
+    if path == "parallel":
+        return Choice("parallel", f"path='parallel' (argument): one associative scan of {cell.name}'s "
+                                  "linear coefficients", chunk)
+    if path == "auto" and cell.has_parallel:
+        if h_mask_BxH is not None:
+            why_not = "a recurrent dropout mask (h_mask_BxH) needs the sequential path"
+        else:
+            xp = jax.eval_shape(cell.precompute, params, xs_TxBxD)
+            kind, platform = scan_kind(cell, params, xp), jax.default_backend()
+            lo, hi = _PARALLEL_STEPS.get(platform, {}).get(kind, (None, None))
+            where = f"'{kind}' scan on {platform}, T={n_steps}"
+            if prefer_parallel(cell, n_steps, kind=kind):
+                return Choice("parallel", f"path='auto': {where} lies in the range measured faster, "
+                                          f"T in [{lo}, {hi or 'any'}] (prefer_parallel)", chunk)
+            measured = f"T in [{lo}, {hi or 'any'}]" if lo is not None else "no length"
+            why_not = f"path='auto': {where}, and the parallel path is measured faster for {measured}"
+    elif path == "sequential":
+        why_not = "path='sequential' (argument)"
+    else:
+        why_not = f"{cell.name} has no linear recurrence"
+    if not fused:
+        return Choice("scan", f"{why_not}; fused=False (argument): a scan of step{within}", chunk)
+    if not cell.has_fused:
+        return Choice("scan", f"{why_not}; {cell.name} has no fused layer for its options: a scan of step{within}",
+                      chunk)
+    if compute_dtype is not None:
+        return Choice("scan", f"{why_not}; compute_dtype={jnp.dtype(compute_dtype).name} takes the scan of step "
+                              "(the fused layers keep one dtype)", chunk)
+    if chunk == 1:
+        return Choice("scan", f"{why_not}; remat=1 rematerialises each step: a checkpointed scan of step", chunk)
+    fused_why = f"{why_not}; the fused layer of {cell.name} (fused=True){within}"
+    native_no = _native_blocker(cell, fused_store, (params, carry0, xs_TxBxD, h_mask_BxH))
+    if native_no:
+        return Choice("fused", f"{fused_why}, as XLA loops: {native_no}", chunk)
+    platform = jax.default_backend()
+    where = ("the native CPU code" if platform == "cpu" else
+             f"the native layer's function, which on {platform} lowers to the XLA fused loops")
+    return Choice("native", f"{fused_why}, as {where} (float32, one device, library built)", chunk)
+
+
+def _native_blocker(cell: cells_lib.Cell, fused_store: str, arrays) -> str:
+    """Why the fused layer does not run as native code ('' when it does)."""
+    native = fused_lib.native_lib
+    if fused_store != "activations":
+        return f"fused_store={fused_store!r} (argument); the native code keeps activations"
+    if cell.name not in native.CELLS or cell.spec.precompute is not dense_precompute:
+        return f"the native code runs {'/'.join(native.CELLS)} with the dense input projection only"
+    dtypes = {jnp.dtype(a.dtype).name for a in jax.tree.leaves(arrays)}
+    if dtypes != {"float32"}:
+        return f"dtype {'/'.join(sorted(dtypes))}; the native code is float32 only"
+    if jax.device_count() != 1:
+        return f"{jax.device_count()} devices; the native call would gather a sharded batch"
+    if native.switched_off():
+        return "RNNLAB_NATIVE=0 (environment)"
+    if not native.available():
+        return "the native library could not be built (see the warning)"
+    return ""
 
 
 def remat_chunk(remat: bool | int, n_steps: int) -> int:
@@ -169,7 +271,7 @@ def remat_chunk(remat: bool | int, n_steps: int) -> int:
     return min(int(remat), n_steps) if int(remat) > 1 else 1
 
 
-def _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk: int, native: bool, **seq):
+def _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk: int, **seq):
     """Chunked rematerialisation: an outer scan over chunks of ``chunk`` steps, each
     a ``jax.checkpoint``-ed call of the sequential path (fused where the cell has one).
     T is padded to a multiple of ``chunk`` with invalid steps (carry frozen, output
@@ -189,7 +291,7 @@ def _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk: in
 
     @jax.checkpoint
     def one_chunk(params, carry, xs_c, reset_c, valid_c):
-        if native:  # the native layer projects its inputs itself
+        if seq["layer"] == "native":  # the native layer projects its inputs itself
             return _sequential(cell, params, carry, carry0, None, reset_c, valid_c, remat_step=False,
                                xs_TxBxD=xs_c, **seq)
         xp_c = cell.precompute(params, xs_c)
@@ -204,14 +306,15 @@ def _run_chunked(cell, params, carry0, xs_TxBxD, reset_TxB, valid_TxB, chunk: in
 
 
 def _sequential(cell, params, carry_init, carry_reset, xp_TxBxG, reset_TxB, valid_TxB, *, reverse, unroll,
-                compute_dtype, h_mask_BxH, fused, fused_store, remat_step, xs_TxBxD=None):
+                compute_dtype, h_mask_BxH, layer, fused_store, remat_step, xs_TxBxD=None):
     """The step-by-step recurrence from ``carry_init``; a reset step starts again
     from ``carry_reset`` (the sequence's carry0, also inside a rematerialised chunk).
-    ``xs_TxBxD`` is given (and ``xp_TxBxG`` None) where the native layer applies."""
-    if fused and compute_dtype is None and not remat_step and fused_lib.supports(cell):
+    ``layer``: ``choose_path``'s 'native', 'fused' or 'scan'; ``xs_TxBxD`` is given (and
+    ``xp_TxBxG`` None) for 'native'."""
+    if layer in ("native", "fused"):
         return fused_lib.run(cell, params, carry_init, xp_TxBxG, reset_TxB=reset_TxB, valid_TxB=valid_TxB,
                              reverse=reverse, h_mask_BxH=h_mask_BxH, unroll=unroll, store=fused_store,
-                             carry_reset=carry_reset, xs_TxBxD=xs_TxBxD)
+                             carry_reset=carry_reset, xs_TxBxD=xs_TxBxD, native=layer == "native")
 
     def body(carry, inputs):
         xp_BxG, reset_B, valid_B = inputs

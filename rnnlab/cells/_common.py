@@ -1,9 +1,32 @@
-"""Shared vocabulary for cells: the shape legend, type aliases, initialisers.
+"""Shared vocabulary for cells: the shape legend, the cell contract as typed
+protocols, type aliases, initialisers.
 
-Shape legend (names carry shapes, e.g. ``h_BxH``, ``xs_TxBxD``):
-  T  time steps          B  batch            D  input features
-  H  hidden units        G  gate pre-activations (n_gates * H)
-  L  layers              V  vocabulary size
+Shape legend: names carry shapes (``h_BxH``, ``xs_TxBxD``), one meaning per letter
+across rnnlab/ (cells, scan, layers, fused, native, probes, ctc, models, data):
+
+  =====  ===========================================================================
+  T      time steps of a sequence (the scanned axis)
+  B      batch: sequences side by side
+  D      input features of a layer
+  H      hidden units: the output h of a cell
+  G      gate pre-activations of a step, n_gates * H (``xp_BxG``, ``w_h_HxG``)
+  N      state units of a cell when they are not H (a linear recurrence's state,
+         LSTMP's cell): ``h_BxN``, ``a_TxBxN``
+  A      what a fused step keeps for its backward pass, carry and gate
+         activations packed in one row (``acts_BxA``, ``saved_TxBxA``)
+  S      a flat stream of samples or tokens (``tokens_S``, ``wave_S``, ``doc_start_S``)
+  F      frames of a spectrogram (``logmel_FxM``)
+  M      mel bands (features of a frame)
+  C      channels (of a convolution, of a gradient-flow component)
+  O      output channels of a convolution
+  W      width of a convolution kernel (``w_WxWxCxO``)
+  E      ensemble members, or snapshots along training (``loss_E``, ``data_ExB``)
+  P      positions of a sequence inside one window (``tokens_BxP``)
+  V      vocabulary size (``logits_BxTxV``)
+  R      time lags of a probe (``lags_R``)
+  =====  ===========================================================================
+
+Layers are indexed (``layer_0``), never a shape letter.
 
 Conventions fixed for every cell in this package (tested against PyTorch/Flax):
   * time-major sequences: ``xs_TxBxD``;
@@ -12,13 +35,27 @@ Conventions fixed for every cell in this package (tested against PyTorch/Flax):
   * gate blocks inside G follow PyTorch's order (LSTM i,f,g,o; GRU r,z,n);
   * biases that enter a sum linearly are merged into one (PyTorch's
     ``b_ih + b_hh``); a bias that a gate multiplies stays separate (GRU ``b_hn``).
+
+The cell contract. A cell is a module of pure functions; ``rnnlab.cells`` checks
+each module against the protocols below when it is loaded (a missing, misspelt or
+half-provided function is a ``CellContractError`` naming the file and the function)
+and keeps what it found in a typed record, ``rnnlab.cells.CellSpec``:
+
+  ``PlainCell``         init, initial_carry, step (required); precompute (optional)
+  ``LinearRecurrence``  linear_coefficients: the parallel path (optional)
+  ``LinearExtras``      LOG_SPACE, to_state, from_state, readout (optional; only
+                        with linear_coefficients)
+  ``FusedCell``         RECURRENT_PARAMS, fused_forward, fused_backward,
+                        fused_param_grads: ``rnnlab.fused``'s layer (all or none);
+                        fused_available (optional, only with them)
+  ``CellExtras``        N_GATES, OPTION_CHOICES, CARRY_NAMES, output_of_carry (optional)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +64,92 @@ Array = jax.Array
 Params = Any  # a pytree (dict) of arrays
 Carry = Any  # an array or a tuple of arrays, each B x H, float32
 Initializer = Callable[[Array, tuple, Any], Array]  # (key, shape, dtype) -> array
+
+# ----------------------------------------------------------------------------- the contract
+# The protocols name the functions and their positional arguments; rnnlab.cells checks a
+# module against them when it loads it. Options are keyword-only arguments with defaults.
+
+
+class PlainCell(Protocol):
+    """Every cell: ``step`` is the only sequential code."""
+
+    def init(self, key: Array, d_in: int, d_h: int, /) -> Params:
+        """Parameters, a dict of arrays; keyword-only options and ``dtype``."""
+
+    def initial_carry(self, batch: int, d_h: int, /) -> Carry:
+        """Zeros, float32 leaves each ``B x width``, distinct buffers."""
+
+    def step(self, params: Params, carry: Carry, xp_BxG: Array, /) -> tuple[Carry, Array]:
+        """One time step -> (carry, h_BxH); an optional 4th argument ``h_mask_BxH``
+        (recurrent dropout) opts the cell into recurrent dropout."""
+
+
+class Precompute(Protocol):
+    """Optional: the work that is parallel in time (default: identity)."""
+
+    def precompute(self, params: Params, x_TxBxD: Array, /) -> Array:
+        """xs -> xp_TxBxG, usually ONE matmul ``x @ W_x + b`` for all t."""
+
+
+class LinearRecurrence(Protocol):
+    """Optional: h_t = a_t * h_{t-1} + b_t elementwise, a_t and b_t functions of the
+    input only; ``scan.run`` then has the parallel path (one associative scan)."""
+
+    def linear_coefficients(self, params: Params, xp_TxBxG: Array, /) -> tuple[Array, Array]:
+        """-> (a_TxBxN, b_TxBxN), possibly complex; (log a, log b) with LOG_SPACE."""
+
+
+class LinearExtras(Protocol):
+    """Optional, only beside ``linear_coefficients``."""
+
+    LOG_SPACE: bool  # the pair is (log a, log b), b > 0 (Feng et al. 2024); default False
+
+    def to_state(self, carry: Carry, /) -> Array:
+        """carry -> h_BxN (default: identity)."""
+
+    def from_state(self, h_BxN: Array, /) -> Carry:
+        """h_BxN -> carry (default: identity)."""
+
+    def readout(self, params: Params, h_TxBxN: Array, xp_TxBxG: Array, /) -> Array:
+        """The states -> hs_TxBxH (default: identity)."""
+
+
+class FusedCell(Protocol):
+    """Optional, all or none: the fused layer of ``rnnlab.fused`` (custom VJP; the
+    backward loop carries only the state gradients, W_h's gradient is one GEMM)."""
+
+    RECURRENT_PARAMS: tuple[str, ...]  # the parameters the recurrence reads (the rest enter via precompute)
+
+    def fused_forward(self, params: Params, carry_in: Carry, xp_BxG: Array, hm_BxH: Array, /):
+        """-> (carry, h_BxH, acts_BxA): acts are what the backward step needs."""
+
+    def fused_backward(self, params: Params, carry_in: Carry, acts_BxA: Array, h_mask_BxH: Array,
+                       d_carry: Carry, dy_BxH: Array, /):
+        """-> (d_carry_in, dxp_BxG, dhw_BxG): dhw w.r.t. hm @ W_h (None: equal to dxp)."""
+
+    def fused_param_grads(self, params: Params, hm_TxBxH: Array, dhw_TxBxG: Array, /) -> Params:
+        """The gradients of RECURRENT_PARAMS from the backward loop's outputs."""
+
+
+class FusedExtras(Protocol):
+    """Optional, only beside a fused layer."""
+
+    def fused_available(self) -> bool:
+        """Whether the fused layer applies for these (keyword-only) options, e.g. GRU
+        ``reset_after`` (default: always)."""
+
+
+class CellExtras(Protocol):
+    """Optional facts about a cell."""
+
+    N_GATES: int  # gate blocks in G (default 1)
+    OPTION_CHOICES: Mapping[str, tuple[str, ...]]  # the allowed values of a str option
+    CARRY_NAMES: tuple[str, ...]  # a name per carry leaf (probes)
+
+    def output_of_carry(self, carry: Carry, /) -> Array:
+        """carry -> h (probes; default: a single-array carry is h)."""
+
+
 
 INITIALIZERS = (
     "orthogonal", "lecun_normal", "glorot_uniform", "glorot_normal", "pytorch",

@@ -18,6 +18,7 @@ from rnnlab.cells._common import Array, Params, dense_precompute, initializer
 
 N_GATES = 1
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
+OPTION_CHOICES = {"nonlinearity": tuple(_ACTIVATIONS)}  # checked by cells.get
 
 
 def init(

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from rnnlab.cells._common import Array, Params
 
 _ACTS = {"gelu": jax.nn.gelu, "none": lambda v: v}
+OPTION_CHOICES = {"activation": tuple(_ACTS)}  # checked by cells.get
 
 
 def init(

@@ -25,6 +25,7 @@ from rnnlab.cells._common import Array, Params, dense_precompute, init_dense, re
 
 N_GATES = 4
 _FORGET = ("sigmoid", "exp")
+OPTION_CHOICES = {"forget_gate": tuple(_FORGET)}  # checked by cells.get
 
 
 def init(
