@@ -122,13 +122,14 @@ def run_compile(args) -> dict:
 
     jax.config.update("jax_enable_compilation_cache", False)
     from experiments import language_modelling
-    from rnnlab import train
     from rnnlab.models import lm as lm_lib
+    from rnnlab.tasks import lm as train
+    from rnnlab.train.optim import make_optimizer
 
     config = language_modelling.get_config("pytorch_example")
     vocab = 100 if args.quick else 33278  # WikiText-2's vocabulary (valid + test + the example's order)
     model = lm_lib.build(config.model, vocab)
-    tx = train.make_optimizer(config.optim)
+    tx = make_optimizer(config.optim)
     b, t = config.data.batch_size, config.data.seq_len
     times = []
     for i in range(args.repeats):

@@ -82,9 +82,14 @@ import numpy as np
 if __name__ == "__main__":  # run as a file: the rnnlab next to it, whatever else is installed
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rnnlab import cells, configs, probes, train_tasks  # noqa: E402
+from rnnlab import cells, configs, probes  # noqa: E402
 from rnnlab.models import seq as seq_lib  # noqa: E402
-from rnnlab.train import writers  # noqa: E402
+from rnnlab.tasks import sequence  # noqa: E402
+from rnnlab.train import (
+    checkpoint,  # noqa: E402
+    writers,  # noqa: E402
+)
+from rnnlab.train import config as train_config  # noqa: E402
 
 THIS_FILE = os.path.abspath(__file__)
 REPO_ROOT = os.path.dirname(os.path.dirname(THIS_FILE))
@@ -93,7 +98,7 @@ IRNN = "recurrent_init=identity,nonlinearity=relu"  # Le et al. 2015
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.trainer = "rnnlab.train_tasks:train_and_evaluate"  # the loop rnnlab.main calls: module:function(config, workdir)
+    c.trainer = "rnnlab.tasks.sequence:train_and_evaluate"  # the loop rnnlab.main calls: module:function(config, workdir)
     c.seed = 0  # params init; training batches are pure in (seed, step), eval batches in (seed, 1e9 + i)
 
     c.task = t = ml_collections.ConfigDict()
@@ -113,28 +118,11 @@ def base_config() -> ml_collections.ConfigDict:
     m.recurrent_radius = 0.0  # >0: rescale each recurrent gate block to this spectral radius after init
     m.unroll = 1  # scan unroll factor
 
-    c.optim = o = ml_collections.ConfigDict()
-    o.name = "adam"  # 'sgd' | 'adam' | 'adamw'
-    o.lr = 1e-2
-    o.momentum = 0.0  # sgd
-    o.weight_decay = 0.0  # sgd (coupled) or adamw (decoupled)
-    o.b1 = 0.9
-    o.b2 = 0.999
-    o.eps = 1e-8
-    o.clip_norm = 1.0  # global gradient-norm clipping, Pascanu et al. 2013 Alg. 1 (0: off)
-    o.schedule = "constant"  # 'constant' | 'cosine'
-
-    c.train = r = ml_collections.ConfigDict()
-    r.num_steps = 1500
-    r.checkpoint_steps = "0,100,500,1000,1500"  # snapshots kept for the probes (the last step always)
-    r.checkpoint_every = 250  # periodic checkpoints for resume
-    r.keep_checkpoints = 2
-    r.eval_every = 250
-    r.log_every = 100
-    r.max_minutes = 0.0  # >0: stop (with checkpoint and evaluation) after this wall time
-    r.async_checkpoint = True
-    r.tensorboard = False
-    r.data_parallel = "auto"  # 'auto' (every local device) | 'off' | 'multihost' (rnnlab.parallel)
+    c.optim = train_config.optim_config()
+    c.optim.lr = 1e-2
+    c.train = train_config.train_config()
+    c.train.update(num_steps=1500, checkpoint_steps=(0, 100, 500, 1000, 1500), checkpoint_every=250, keep_checkpoints=2,
+                   eval_every=250, log_every=100, tensorboard=False)
     return c
 
 
@@ -150,7 +138,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     elif variant == "smoke":
         c.task.update(length=20, batch_size=8, eval_batches=1, eval_batch_size=32)
         c.model.update(d_hidden=8)
-        c.train.update(num_steps=20, checkpoint_steps="0,10", checkpoint_every=10, eval_every=10, log_every=5)
+        c.train.update(num_steps=20, checkpoint_steps=(0, 10), checkpoint_every=10, eval_every=10, log_every=5)
     else:
         raise ValueError(f"unknown variant {variant!r} of gradient_flow; choose default (= full) or smoke")
     for k, v in overrides.items():
@@ -389,16 +377,16 @@ def probe_trial(workdir: str, *, batch_size: int = 32, jacobian_batch: int = 8, 
     with open(os.path.join(workdir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     desc = describe(config)
-    model, spec = train_tasks.build(config)
+    model, spec = sequence.build(config)
     like = jax.eval_shape(model.init, jax.random.key(0))
-    b = train_tasks.probe_batch(config, batch_size)
+    b = sequence.probe_batch(config, batch_size)
     xs, targets, mask = (jnp.asarray(a) for a in b)
     n_steps = spec.length
     window = min(window, n_steps - 1)
-    steps = train_tasks.snapshot_steps(workdir)
+    steps = checkpoint.snapshot_steps(workdir)
     snaps = {}
     for step in steps:
-        params = train_tasks.load_snapshot_params(workdir, step, like)
+        params = checkpoint.load_snapshot_params(workdir, step, like)
         gn = probes.task_grad_norms(model, params, xs, targets, mask)
         norms_T = np.asarray(gn.norms_T, np.float64)
         lag_T = n_steps - 1 - np.arange(n_steps)
@@ -837,7 +825,7 @@ def markdown(rep: dict) -> str:
     for stem, fig in rep["figures"].items():
         lines += [f"### {stem}", "", f"![{stem}]({fig['files'][0]})", ""]
     lines += ["## Notes", "",
-              "- Probes: a fixed batch per trial (`train_tasks.probe_batch`, never trained on); L is the task loss "
+              "- Probes: a fixed batch per trial (`rnnlab.tasks.sequence.probe_batch`, never trained on); L is the task loss "
               "(squared error at the last step, through the trained readout); the gradient is w.r.t. the carry after "
               "each step (probes.grad_norms_through_time): h for the tanh RNN/GRU/IRNN, (c, h) for the LSTM, whose "
               "c-part at lag 0 is 0 (h_(T-1) is computed from c_(T-1) inside the last step).",

@@ -51,13 +51,14 @@ from __future__ import annotations
 import ml_collections
 
 from rnnlab import configs
+from rnnlab.train import config as train_config
 
 SHARED = "../shared/data"
 
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.trainer = "rnnlab.train:train_and_evaluate"  # the loop rnnlab.main calls: module:function(config, workdir)
+    c.trainer = "rnnlab.tasks.lm:train_and_evaluate"  # the loop rnnlab.main calls: module:function(config, workdir)
     c.seed = 0  # params init, dropout masks and random window offsets derive from it
     c.init_from = ""  # warm start: a workdir or checkpoint folder to take parameters from
 
@@ -100,32 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
     m.unroll = 1  # scan unroll factor
     m.remat = False  # recompute activations in the backward pass (long T)
 
-    c.optim = o = ml_collections.ConfigDict()
-    o.name = "adam"  # 'sgd' | 'adam' | 'adamw'
-    o.lr = 2e-3
-    o.momentum = 0.0  # sgd
-    o.weight_decay = 0.0  # sgd (coupled) or adamw (decoupled)
-    o.b1 = 0.9
-    o.b2 = 0.999
-    o.eps = 1e-8
-    o.clip_norm = 1.0  # global gradient-norm clipping (0: off)
-    o.schedule = "constant"  # 'constant' | 'zaremba' | 'plateau' | 'cosine'
-    o.decay_factor = 0.5  # zaremba: per-epoch factor
-    o.decay_start_epoch = 4  # zaremba: epochs at the initial lr
-    o.plateau_factor = 4.0  # plateau: divide lr by this when validation does not improve
-
-    c.train = t = ml_collections.ConfigDict()
-    t.num_epochs = 1
-    t.num_steps = 0  # >0 overrides num_epochs
-    t.max_minutes = 0.0  # >0: stop (with checkpoint and evaluation) after this wall time
-    t.log_every = 50
-    t.eval_every = 0  # steps between validations (0: once per epoch)
-    t.checkpoint_every = 0  # steps between checkpoints (0: at each validation)
-    t.keep_checkpoints = 3
-    t.async_checkpoint = True
-    t.tensorboard = True
-    t.data_parallel = "auto"  # 'auto' (every local device) | 'off' | 'multihost' (rnnlab.parallel)
-
+    c.optim = train_config.optim_config()
+    c.train = train_config.train_config()
+    c.train.num_epochs = 1
     c.generate = g = ml_collections.ConfigDict()
     g.length = 300  # tokens sampled at the end of the run (0: none)
     g.prompt = ""  # default: newline (char) or <eos> (word)

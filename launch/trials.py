@@ -27,7 +27,7 @@ from typing import Any
 import ml_collections
 
 from rnnlab import cells, configs
-from rnnlab.train import RESUMABLE_CHANGES
+from rnnlab.train.config import RESUMABLE_CHANGES
 
 STATUS_FILE = "launch.json"  # written by the launcher into each workdir: state, job id, return code, error
 DEFAULT_METRICS = ("eval/loss", "valid/nll")  # KIND/KEY in metrics.jsonl, first one present wins

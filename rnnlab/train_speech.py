@@ -42,8 +42,11 @@ from rnnlab import ctc, native
 from rnnlab import features as feat
 from rnnlab.data import audio
 from rnnlab.models import speech as speech_lib
-from rnnlab.train import NonFiniteError, check_and_write_config, make_optimizer, writers
 from rnnlab.train import checkpoint as ckpt_lib
+from rnnlab.train import writers
+from rnnlab.train.config import check_and_write as check_and_write_config
+from rnnlab.train.loop import NonFiniteError
+from rnnlab.train.optim import make_optimizer
 
 EVAL_STEP0 = 10**9  # evaluation utterances are drawn at steps EVAL_STEP0 + i: never a training step
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -12,7 +12,7 @@ LM_VARIANTS = ["default", "smoke", "shakespeare_char", "ptb_small", "pytorch_exa
 def test_language_modelling_variants_build_and_are_locked(variant):
     exp = importlib.import_module("experiments.language_modelling")
     c = exp.get_config(variant)
-    assert c.trainer == "rnnlab.train:train_and_evaluate"
+    assert c.trainer == "rnnlab.tasks.lm:train_and_evaluate"
     with pytest.raises(AttributeError):
         c.optim.lrr = 1.0  # locked: a typo cannot create a key
 

@@ -7,16 +7,21 @@ so the runs happen in a subprocess."""
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
+import time
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = textwrap.dedent(r'''
     import json, sys
     import jax, numpy as np
-    from rnnlab import configs, train, train_tasks
+    from rnnlab import configs
+    from rnnlab.tasks import lm as train, sequence as train_tasks
     from experiments import gradient_flow as gf, language_modelling as lm_exp
 
     assert len(jax.devices()) == 4, jax.devices()
@@ -131,7 +136,7 @@ MULTIHOST_SCRIPT = textwrap.dedent(r'''
     import json, sys
     import jax, numpy as np
     from jax.experimental import multihost_utils
-    from rnnlab import train, train_tasks
+    from rnnlab.tasks import lm as train, sequence as train_tasks
     from experiments import gradient_flow as gf, language_modelling as lm_exp
 
     mode, tmp = sys.argv[1], sys.argv[2]
@@ -161,14 +166,53 @@ MULTIHOST_SCRIPT = textwrap.dedent(r'''
 ''')
 
 
+SLURM_PORT_BASE = 65535 - 2**12 + 1  # jax's SlurmCluster: coordinator port = SLURM_JOB_ID % 4096 + this
+
+
+def _free_coordinator_port() -> int:
+    """A port in jax's SLURM range that no one listens on now. Not a port derived from
+    the pid: the coordinator (gRPC) binds with SO_REUSEPORT, so a second run on a port
+    in use (another test session on this machine, a rank left over) does not fail to
+    bind; the two coordinators share the port and a rank may join the other run."""
+    rng = np.random.default_rng()
+    for _ in range(200):
+        port = SLURM_PORT_BASE + int(rng.integers(2**12))
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # no SO_REUSEPORT: a listener refuses us
+            try:
+                s.bind(("0.0.0.0", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError(f"no free port in {SLURM_PORT_BASE}..65535 for the jax coordinator")
+
+
+def _wait_for_ranks(procs, tmp_path, timeout_s: float) -> None:
+    """Wait for both ranks; the first one to fail stops the other at once. A rank that
+    raises runs jax's shutdown barrier at exit, where it waits up to 300 s for a peer
+    that is itself blocked in a collective on the dead rank: without this the test
+    hangs and then reports a barrier timeout instead of the error."""
+    deadline = time.time() + timeout_s
+    while any(p.poll() is None for p in procs):
+        failed = [r for r, p in enumerate(procs) if p.poll() not in (None, 0)]
+        if failed or time.time() > deadline:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            why = f"rank {failed[0]} failed" if failed else f"the ranks did not finish within {timeout_s:.0f} s"
+            logs = "\n=====\n".join(f"rank {r}:\n" + (tmp_path / f"rank{r}.log").read_text()[-3000:] for r in (0, 1))
+            raise AssertionError(f"{why}; their logs (the first error is the cause):\n{logs}")
+        time.sleep(0.5)
+
+
 def test_multihost_through_slurm_environment_equals_one_device(tmp_path):
     """Two processes of two CPU devices each find each other from SLURM's variables
     (as srun sets them) through jax.distributed.initialize(), train on the 4-device
     mesh with one shared workdir, and end with the single-device parameters."""
     (tmp_path / "corpus.txt").write_text(
         "".join(f"line {i}: the quick brown fox jumps over the lazy dog {i % 7}\n" for i in range(300)))
-    job_id = str(os.getpid() % 4000 + 1000)  # the coordinator port derives from it
-    base = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}
+    job_id = str(_free_coordinator_port() - SLURM_PORT_BASE + 2**12)  # jax derives the coordinator port from it
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_COORDINATOR"))}
+    base.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
     procs, logs = [], []
     for rank in (0, 1):
         env = {**base, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "SLURM_JOB_ID": job_id,
@@ -177,11 +221,16 @@ def test_multihost_through_slurm_environment_equals_one_device(tmp_path):
         logs.append(log := open(tmp_path / f"rank{rank}.log", "w"))  # a file, not a pipe: a full pipe stalls a rank
         procs.append(subprocess.Popen([sys.executable, "-c", MULTIHOST_SCRIPT, "multihost", str(tmp_path)], cwd=ROOT,
                                       env=env, stdout=log, stderr=subprocess.STDOUT, text=True))
-    single = subprocess.run([sys.executable, "-c", MULTIHOST_SCRIPT, "off", str(tmp_path)], cwd=ROOT, env=base,
-                            capture_output=True, text=True, timeout=600)
-    for p, log in zip(procs, logs, strict=True):
-        p.wait(timeout=600)
-        log.close()
+    try:
+        single = subprocess.run([sys.executable, "-c", MULTIHOST_SCRIPT, "off", str(tmp_path)], cwd=ROOT, env=base,
+                                capture_output=True, text=True, timeout=600)
+        _wait_for_ranks(procs, tmp_path, timeout_s=600)
+    finally:
+        for p, log in zip(procs, logs, strict=True):
+            if p.poll() is None:  # never leave a rank behind (it holds the port and a CPU)
+                p.kill()
+                p.wait()
+            log.close()
     outs = [(tmp_path / f"rank{rank}.log").read_text() for rank in (0, 1)]
     results = []
     for text, rc in [(o, p.returncode) for o, p in zip(outs, procs, strict=True)] + [(single.stdout + single.stderr,

@@ -13,9 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnlab import cells, configs, probes, train, train_tasks
+from rnnlab import cells, configs, probes
 from rnnlab.layers import Stack
 from rnnlab.models import seq
+from rnnlab.tasks import sequence as train_tasks
+from rnnlab.train import checkpoint
+from rnnlab.train.loop import NonFiniteError
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from experiments import gradient_flow as gf  # noqa: E402
@@ -41,7 +44,7 @@ def test_smoke_runs_through_main_and_the_report_regenerates_from_its_checkpoints
     assert "step 5/20" in out.stdout and "tok/s" in out.stdout and "ETA" in out.stdout
     result = json.load(open(wd / "result.json"))
     assert result["finished"] and result["step"] == 20 and result["eval_baseline"] == pytest.approx(1 / 6)
-    assert train_tasks.snapshot_steps(str(wd)) == [0, 10, 20]
+    assert checkpoint.snapshot_steps(str(wd)) == [0, 10, 20]
     rows = [json.loads(ln) for ln in open(wd / "metrics.jsonl")]
     assert {"loss", "grad_norm", "param_norm", "update_norm", "clipped"} <= set(rows[0])
     assert any(r["kind"] == "eval" for r in rows)
@@ -64,7 +67,7 @@ def test_smoke_runs_through_main_and_the_report_regenerates_from_its_checkpoints
 def _final_params(wd, step):
     model, _ = train_tasks.build(_smoke())
     like = jax.eval_shape(model.init, jax.random.key(0))
-    return train_tasks.load_snapshot_params(str(wd), step, like)
+    return checkpoint.load_snapshot_params(str(wd), step, like)
 
 
 def test_resume_continues_bitwise(tmp_path):
@@ -82,10 +85,10 @@ def test_resume_continues_bitwise(tmp_path):
 
 
 def test_non_finite_loss_stops_without_saving(tmp_path):
-    with pytest.raises(train.NonFiniteError, match="non-finite"):
+    with pytest.raises(NonFiniteError, match="non-finite"):
         train_tasks.train_and_evaluate(_smoke(**{"optim.lr": 1e30, "optim.clip_norm": 0.0}), str(tmp_path))
     assert not os.listdir(tmp_path / "checkpoints")  # no periodic save
-    assert train_tasks.snapshot_steps(str(tmp_path)) == [0]  # the initialisation, saved before step 1
+    assert checkpoint.snapshot_steps(str(tmp_path)) == [0]  # the initialisation, saved before step 1
 
 
 @pytest.mark.parametrize("cell, init, radius", [("elman", "orthogonal", 0.9), ("elman", "identity", 0.5),

@@ -16,8 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from rnnlab import configs, train
+from rnnlab import configs
+from rnnlab.tasks import lm
 from rnnlab.train import checkpoint
+from rnnlab.train.loop import NonFiniteError
 from rnnlab.train.writers import read_metrics
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -54,7 +56,7 @@ def _final_params(workdir):
 
 def test_run_trains_evaluates_checkpoints_and_logs(tmp_path, capsys):
     wd = str(tmp_path / "run")
-    summary = train.train_and_evaluate(_config(tmp_path), wd)
+    summary = lm.train_and_evaluate(_config(tmp_path), wd)
     out = capsys.readouterr().out
     assert "step 4/24" in out and "tok/s" in out and "ETA" in out and "validation at step 8" in out
     assert summary["finished"] and summary["valid_bpc"] > 0 and "test_bpc" in summary
@@ -70,7 +72,7 @@ def test_run_trains_evaluates_checkpoints_and_logs(tmp_path, capsys):
         assert os.path.getsize(path) > 1000
     # a finished run is not redone or overwritten
     mtime = os.path.getmtime(os.path.join(wd, "result.json"))
-    again = train.train_and_evaluate(_config(tmp_path), wd)
+    again = lm.train_and_evaluate(_config(tmp_path), wd)
     assert again == json.load(open(os.path.join(wd, "result.json")))
     assert os.path.getmtime(os.path.join(wd, "result.json")) == mtime
 
@@ -126,11 +128,11 @@ def _garble(state_dir):
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
     wd = str(tmp_path / "run")
-    train.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 16}), wd)
+    lm.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 16}), wd)
     state_dir = os.path.join(wd, "checkpoints", "16", "state")
     _garble(state_dir)
     capsys.readouterr()
-    summary = train.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 24}), wd)
+    summary = lm.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 24}), wd)
     err = capsys.readouterr()
     assert "checkpoint at step 16" in err.err and "falling back to step 8" in err.err
     assert "resumed from step 8" in err.out
@@ -139,7 +141,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(tmp_path, capsys):
 
 def test_load_params_reads_quietly_and_skips_an_unreadable_checkpoint(tmp_path, capsys, caplog):
     wd = str(tmp_path / "run")
-    train.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 16}), wd)
+    lm.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 16}), wd)
     like = _final_params(wd)[1]
     shutil.rmtree(os.path.join(wd, "best"), ignore_errors=True)
     capsys.readouterr()
@@ -158,8 +160,8 @@ def test_nan_stops_the_run_without_saving(tmp_path):
     wd = str(tmp_path / "run")
     cfg = _config(tmp_path, **{"optim.name": "sgd", "optim.lr": "inf", "optim.clip_norm": 0.0,
                                "train.checkpoint_every": 1, "train.num_steps": 50})
-    with pytest.raises(train.NonFiniteError, match=r"non-finite training loss at step \d+"):
-        train.train_and_evaluate(cfg, wd)
+    with pytest.raises(NonFiniteError, match=r"non-finite training loss at step \d+"):
+        lm.train_and_evaluate(cfg, wd)
     ck = checkpoint.Checkpointer(wd)
     from orbax.checkpoint import args as oargs
 
@@ -171,27 +173,27 @@ def test_nan_stops_the_run_without_saving(tmp_path):
 
 def test_resume_refuses_another_config_and_another_vocabulary(tmp_path):
     wd = str(tmp_path / "run")
-    train.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 8}), wd)
+    lm.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 8}), wd)
     with pytest.raises(ValueError, match=r"config differs from the run .*model\.d_hidden: 16 -> 32"):
-        train.train_and_evaluate(_config(tmp_path, **{"model.d_hidden": 32}), wd)
+        lm.train_and_evaluate(_config(tmp_path, **{"model.d_hidden": 32}), wd)
     vocab_path = os.path.join(wd, "vocab.json")
     v = json.load(open(vocab_path))
     json.dump({**v, "itos": v["itos"][::-1]}, open(vocab_path, "w"))
     with pytest.raises(ValueError, match="vocabulary"):
-        train.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 16}), wd)
+        lm.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 16}), wd)
 
 
 def test_bad_inputs_have_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.txt"):
-        train.train_and_evaluate(_config(tmp_path, **{"data.source": str(tmp_path / "nope.txt")}), str(tmp_path / "a"))
+        lm.train_and_evaluate(_config(tmp_path, **{"data.source": str(tmp_path / "nope.txt")}), str(tmp_path / "a"))
     (tmp_path / "empty.txt").write_text("")
     with pytest.raises(ValueError, match="empty"):
-        train.train_and_evaluate(_config(tmp_path, **{"data.source": str(tmp_path / "empty.txt")}), str(tmp_path / "b"))
+        lm.train_and_evaluate(_config(tmp_path, **{"data.source": str(tmp_path / "empty.txt")}), str(tmp_path / "b"))
     (tmp_path / "bad.txt").write_bytes(b"hello \xff\xfe world\n" * 50)
     with pytest.raises(ValueError, match="UTF-8"):
-        train.train_and_evaluate(_config(tmp_path, **{"data.source": str(tmp_path / "bad.txt")}), str(tmp_path / "c"))
+        lm.train_and_evaluate(_config(tmp_path, **{"data.source": str(tmp_path / "bad.txt")}), str(tmp_path / "c"))
     with pytest.raises(ValueError, match="unknown cell 'lstn'"):
-        train.train_and_evaluate(_config(tmp_path, **{"model.cell": "lstn"}), str(tmp_path / "d"))
+        lm.train_and_evaluate(_config(tmp_path, **{"model.cell": "lstn"}), str(tmp_path / "d"))
 
 
 def test_mistyped_config_key_fails_on_the_command_line(tmp_path):
@@ -205,16 +207,16 @@ def test_mistyped_config_key_fails_on_the_command_line(tmp_path):
 
 def test_warm_start_from_another_run(tmp_path, capsys):
     a = str(tmp_path / "a")
-    train.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 8}), a)
+    lm.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 8}), a)
     _, params_a = _final_params(a)
     b = str(tmp_path / "b")
-    train.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 1, "init_from": a, "optim.lr": 0.0}), b)
+    lm.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 1, "init_from": a, "optim.lr": 0.0}), b)
     assert "warm start" in capsys.readouterr().out
     _, params_b = _final_params(b)
     for x, y in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     with pytest.raises(ValueError, match="another model"):
-        train.train_and_evaluate(_config(tmp_path, **{"init_from": a, "model.d_hidden": 32}), str(tmp_path / "c"))
+        lm.train_and_evaluate(_config(tmp_path, **{"init_from": a, "model.d_hidden": 32}), str(tmp_path / "c"))
 
 
 @pytest.mark.parametrize("variant", ["smoke"])

@@ -12,8 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnlab import cells, configs, scan, train, train_tasks
+from rnnlab import cells, configs, scan
 from rnnlab.models import lm as lm_lib
+from rnnlab.tasks import lm, sequence
+from rnnlab.train.optim import make_optimizer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from experiments import gradient_flow, language_modelling  # noqa: E402
@@ -233,7 +235,7 @@ def test_one_lm_smoke_step_and_one_adding_step_have_finite_loss(name):
     c.unlock()
     c.model.cell = name
     model = lm_lib.build(c.model, vocab)
-    tx = train.make_optimizer(c.optim)
+    tx = make_optimizer(c.optim)
     params = model.init(jax.random.key(0))
     batch_size, seq_len = 2, 8
     state = {"params": params, "opt_state": tx.init(params), "carries": model.initial_carries(batch_size),
@@ -241,16 +243,16 @@ def test_one_lm_smoke_step_and_one_adding_step_have_finite_loss(name):
     tokens = jax.random.randint(jax.random.key(1), (batch_size, seq_len + 1), 0, vocab)
     batch = {"x": tokens[:, :-1], "y": tokens[:, 1:], "reset": jnp.zeros((batch_size, seq_len), bool),
              "new_epoch": jnp.asarray(True)}
-    new_state, m = train.train_step(model, tx, state, batch, 1e-3, 0)
+    new_state, m = lm.train_step(model, tx, state, batch, 1e-3, 0)
     assert np.isfinite(float(m["loss"])) and float(m["update_norm"]) > 0
 
     g = gradient_flow.get_config(f"smoke,cell={name}")
-    seq_model, spec = train_tasks.build(g)
-    tx = train.make_optimizer(g.optim)
+    seq_model, spec = sequence.build(g)
+    tx = make_optimizer(g.optim)
     p = seq_model.init(jax.random.key(0))
     b = spec.batch(0, 0, 4)
     state = {"params": p, "opt_state": tx.init(p), "step": jnp.asarray(0, jnp.int32)}
-    _, m = train_tasks.train_step(seq_model, tx, state, {"xs": b.xs_TxBxD, "targets": b.targets_TxB,
+    _, m = sequence.train_step(seq_model, tx, state, {"xs": b.xs_TxBxD, "targets": b.targets_TxB,
                                                          "mask": b.mask_TxB}, 1e-3)
     assert np.isfinite(float(m["loss"]))
 

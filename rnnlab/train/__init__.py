@@ -1,8 +1,9 @@
-"""Training: THE loop (``loop.py``) and what it owns: checkpoints (``checkpoint.py``),
-metric writers (``writers.py``)."""
+"""Training: THE loop and what it owns.
 
-
-def __getattr__(name):  # transitional: the language-model loop while the one loop replaces it
-    from rnnlab import train_lm_old
-
-    return getattr(train_lm_old, name)
+    loop.py        ``run(config, workdir, make_task)`` and the ``Task`` record a study brings
+    optim.py       the optax optimizer and the learning-rate schedule
+    config.py      the optim/train config sections and the workdir's config guard
+    checkpoint.py  Orbax checkpoints (latest, best, snapshots) and parameter loading
+    writers.py     metrics.jsonl, TensorBoard, console progress
+    status.py      status.json, the run's machine-readable state
+"""

@@ -15,6 +15,8 @@ from typing import Any
 
 def jsonable(v: Any) -> Any:
     """``v`` as JSON can hold it: numbers as floats (NaN/Inf as strings), dicts and lists inside."""
+    if isinstance(v, bool) or v is None:
+        return v
     if isinstance(v, Mapping):
         return {k: jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -59,7 +61,7 @@ class MetricWriter:
         if not self.enabled:
             return
         row = {"step": int(step), "kind": kind, "time": time.time()}
-        row.update({k: jsonable(v) for k, v in metrics.items()})
+        row.update({k: float(v) if isinstance(v, bool) else jsonable(v) for k, v in metrics.items()})
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:

@@ -1,0 +1,180 @@
+"""Sequence tasks on the one loop: the generated long-range tasks (adding,
+copying memory, temporal order; ``data.synthetic``) and sequence classification
+(scikit-learn's 8x8 digits; ``data.digits``), with a ``models.seq.SeqModel``.
+
+Config: a ``task`` section (name, length, batch_size, eval_batches, eval_batch_size,
+n_copy, n_symbols) beside model/optim/train; trainer 'rnnlab.tasks.sequence:train_and_evaluate'
+(``experiments/gradient_flow.py``, ``experiments/copy_lengths.py``).
+
+Training batches are pure in (seed, step), evaluation batches in (seed,
+EVAL_STEP0 + i) and the test stream in (seed, TEST_STEP0 + i), so they never meet.
+Evaluations are logged and never pick a checkpoint: the result is the model at
+the last step. ``train.checkpoint_steps`` keeps snapshots for probes
+(``checkpoint.load_snapshot_params``); ``probe_batch`` is the batch they look at.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from rnnlab.data import digits, synthetic
+from rnnlab.models import seq as seq_lib
+from rnnlab.train import loop, writers
+from rnnlab.train.optim import make_optimizer
+
+EVAL_STEP0 = 10**9  # evaluation batches are drawn at steps EVAL_STEP0 + i: never a training step
+TEST_STEP0 = 3 * 10**9  # the final test batches (a stream apart from validation's, for model selection)
+PROBE_STEP = 2 * 10**9  # the batch that probes (reports) look at
+
+
+class TaskSpec(NamedTuple):
+    batch: Callable[[int, int, int], synthetic.Batch]  # (seed, step, batch_size) -> Batch
+    d_in: int
+    d_out: int
+    loss: str  # 'mse' | 'ce'
+    readout: str  # 'last' | 'all'
+    baseline: float  # the loss of the best memoryless predictor
+    length: int  # T of every sequence
+    split: Callable[[str], synthetic.Batch] | None = None  # finite datasets: 'valid'/'test' -> the whole split
+
+
+def task_spec(task: ml_collections.ConfigDict) -> TaskSpec:
+    """The task of a config's ``task`` section. ``task.length`` is T (for 'copy',
+    the delay; T = delay + 2 * n_copy)."""
+    if task.name == "adding":
+        fn = functools.partial(synthetic.adding_problem, length=task.length)
+        return TaskSpec(lambda s, i, b: fn(s, i, batch_size=b), 2, 1, "mse", "last",
+                        synthetic.adding_baseline(), task.length)
+    if task.name == "copy":
+        fn = functools.partial(synthetic.copy_memory, delay=task.length, n_copy=task.n_copy, n_symbols=task.n_symbols)
+        n_classes = task.n_symbols + 2
+        return TaskSpec(lambda s, i, b: fn(s, i, batch_size=b), n_classes, n_classes, "ce", "all",
+                        synthetic.copy_memory_baseline(task.length, task.n_copy, task.n_symbols),
+                        task.length + 2 * task.n_copy)
+    if task.name == "temporal_order":
+        fn = functools.partial(synthetic.temporal_order, length=task.length)
+        return TaskSpec(lambda s, i, b: fn(s, i, batch_size=b), len(synthetic.TEMPORAL_ORDER_SYMBOLS),
+                        len(synthetic.TEMPORAL_ORDER_CLASSES), "ce", "last",
+                        synthetic.temporal_order_baseline(), task.length)
+    if task.name == "digits":  # sklearn's 8x8 digits; task.length 64: pixel by pixel, 8: row by row
+        order = digits.order_for_length(task.length)
+        return TaskSpec(lambda s, i, b: digits.digits_batch(s, i, batch_size=b, order=order),
+                        64 // task.length, digits.N_CLASSES, "ce", "last", digits.digits_baseline(), task.length,
+                        split=functools.partial(digits.digits_split, order=order))
+    raise ValueError(f"task.name must be one of {sorted([*synthetic.TASKS, 'digits'])}, got {task.name!r}")
+
+
+def build(config: ml_collections.ConfigDict) -> tuple[seq_lib.SeqModel, TaskSpec]:
+    spec = task_spec(config.task)
+    return seq_lib.build(config.model, spec.d_in, spec.d_out, loss=spec.loss, readout=spec.readout), spec
+
+
+def probe_batch(config: ml_collections.ConfigDict, batch_size: int) -> synthetic.Batch:
+    """The fixed batch probes look at: pure in (seed, PROBE_STEP), never trained on."""
+    return task_spec(config.task).batch(config.seed, PROBE_STEP, batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2,))
+def train_step(model: seq_lib.SeqModel, tx: optax.GradientTransformation, state: dict, batch: dict, lr):
+    """One update. ``tx`` clips by global norm first when optim.clip_norm > 0
+    (Pascanu et al. 2013, Alg. 1); ``grad_norm`` is logged before clipping."""
+
+    def loss_fn(params):
+        return model.loss_and_metrics(params, batch["xs"], batch["targets"], batch["mask"])
+
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    direction, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    updates = jax.tree.map(lambda d: -lr * d, direction)
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {
+        **{k: v for k, v in aux.items() if k != "count"},
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+        "update_norm": optax.tree.norm(updates),
+    }
+    return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def eval_step(model: seq_lib.SeqModel, params, batch: dict) -> dict:
+    _, m = model.loss_and_metrics(params, batch["xs"], batch["targets"], batch["mask"])
+    return m
+
+
+def device_batch(b: synthetic.Batch) -> dict:
+    return {"xs": b.xs_TxBxD, "targets": b.targets_TxB, "mask": b.mask_TxB}
+
+
+def evaluate(model: seq_lib.SeqModel, params, config: ml_collections.ConfigDict, spec: TaskSpec,
+             split: str = "valid") -> dict:
+    """Mean loss (and accuracy) over ``task.eval_batches`` fresh batches (drawn
+    from the stream at EVAL_STEP0 for 'valid', TEST_STEP0 for 'test'; a finite
+    dataset's whole split instead), next to the baseline and the loss of the
+    memoryless predictor on the same batches."""
+    t = config.task
+    total = {"loss": 0.0, "accuracy": 0.0, "count": 0.0, "memoryless": 0.0}
+    step0 = {"valid": EVAL_STEP0, "test": TEST_STEP0}[split]
+    batches = ([spec.split(split)] if spec.split is not None else
+               (spec.batch(config.seed, step0 + i, t.eval_batch_size) for i in range(t.eval_batches)))
+    for b in batches:
+        m = {k: float(v) for k, v in eval_step(model, params, device_batch(b)).items()}
+        total["loss"] += m["loss"] * m["count"]
+        total["accuracy"] += m.get("accuracy", 0.0) * m["count"]
+        total["count"] += m["count"]
+        if spec.loss == "mse":  # the memoryless predictor: the target's mean, 1 (adding)
+            total["memoryless"] += float(np.sum(b.mask_TxB * (b.targets_TxB - 1.0) ** 2))
+    n = max(total["count"], 1.0)
+    out = {"loss": total["loss"] / n, "baseline": spec.baseline}
+    out["loss_over_baseline"] = out["loss"] / spec.baseline
+    if spec.loss == "ce":
+        out["accuracy"] = total["accuracy"] / n
+    else:
+        out["memoryless_loss"] = total["memoryless"] / n
+    return out
+
+
+def make_task(config: ml_collections.ConfigDict, workdir: str) -> loop.Task:
+    """The sequence task of ``config`` (see the module docstring)."""
+    model, spec = build(config)
+    tx = make_optimizer(config.optim)
+    params = model.init(jax.random.key(config.seed))
+    state = {"params": params, "opt_state": tx.init(params), "step": jnp.asarray(0, jnp.int32)}
+    if config.train.num_epochs:
+        raise ValueError("train.num_epochs: sequence tasks have no epochs; set train.num_steps")
+
+    def finish(state: dict, step: int, ev: dict, best: dict | None) -> dict:
+        test = evaluate(model, state["params"], config, spec, "test")  # held out from model selection
+        evals = writers.read_metrics(workdir, "eval")
+        target = spec.baseline / 10
+        return {**{f"eval_{k}": v for k, v in ev.items()},
+                **{f"test_{k}": v for k, v in test.items() if k in ("loss", "accuracy")},
+                "solved": ev["loss"] < target,  # a tenth of the baseline (Arjovsky et al. 2016's bar for adding)
+                "first_solved_step": next((r["step"] for r in evals if r["loss"] < target), None),
+                "best_eval_loss": min(r["loss"] for r in evals)}
+
+    cell, b = model.stack.cell, config.task.batch_size
+    return loop.Task(
+        name=f"task {config.task.name}", state=state,
+        train_step=lambda s, batch, lr: train_step(model, tx, s, batch, lr),
+        batch=lambda i: device_batch(spec.batch(config.seed, i, b)),
+        evaluate=lambda s, step: evaluate(model, s["params"], config, spec), finish=finish,
+        total_steps=config.train.num_steps, baseline=spec.baseline,
+        banner=(f"T={spec.length} (baseline {spec.baseline:.4g}); model {model.stack.num_layers}x{model.stack.d_h} "
+                f"{cell.name}{dict(cell.options) or ''}"
+                f"{f', recurrent radius {model.recurrent_radius}' if model.recurrent_radius else ''}"),
+        batch_size=b, units=lambda _: b * spec.length, batch_axis=1,
+        describe_eval=lambda ev: (f": loss {ev['loss']:.4g} (baseline {ev['baseline']:.4g}, "
+                                  f"ratio {ev['loss_over_baseline']:.3g})"))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """``loop.run`` of this task (the function tests and notebooks call)."""
+    return loop.run(config, workdir, make_task)
