@@ -89,12 +89,21 @@ def parse_bool(value: str, *, name: str = "value") -> bool:
 def parse_tuple(value: str, like: tuple, *, name: str = "value") -> tuple:
     """'0;500;2000' (or '0,500,2000') -> (0, 500, 2000): items separated by ';' or
     ',' (in the variant argument ',' separates overrides, so use ';' there), each
-    converted to the type of ``like``'s first item (str when ``like`` is empty).
-    '' is the empty tuple."""
+    converted to the type of ``like``'s first item (when ``like`` is empty: a Python
+    literal if it reads as one, else the string). '' is the empty tuple."""
     items = [s.strip() for s in value.replace(";", ",").split(",")]
     if items == [""]:
         return ()
-    return tuple(_convert(item, like[0] if like else "", f"{name}[{i}]") for i, item in enumerate(items))
+    if not like:
+        return tuple(_literal_or_str(item) for item in items)
+    return tuple(_convert(item, like[0], f"{name}[{i}]") for i, item in enumerate(items))
+
+
+def _literal_or_str(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def _convert(value: str, like: Any, name: str) -> Any:
