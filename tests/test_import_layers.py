@@ -49,10 +49,7 @@ RULES = (
 
 # Known violations being removed by work in progress: path -> what removes it. The main test
 # skips them; test_pending_violations_are_still_pending fails once one is gone, so the entry goes too.
-PENDING = {
-    "rnnlab/transcribe.py": "imports rnnlab.train_speech (ema_params, the ROVER/prior decoding); both move "
-                            "to experiments/speech/ with the speech recipe (issue 34, Deliver 2)",
-}
+PENDING: dict[str, str] = {}  # e.g. {"rnnlab/transcribe.py": "moves to experiments/speech/ (issue 34)"}
 
 
 class Violation(NamedTuple):
