@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
     d.test_split = ""
     d.fractions = (0.9, 0.05, 0.05)  # single-text sources: train/valid/test share of characters
     d.vocab_order = "frequency"  # 'frequency' | 'first_seen' (PyTorch example's order)
-    d.vocab_splits = "train"  # comma list of splits the vocabulary is built from
+    d.vocab_splits = ("train",)  # the splits the vocabulary is built from
     d.vocab_size = 0  # keep the N most frequent tokens (0: all)
     d.min_count = 1  # drop tokens seen fewer times (mapped to <unk>)
     d.errors = "strict"  # bytes that are not UTF-8: 'strict' (error) or 'replace' (U+FFFD)
@@ -135,7 +135,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     elif variant in ("ptb_small", "pytorch_example"):
         c.data.update(source=f"{SHARED}/wikitext-2", level="word", train_split="valid.txt[:3390]",
                       valid_split="valid.txt[3390:]", test_split="test.txt", vocab_order="first_seen",
-                      vocab_splits="train,valid,test", doc_resets=False)
+                      vocab_splits=("train", "valid", "test"), doc_resets=False)
         c.generate.update(length=30, temperature=1.0)
         if variant == "ptb_small":
             c.data.update(batch_size=20, seq_len=20, eval_batch_size=20)

@@ -103,7 +103,7 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> text_data.Corp
     corpus = text_data.load_corpus(
         d.source, level=d.level, cache_dir=os.path.expanduser(d.cache_dir) if d.cache_dir else None,
         order=d.vocab_order, max_size=d.vocab_size or None, min_count=d.min_count,
-        vocab_splits=tuple(d.vocab_splits.split(",")), fractions=tuple(d.fractions),
+        vocab_splits=tuple(d.vocab_splits), fractions=tuple(d.fractions),
         splits=splits or None, errors=d.errors, text_column=d.text_column,
         hf_config=d.hf_config or None,
     )

@@ -42,9 +42,9 @@ from rnnlab.train import config as config_lib
 from rnnlab.train import status, writers
 from rnnlab.train.optim import Schedule
 
-FAR_ABOVE_BASELINE = 2.0  # a loss this many times the memoryless baseline is 'far above' it
+FAR_ABOVE_BASELINE = 1.5  # a loss this many times the memoryless baseline (chance) is "far above" it
 FAR_ABOVE_CLIP = 100.0  # a gradient norm this many times optim.clip_norm is 'far above' it
-DIVERGED_AFTER = 3  # ... for this many logged steps or evaluations in a row (past the first 10% of steps)
+DIVERGED_AFTER = 3  # ... for this many checked steps or evaluations in a row (past the first 10% of steps)
 
 
 class NonFiniteError(FloatingPointError):
@@ -117,13 +117,22 @@ class Task:
 
 class Divergence:
     """Says when a run stays far above its baseline: the training loss or an
-    evaluation above FAR_ABOVE_BASELINE x the memoryless loss, or the gradient norm
-    above FAR_ABOVE_CLIP x the clip, DIVERGED_AFTER times in a row once 10% of the
-    steps are done. Warns once on the console; ``message`` goes to status/result."""
+    evaluation above FAR_ABOVE_BASELINE x the memoryless loss (a baseline of 0: no
+    such check), or the gradient norm above FAR_ABOVE_CLIP x the clip,
+    DIVERGED_AFTER times in a row once 10% of the steps are done. Warns once on the
+    console (``message``); the run counts as diverged when it is still far above at
+    the end (``diverged``), else the warning is kept as a warning."""
 
     def __init__(self, baseline: float, clip: float, total: int):
         self.baseline, self.clip, self.after = baseline, clip, max(1, total // 10)
         self.streak, self.message = 0, None
+
+    @property
+    def diverged(self) -> bool:
+        return self.message is not None and self.streak > 0
+
+    def state(self) -> dict:
+        return {"message": self.message, "streak": self.streak}
 
     def observe(self, step: int, loss: float, grad_norm: float | None = None, what: str = "training loss") -> None:
         if step < self.after:
@@ -194,7 +203,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
 
     ckpt = ckpt_lib.Checkpointer(workdir, keep=tr.keep_checkpoints, async_save=tr.async_checkpoint)
     restored = ckpt.restore_latest(state)
-    start, before = 0, {"train_seconds": 0.0, "cpu_seconds": 0.0, "diverged": None}
+    start, before = 0, {"train_seconds": 0.0, "cpu_seconds": 0.0, "divergence": {}}
     if restored is not None:
         start, state, meta_in = restored
         schedule.state = meta_in.get("schedule", schedule.state)
@@ -221,12 +230,13 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
     snap_at |= {total} if snap_at else set()  # with snapshots, the trained model is one
     clip = config.optim.clip_norm
     divergence = Divergence(task.baseline, clip, total)
-    divergence.message = before["diverged"]
+    divergence.message = before["divergence"].get("message")
+    divergence.streak = before["divergence"].get("streak", 0)
     loads: list[float] = []  # 1-minute load average at each logged step: how busy the machine was
     last_logged: dict = {}
 
     def meta(step: int) -> dict:  # seconds over every session of this run
-        return {"step": step, "schedule": schedule.state, "diverged": divergence.message,
+        return {"step": step, "schedule": schedule.state, "divergence": divergence.state(),
                 "train_seconds": before["train_seconds"] + time.time() - t_start,
                 "cpu_seconds": before["cpu_seconds"] + time.process_time() - cpu_start}
 
@@ -255,7 +265,8 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
         last_logged.clear()
         last_logged.update(m)
         progress.line(step, {"loss": m["loss"], **task.shown(m), "grad_norm": m["grad_norm"], "lr": m["lr"]}, units)
-        status.write(workdir, "running", step=step, metrics=m, diverged=divergence.message is not None)
+        status.write(workdir, "running", step=step, metrics=m, warnings=[divergence.message] if divergence.message
+                     else [])
 
     def evaluate(step: int) -> dict:
         ev = task.evaluate(runner.whole(), step)
@@ -325,20 +336,20 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
                "cpu_seconds": before["cpu_seconds"] + time.process_time() - cpu_start,
                "load_average_1min_mean": float(np.mean(loads)) if loads else None,
                **task.finish(runner.whole(), step, ev, best),
-               "diverged": divergence.message is not None}
-    if divergence.message:
+               "diverged": divergence.diverged}
+    if divergence.message:  # diverged, or warned and recovered
         summary["divergence"] = divergence.message
     summary["total_seconds"] = before["train_seconds"] + time.time() - t_start
     writer.write(step, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, kind="summary")
     writer.close()
     ckpt.close()
     print("summary: " + json.dumps(writers.jsonable(summary)), flush=True)
-    state_name = ("diverged" if divergence.message else "finished") if finished else "stopped"
-    message = divergence.message or (f"stopped by {stopped_by} at step {step}; the same command resumes it"
-                                     if not finished else None)
+    state_name = ("diverged" if divergence.diverged else "finished") if finished else "stopped"
+    message = (divergence.message if divergence.diverged else None) or (
+        f"stopped by {stopped_by} at step {step}; the same command resumes it" if not finished else None)
     if finished:
         writers.write_json_atomic(result_path, writers.jsonable(summary))
-    status.write(workdir, state_name, step=step, message=message, diverged=divergence.message is not None,
+    status.write(workdir, state_name, step=step, message=message, diverged=divergence.diverged,
                  **({"metrics": last_logged} if last_logged else {}))
     if task.on_end is not None:
         task.on_end(best if best is not None else runner.whole(), summary)

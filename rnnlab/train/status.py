@@ -6,12 +6,13 @@ greps logs.
      "step": 1200, "total_steps": 1200, "updated": <unix time>,
      "metrics": {"loss": 1.27, "grad_norm": 0.4, ...},   # the last logged training step
      "message": "..." | null,                            # why it failed / stopped / diverged
-     "diverged": false, "warnings": ["..."]}
+     "diverged": false, "warnings": ["..."]}           # e.g. a divergence warning the run recovered from
 
 ``stopped``: the wall-clock deadline (train.max_minutes) or a preemption ended the
 session before the last step; the same command resumes it. ``diverged``: the run
 ended with its loss far above the task's memoryless baseline (see
-``loop.Divergence``); its checkpoints and result are kept, and result.json says so.
+``loop.Divergence``); its checkpoints and result are kept, and result.json says so
+(``"diverged": true`` and ``"divergence"``, the message).
 """
 
 from __future__ import annotations
