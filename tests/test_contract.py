@@ -135,3 +135,129 @@ def test_float64_gradients_match_finite_differences(name):
 
 def grads_at(tree, path):
     return dict(jax.tree_util.tree_leaves_with_path(tree))[path]
+
+
+# ----------------------------------------------------------------------------- the contract as code
+
+_GOOD_CELL = '''
+import jax.numpy as jnp
+
+def init(key, d_in, d_h, *, scale: float = 1.0, dtype=jnp.float32):
+    return {"w_x_DxG": scale * jnp.ones((d_in, d_h), dtype)}
+
+def initial_carry(batch, d_h):
+    return jnp.zeros((batch, d_h), jnp.float32)
+
+def step(params, carry, xp_BxG):
+    h = jnp.tanh(xp_BxG @ params["w_x_DxG"] + carry)
+    return h, h
+'''
+
+
+def _cell_file(tmp_path, monkeypatch, name, code):
+    """``code`` as the cell file ``name``.py on the package path (a name used once:
+    modules are cached by name)."""
+    (tmp_path / f"{name}.py").write_text(code)
+    monkeypatch.setattr(cells, "__path__", [*cells.__path__, str(tmp_path)])
+    return str(tmp_path / f"{name}.py")
+
+
+def test_a_well_formed_temporary_cell_loads_and_runs(tmp_path, monkeypatch):
+    _cell_file(tmp_path, monkeypatch, "tmpgood_ok", _GOOD_CELL)
+    cell = cells.get("tmpgood_ok", scale=2)  # an int for a float option
+    assert cell.spec.linear is None and cell.spec.fused is None and not cell.supports_recurrent_dropout
+    params = cell.init(jax.random.key(0), D, H)
+    np.testing.assert_array_equal(params["w_x_DxG"], 2.0)
+    _, hs = scan.run(cell, params, cell.initial_carry(B, H), jnp.ones((T, B, D)))
+    assert hs.shape == (T, B, H)
+
+
+@pytest.mark.parametrize("case, code, function, hint", [
+    ("nostep", _GOOD_CELL.replace("def step(", "def _helper("), "step", None),
+    ("stepp", _GOOD_CELL.replace("def step(", "def stepp("), "step", "stepp"),
+    ("typo_linear", _GOOD_CELL + "\ndef linear_coeficients(params, xp_TxBxG):\n    return xp_TxBxG, xp_TxBxG\n",
+     "linear_coefficients", "linear_coeficients"),
+    ("half_fused", _GOOD_CELL + "\nRECURRENT_PARAMS = ()\ndef fused_forward(params, carry_in, xp, hm):\n    pass\n",
+     "fused_backward", None),
+    ("orphan_extra", _GOOD_CELL + "\nLOG_SPACE = True\n", "linear_coefficients", None),
+    ("arity", _GOOD_CELL.replace("def initial_carry(batch, d_h):", "def initial_carry(batch):"),
+     "initial_carry", None),
+])
+def test_a_cell_file_that_breaks_the_contract_is_refused_naming_the_file_and_function(
+        tmp_path, monkeypatch, case, code, function, hint):
+    name = f"tmpbad_{case}"
+    path = _cell_file(tmp_path, monkeypatch, name, code)
+    assert name in cells.available()
+    with pytest.raises(cells.CellContractError) as err:
+        cells.get(name)
+    message = str(err.value)
+    assert path in message and f"`{function}`" in message, message
+    if hint:
+        assert f"`{hint}`" in message, message
+
+
+def _what_ran(cell, params, carry0, xs, **kw) -> str:
+    """Which implementation ``scan.run`` traced, read from its jaxpr."""
+    text = str(jax.make_jaxpr(lambda p, c, x: scan.run(cell, p, c, x, **kw))(params, carry0, xs))
+    if "rnnlab_" in text:  # the native FFI targets
+        return "native"
+    if "custom_vjp_call" in text:
+        return "fused"
+    return "scan" if "scan[" in text else "parallel"
+
+
+def _native_on() -> bool:
+    from rnnlab import native
+
+    return native.available() and jax.device_count() == 1 and jax.default_backend() == "cpu"
+
+
+@pytest.mark.parametrize("name, dtype, steps, kw, expected, because", [
+    ("lstm", jnp.float32, 6, {}, "native" if _native_on() else "fused", "native CPU code" if _native_on() else "XLA"),
+    ("lstm", jnp.float64, 6, {}, "fused", "dtype float64"),
+    ("lstm", jnp.float32, 6, {"fused_store": "recompute"}, "fused", "fused_store='recompute' (argument)"),
+    ("lstm", jnp.float32, 6, {"fused": False}, "scan", "fused=False (argument)"),
+    ("lstm", jnp.float32, 6, {"remat": 1}, "scan", "remat=1"),
+    ("elman", jnp.float32, 6, {}, "scan", "elman has no fused layer"),
+    ("gru", jnp.float64, 6, {}, "fused", "dtype float64"),
+    ("rglru", jnp.float32, 512, {}, "parallel", "T=512"),
+    ("rglru", jnp.float32, 512, {"path": "sequential"}, "scan", "path='sequential' (argument)"),
+    ("rglru", jnp.float32, 8, {}, "scan", "T=8"),
+    ("mingru", jnp.float32, 8, {"path": "parallel"}, "parallel", "path='parallel' (argument)"),
+])
+def test_choose_path_names_the_path_and_why_and_it_is_what_runs(name, dtype, steps, kw, expected, because):
+    cell = cells.get(name)
+    params = cell.init(jax.random.key(0), D, H, dtype=dtype)
+    carry0 = jax.tree.map(lambda c: c.astype(dtype), cell.initial_carry(B, H))
+    xs = jnp.zeros((steps, B, D), dtype)
+    choice = scan.choose_path(cell, params, carry0, xs, **kw)
+    assert choice.path == expected and because in choice.reason, choice
+    assert _what_ran(cell, params, carry0, xs, **kw) == expected
+
+
+def test_choose_path_reads_the_native_switch_from_the_environment(monkeypatch):
+    cell = cells.get("lstm")
+    params = cell.init(jax.random.key(0), D, H)
+    monkeypatch.setenv("RNNLAB_NATIVE", "0")
+    choice = scan.choose_path(cell, params, cell.initial_carry(B, H), jnp.zeros((T, B, D), jnp.float32))
+    assert choice.path == "fused" and "RNNLAB_NATIVE=0 (environment)" in choice.reason
+
+
+def test_cell_options_are_checked_against_their_defaults_types():
+    from rnnlab import configs
+
+    with pytest.raises(ValueError, match=r"cell 'lstm': option forget_bias='high' \(str\) must be a float, like "
+                                         r"its default forget_bias=1.0; e.g\. .*cell_options='forget_bias=1.0'"):
+        cells.get("lstm", **configs.parse_options("forget_bias=high"))
+    with pytest.raises(ValueError, match=r"unknown option 'forget_bais' for cell 'lstm' \(did you mean "
+                                         r"'forget_bias'\?\); it accepts \[.*'recurrent_init'\]"):
+        cells.get("lstm", **configs.parse_options("forget_bais=0.5"))
+    with pytest.raises(ValueError, match=r"option reset_after=1 \(int\) must be a bool"):
+        cells.get("gru", reset_after=1)  # bool is strict: 1 is not True
+    with pytest.raises(ValueError, match=r"option rank=2.5 \(float\) must be an int"):
+        cells.get("mogrifier", rank=2.5)
+    with pytest.raises(ValueError, match=r"cell 'elman': option nonlinearity='sigmoid' \(str\) must be one of "
+                                         r"\['tanh', 'relu'\]"):
+        cells.get("elman", **configs.parse_options("nonlinearity=sigmoid"))
+    assert dict(cells.get("lstm", forget_bias=0).options)["forget_bias"] == 0  # an int is a float
+    assert dict(cells.get("elman", nonlinearity="relu").options)["nonlinearity"] == "relu"
