@@ -216,25 +216,21 @@ def postprocess(spec: FeatureSpec, logmel_BxTxM: Array, lengths_B: Array,
 
 
 def spec_augment(key: Array, x_BxTxD: Array, lengths_B: Array, *, freq_masks: int = 2, freq_width: int = 8,
-                 time_masks: int = 2, time_width: int = 10, blocks: int = 1) -> Array:
+                 time_masks: int = 2, time_width: int = 10) -> Array:
     """SpecAugment (Park et al. 2019) without time warping: ``freq_masks`` bands of
     up to ``freq_width`` feature channels and ``time_masks`` spans of up to
     ``time_width`` frames (within each utterance's length) set to zero, i.e. to the
-    mean of normalised features. Masks are drawn per utterance. ``blocks`` > 1: the
-    features are that many equal blocks (log-mel, deltas, delta-deltas) and a band
-    is drawn within one block's width and masks the same channels in every block
-    (otherwise a masked mel band stays visible in its deltas)."""
+    mean of normalised features. Masks are drawn per utterance."""
     n_b, n_t, n_d = x_BxTxD.shape
     keep = jnp.ones((n_b, n_t, n_d), bool)
     keys = jax.random.split(key, 2 * (freq_masks + time_masks)).reshape(-1, 2)
-    n_w = n_d // blocks
-    w_W, t_T = jnp.arange(n_w), jnp.arange(n_t)
+    w_D, t_T = jnp.arange(n_d), jnp.arange(n_t)
     lengths_B = jnp.asarray(lengths_B)
     for i in range(freq_masks):
         w_B = jax.random.randint(keys[i, 0], (n_b,), 0, freq_width + 1)
-        f0_B = jax.random.randint(keys[i, 1], (n_b,), 0, n_w) % jnp.maximum(n_w - w_B, 1)
-        band_BxW = (w_W[None] >= f0_B[:, None]) & (w_W[None] < (f0_B + w_B)[:, None])
-        keep = keep & ~jnp.tile(band_BxW, (1, blocks))[:, None, :]
+        f0_B = jax.random.randint(keys[i, 1], (n_b,), 0, n_d) % jnp.maximum(n_d - w_B, 1)
+        band_BxD = (w_D[None] >= f0_B[:, None]) & (w_D[None] < (f0_B + w_B)[:, None])
+        keep = keep & ~band_BxD[:, None, :]
     for i in range(freq_masks, freq_masks + time_masks):
         w_B = jax.random.randint(keys[i, 0], (n_b,), 0, time_width + 1)
         t0_B = jax.random.randint(keys[i, 1], (n_b,), 0, 2**30) % jnp.maximum(lengths_B - w_B, 1)

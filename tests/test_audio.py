@@ -10,7 +10,7 @@ import scipy.io.wavfile
 
 from rnnlab import features as feat
 from rnnlab.data import audio
-from rnnlab.train_speech import REPO_ROOT
+from rnnlab.tasks.speech import REPO_ROOT
 
 SPEC = feat.FeatureSpec(n_mels=20, deltas=False)
 
@@ -165,36 +165,6 @@ def test_tempo_and_mel_warps_interpolate_linearly():
     np.testing.assert_allclose(low, want, atol=1e-6)
 
 
-def test_spectral_tilt_is_a_linear_ramp_over_the_mel_axis_applied_before_the_noise(tmp_path):
-    clips = audio.wav_folder(_fake_fsdd(tmp_path / "rec", speakers=("anna",), takes=1))
-    bank = audio.build_bank(clips, SPEC)
-    noise = audio.noise_template(SPEC, n_frames=500)
-    m = bank.logmel_NxM.shape[1]
-    quiet = audio.ConnectedSpec(max_silence=0, gain_db=0.0, snr_db=(300.0, 300.0), tilt_db=12.0)
-    tilts = []
-    for seed in range(8):
-        utt, _ = audio.connected_utterance(bank, noise, np.random.default_rng(seed), quiet, clip_ids=[4])
-        diff = (utt - bank.frames(4)).astype(np.float64) * 10 / np.log(10)  # dB
-        np.testing.assert_allclose(diff, np.broadcast_to(diff[0], diff.shape), atol=1e-3)  # the same every frame
-        np.testing.assert_allclose(diff[0], diff[0, -1] * np.arange(m) / (m - 1), atol=1e-3)  # 0 dB .. top, linear
-        tilts.append(diff[0, -1])
-    assert all(abs(t) <= 12.0 for t in tilts) and min(tilts) < -3 and max(tilts) > 3
-    # with noise, a downward tilt lowers the top band's SNR: that band moves towards the noise floor
-    steady = np.zeros((500, m), np.float32)  # noise of one constant spectrum: where it starts does not matter
-    noisy = audio.ConnectedSpec(max_silence=0, gain_db=0.0, snr_db=(10.0, 10.0))
-    flat, _ = audio.connected_utterance(bank, steady, np.random.default_rng(0), noisy, clip_ids=[4])
-    both = audio.ConnectedSpec(max_silence=0, gain_db=0.0, snr_db=(10.0, 10.0), tilt_db=30.0)
-    rng = np.random.default_rng(0)
-    tilted, _ = audio.connected_utterance(bank, steady, rng, both, clip_ids=[4])
-    replay = np.random.default_rng(0)  # the draws connected_utterance makes: silences, gains, then the tilts
-    replay.integers(0, 1, 2), replay.uniform(0.0, 0.0, 1)
-    t = replay.uniform(-30.0, 30.0, 1)[0] * np.log(10) / 10
-    noise_level = np.log(np.exp(flat) - np.exp(bank.frames(4)))  # what flat added to the clean frames
-    want = np.logaddexp(bank.frames(4) + t * np.linspace(0, 1, m), noise_level)
-    np.testing.assert_allclose(tilted, want, atol=1e-3)
-    assert np.allclose(flat[:, 0], tilted[:, 0], atol=1e-4) and not np.allclose(flat[:, -1], tilted[:, -1])
-
-
 def _word_bank(spans_by_speaker: dict[str, list[int]], m: int = 6) -> audio.FeatureBank:
     """Clips of a loud 'word' of the given number of frames between 5 quiet frames (60 dB down) each side."""
     rng = np.random.default_rng(0)
@@ -264,45 +234,3 @@ def _peak_hz(wave, rate):
     spectrum = np.abs(np.fft.rfft(wave * np.hanning(len(wave)), 16 * len(wave)))
     return np.argmax(spectrum) * rate / (16 * len(wave))
 
-
-def test_speed_perturbation_scales_pitch_and_length_by_the_factor():
-    wave = _tone(500, 8000, 8000).astype(np.float32)
-    for f in (0.9, 1.1, 1.25):
-        out = audio.speed_perturb(wave, f)
-        assert abs(len(out) - 8000 / f) <= 1
-        assert abs(_peak_hz(out, 8000) - 500 * f) < 1.0, (f, _peak_hz(out, 8000))
-    np.testing.assert_array_equal(audio.speed_perturb(wave, 1.0), wave)
-    with pytest.raises(ValueError, match="must be > 0"):
-        audio.speed_perturb(wave, 0.0)
-
-
-def test_speed_perturbed_copies_are_pseudo_speakers_of_the_training_side_only(tmp_path):
-    import ml_collections
-
-    from experiments import speech_recognition
-    from rnnlab import train_speech
-
-    root = _fake_fsdd(tmp_path / "rec", speakers=("anna", "bob", "carl"), takes=2)
-
-    def data(speeds):
-        c = ml_collections.ConfigDict(speech_recognition.get_config("smoke").to_dict())
-        c.data.update(root=root, speakers="", test_speakers="carl", takes_per_digit=0, speed_perturb=speeds)
-        return train_speech.load_data(c, str(tmp_path / "wd"))
-
-    plain, fast = data(""), data("0.9,1.1")
-    names = [c.speaker for c in fast.train.clips]
-    assert sorted(set(names)) == ["anna", "anna@0.9", "anna@1.1", "bob", "bob@0.9", "bob@1.1"]
-    assert len(fast.train.clips) == 3 * len(plain.train.clips) == 3 * 40
-    # the speed-1 clips and the held-out speaker are what they were without the option: each pseudo-speaker
-    # has its own rate and speaker statistics, and nothing is added to the test side
-    n = len(plain.train.clips)
-    np.testing.assert_array_equal(fast.train.subset(range(n)).logmel_NxM, plain.train.logmel_NxM)
-    np.testing.assert_array_equal(fast.test.logmel_NxM, plain.test.logmel_NxM)
-    assert fast.test.clips == plain.test.clips
-    # a clip's 1.1 copy is a tone 1.1 / 0.9 higher than its 0.9 copy: its loudest mel channel is higher (or equal)
-    slow = [int(np.argmax(fast.train.frames(i).mean(0))) for i in range(n, 2 * n)]  # the 0.9 copies
-    quick = [int(np.argmax(fast.train.frames(i).mean(0))) for i in range(2 * n, 3 * n)]  # the 1.1 copies
-    assert all(a <= b for a, b in zip(slow, quick, strict=True)) and sum(a < b for a, b in zip(slow, quick, strict=True)) > n // 2
-    for bad in ("0.9,x", "1.0", "0.9,0.9", "3"):
-        with pytest.raises(ValueError, match=r"data.speed_perturb="):
-            train_speech.speed_factors(bad)

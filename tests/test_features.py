@@ -129,19 +129,6 @@ def test_bad_specs_are_refused_with_the_fix():
         feat.log_mel(SPEC, jnp.zeros(100))
 
 
-def test_tied_spec_augment_masks_the_same_mel_band_in_every_delta_block():
-    x = jnp.ones((6, 30, 3 * 10), jnp.float32)
-    lengths = jnp.full((6,), 30)
-    y = np.asarray(feat.spec_augment(jax.random.key(2), x, lengths, freq_masks=2, freq_width=4, time_masks=0,
-                                     blocks=3))
-    assert (y == 0).any()
-    for b in range(6):
-        zero_channels = np.all(y[b] == 0, axis=0).reshape(3, 10)  # block x mel channel
-        np.testing.assert_array_equal(zero_channels[1], zero_channels[0])
-        np.testing.assert_array_equal(zero_channels[2], zero_channels[0])
-        assert zero_channels[0].sum() <= 8 and np.all((y[b] == 0) == zero_channels.reshape(-1)[None])
-
-
 def test_white_noise_profile_is_the_mel_spectrum_of_real_white_noise():
     wave = np.random.default_rng(0).standard_normal(8000 * 60)  # a minute of white noise
     power_M = np.exp(_reference_log_mel(wave, SPEC)).mean(axis=0)

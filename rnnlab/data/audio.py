@@ -95,16 +95,6 @@ def read_wav(path: str, target_rate: int) -> np.ndarray:
     return resample(to_mono_float(data, path), rate, target_rate)
 
 
-def speed_perturb(wave_N: np.ndarray, factor: float) -> np.ndarray:
-    """The waveform played ``factor`` times faster (Kaldi's and sox's speed
-    perturbation, Ko et al. 2015): tempo, pitch and formants all scaled by
-    ``factor``, length N / factor. Polyphase resampling from rate 1000 * factor to
-    1000 (``factor`` rounded to 1/1000)."""
-    if factor <= 0:
-        raise ValueError(f"speed perturbation factor must be > 0, got {factor}")
-    return resample(wave_N, int(round(1000 * factor)), 1000)
-
-
 # ----------------------------------------------------------------------------- sources
 
 
@@ -249,32 +239,28 @@ def trim_silence(logmel_TxM: np.ndarray, top_db: float = 35.0, margin: int = 3) 
 
 
 def build_bank(clips: Sequence[Clip], spec: feat.FeatureSpec, waves: Sequence[np.ndarray] | None = None,
-               *, trim_db: float = 35.0, speed: float = 1.0) -> FeatureBank:
-    """Silence-trimmed log-mel frames of ``clips`` (their WAV files, or ``waves``),
-    each waveform ``speed_perturb``-ed by ``speed`` first when it is not 1."""
+               *, trim_db: float = 35.0) -> FeatureBank:
+    """Silence-trimmed log-mel frames of ``clips`` (their WAV files, or ``waves``)."""
     parts = []
     for i, c in enumerate(clips):
         wave = waves[i] if waves is not None else read_wav(c.path, spec.sample_rate)
-        if speed != 1.0:
-            wave = speed_perturb(wave, speed)
         lm = clip_log_mel(spec, wave)
         parts.append(trim_silence(lm, trim_db) if trim_db > 0 else lm)
     return FeatureBank.from_parts(parts, clips)
 
 
-def cached_bank(clips: Sequence[Clip], spec: feat.FeatureSpec, cache_dir: str, *, trim_db: float = 35.0,
-                speed: float = 1.0) -> FeatureBank:
-    """``build_bank`` of WAV clips, stored as .npy in ``cache_dir/<hash of files, sizes,
-    spec and speed>``; a later call (another run, a resumed one) only reads it back."""
+def cached_bank(clips: Sequence[Clip], spec: feat.FeatureSpec, cache_dir: str, *,
+                trim_db: float = 35.0) -> FeatureBank:
+    """``build_bank`` of WAV clips, stored as .npy in ``cache_dir/<hash of files, sizes
+    and spec>``; a later call (another run, a resumed one) only reads it back."""
     key = json.dumps([dataclasses.asdict(spec), trim_db,
-                      [(c.path, os.path.getsize(c.path), c.speaker, c.text, c.index) for c in clips]]
-                     + ([] if speed == 1.0 else [speed]))  # speed 1: the key (and cache) of before
+                      [(c.path, os.path.getsize(c.path), c.speaker, c.text, c.index) for c in clips]])
     d = os.path.join(cache_dir, "logmel_" + hashlib.sha256(key.encode()).hexdigest()[:16])
     names = ("logmel.npy", "offsets.npy", "level.npy")
     if all(os.path.exists(os.path.join(d, n)) for n in names):
         arrays = [np.load(os.path.join(d, n)) for n in names]
         return FeatureBank(*arrays, list(clips))
-    bank = build_bank(clips, spec, trim_db=trim_db, speed=speed)
+    bank = build_bank(clips, spec, trim_db=trim_db)
     os.makedirs(d, exist_ok=True)
     for n, a in zip(names, bank[:3], strict=True):
         tmp = os.path.join(d, f".{n}.{os.getpid()}.npy")  # write then rename: concurrent runs never see half a file
@@ -388,9 +374,6 @@ class ConnectedSpec:
     bucket: int = 64  # batches are padded to a multiple of this many frames (few shapes to compile)
     tempo: float = 0.0  # per-clip time stretch by U(1 - tempo, 1 + tempo) (speaking rate)
     mel_warp: float = 0.0  # per-clip mel-axis scaling by U(1 - w, 1 + w) (vocal tract length, as VTLP)
-    tilt_db: float = 0.0  # per-clip spectral tilt U(-t, t) dB at the top mel channel, 0 dB at the bottom, linear
-    # in between, applied to the speech before the background noise (so it sets each band's SNR: a speaker or
-    # microphone with little energy above 1 kHz)
 
 
 def warp_clip(frames_TxM: np.ndarray, stretch: float, warp: float) -> np.ndarray:
@@ -439,13 +422,8 @@ def connected_utterance(bank: FeatureBank, noise_NxM: np.ndarray, rng: np.random
     parts = [np.full((sil[0], m), floor, np.float32)]
     stretch = rng.uniform(1 - spec.tempo, 1 + spec.tempo, len(clip_ids)) if spec.tempo else np.ones(len(clip_ids))
     warp = rng.uniform(1 - spec.mel_warp, 1 + spec.mel_warp, len(clip_ids)) if spec.mel_warp else np.ones(len(clip_ids))
-    tilt = rng.uniform(-spec.tilt_db, spec.tilt_db, len(clip_ids)) if spec.tilt_db else np.zeros(len(clip_ids))
-    if spec.tilt_db:  # dB at the top channel, linear over the mel axis -> natural-log power
-        ramp_M = np.linspace(0.0, 1.0, m, dtype=np.float32) * np.float32(math.log(10) / 10)
     for k, i in enumerate(clip_ids):
         clip = warp_clip(bank.frames(i), stretch[k], warp[k])
-        if tilt[k]:
-            clip = clip + np.float32(tilt[k]) * ramp_M
         parts += [clip + np.float32(gains[k]), np.full((sil[k + 1], m), floor, np.float32)]
     speech = np.concatenate(parts)
     level = float(np.mean(bank.level[list(clip_ids)] + gains))

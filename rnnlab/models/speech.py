@@ -1,9 +1,6 @@
 """CTC acoustic model, as pure functions:
 
     log-mel_BxTxM -> features (MFCC/deltas/normalisation; SpecAugment when training)
-                  -> optional 2-D convolutions over (time, frequency), the log-mel, delta and
-                     delta-delta blocks as input channels (stride s each: T -> ceil(T / s),
-                     channels M -> ceil(M / s)), flattened per frame
                   -> optional 1-D convolutions over time (stride s each: T -> ceil(T / s))
                   -> bidirectional recurrent stack (any registered cell, rnnlab.layers.Stack)
                   -> linear -> logits over blank + vocabulary -> CTC
@@ -29,18 +26,9 @@ from rnnlab.cells._common import Array, Params, initializer
 from rnnlab.layers import Stack
 
 
-def front_end_width(features: feat.FeatureSpec, conv, conv2d) -> int:
-    """Per-frame width of the front end's output: the last 1-D conv's channels; else the
-    2-D front end's (feature channels per block after its strides) x its channels; else
-    the features'."""
-    if conv:
-        return conv[-1][2]
-    if not conv2d:
-        return features.dim
-    w = features.dim // features.blocks
-    for _, s, _ in conv2d:
-        w = -(-w // s)
-    return w * conv2d[-1][2]
+def front_end_width(features: feat.FeatureSpec, conv) -> int:
+    """Per-frame width of the front end's output: the last conv's channels, else the features'."""
+    return conv[-1][2] if conv else features.dim
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,16 +38,9 @@ class SpeechModel:
     Attributes:
       features: the feature spec (log-mel/MFCC, deltas, normalisation).
       conv: ((kernel, stride, channels), ...) of the 1-D front end (over time); () for none.
-      conv2d: ((kernel, stride, channels), ...) of a 2-D front end before it, over
-        (time, feature channel) with k x k kernels and stride s on both axes: shared
-        weights along the frequency axis, so a formant pattern shifted by a few mel
-        channels (another vocal tract) meets the same filters. Its input channels are
-        the feature blocks (log-mel, deltas, delta-deltas); () for none.
       stack: a bidirectional Stack whose d_in is the front end's output width.
       num_labels: blank + vocabulary.
       spec_augment: (freq_masks, freq_width, time_masks, time_width); zeros: off.
-      spec_augment_blocks: 3: frequency bands mask the same mel channels of the log-mel,
-        delta and delta-delta blocks (features.spec_augment's ``blocks``); 1: anywhere.
       members: > 1: an ensemble of that many networks of this architecture, trained
         together on the same batches from their own initial weights, dropout and
         SpecAugment draws. Their parameters are stacked on a leading axis; ``apply``
@@ -80,16 +61,14 @@ class SpeechModel:
     stack: Stack
     num_labels: int
     spec_augment: tuple[int, int, int, int] = (0, 0, 0, 0)
-    spec_augment_blocks: int = 1
     members: int = 1
-    conv2d: tuple[tuple[int, int, int], ...] = ()
     sliced: bool = False
 
     def __post_init__(self):
         d = self.front_end_width
         if self.stack.d_in != d:
             raise ValueError(f"stack.d_in={self.stack.d_in} must equal the front end's output width {d}")
-        for k, s, _ in self.conv2d + self.conv:
+        for k, s, _ in self.conv:
             if k % 2 == 0 or s < 1:
                 raise ValueError(f"model.conv: kernel {k} must be odd and stride {s} >= 1 ('same' padding k // 2)")
         if self.members < 1:
@@ -117,12 +96,12 @@ class SpeechModel:
 
     @property
     def front_end_width(self) -> int:
-        return front_end_width(self.features, self.conv, self.conv2d)
+        return front_end_width(self.features, self.conv)
 
     @property
     def subsampling(self) -> int:
         out = 1
-        for _, s, _ in self.conv2d + self.conv:
+        for _, s, _ in self.conv:
             out *= s
         return out
 
@@ -137,14 +116,6 @@ class SpeechModel:
         k_conv, k_stack, k_out = jax.random.split(key, 3)
         params: dict[str, Any] = {"conv": []}
         d = self.features.dim
-        if self.conv2d:
-            params["conv2d"] = []
-            c_in = self.features.blocks
-            for i, (k, _, c) in enumerate(self.conv2d):
-                w = initializer("lecun_normal", 1)(jax.random.fold_in(k_conv, 100 + i), (k * k * c_in, c), jnp.float32)
-                params["conv2d"].append({"w_KxKxCxO": w.reshape(k, k, c_in, c), "b_O": jnp.zeros((c,), jnp.float32)})
-                c_in = c
-            d = front_end_width(self.features, (), self.conv2d)
         for i, (k, _, c) in enumerate(self.conv):
             w = initializer("lecun_normal", 1)(jax.random.fold_in(k_conv, i), (k * d, c), jnp.float32)
             params["conv"].append({"w_KxCxO": w.reshape(k, d, c), "b_O": jnp.zeros((c,), jnp.float32)})
@@ -155,7 +126,7 @@ class SpeechModel:
         return params
 
     def output_lengths(self, lengths_B: Array) -> Array:
-        for _, s, _ in self.conv2d + self.conv:
+        for _, s, _ in self.conv:
             lengths_B = (lengths_B + s - 1) // s
         return lengths_B
 
@@ -203,23 +174,10 @@ class SpeechModel:
         return dataclasses.replace(self, features=dataclasses.replace(self.features, floor_db=float(floor_db)))
 
     def front_end(self, params: Params, x_BxTxD: Array, lengths_B: Array) -> tuple[Array, Array]:
-        """The convolutions before the recurrent stack, on model-input features: the 2-D
-        layers (``conv2d``; the feature blocks as input channels, output flattened per
-        frame as (feature channel, conv channel)) then the 1-D ones (``conv``), each
-        'same'-padded, GELU, with frames past each length zeroed before it. Returns
-        (x_BxSxD', lengths_B after the strides)."""
+        """The convolutions over time before the recurrent stack (``conv``), on
+        model-input features, each 'same'-padded, GELU, with frames past each length
+        zeroed before it. Returns (x_BxSxD', lengths_B after the strides)."""
         x = x_BxTxD
-        if self.conv2d:  # B x T x (blocks * W) -> B x T x W x blocks
-            n_b, n_t, _ = x.shape
-            x = jnp.swapaxes(x.reshape(n_b, n_t, self.features.blocks, -1), 2, 3)
-            for layer, (k, s, _) in zip(params["conv2d"], self.conv2d, strict=True):
-                x = x * feat.valid_mask(lengths_B, x.shape[1])[..., None, None].astype(x.dtype)
-                x = jax.lax.conv_general_dilated(x, layer["w_KxKxCxO"].astype(x.dtype), (s, s),
-                                                 [(k // 2, k // 2)] * 2,
-                                                 dimension_numbers=("NHWC", "HWIO", "NHWC")) + layer["b_O"]
-                x = jax.nn.gelu(x)
-                lengths_B = (lengths_B + s - 1) // s
-            x = x.reshape(x.shape[0], x.shape[1], -1)
         for layer, (k, s, _) in zip(params["conv"], self.conv, strict=True):
             x = x * feat.valid_mask(lengths_B, x.shape[1])[..., None].astype(x.dtype)
             x = jax.lax.conv_general_dilated(x, layer["w_KxCxO"].astype(x.dtype), (s,), [(k // 2, k // 2)],
@@ -236,7 +194,7 @@ class SpeechModel:
                 raise ValueError("model.spec_augment is on: training needs an rng key")
             fm, fw, tm, tw = self.spec_augment
             x = feat.spec_augment(jax.random.fold_in(rng, 1), x, lengths_B, freq_masks=fm, freq_width=fw,
-                                  time_masks=tm, time_width=tw, blocks=self.spec_augment_blocks)
+                                  time_masks=tm, time_width=tw)
         x, lengths_B = self.front_end(params, x, lengths_B)
         ys_TxBxO, _ = self.stack.apply(params["stack"], jnp.swapaxes(x, 0, 1), lengths_B=lengths_B,
                                        rng=None if rng is None else jax.random.fold_in(rng, 2), train=train)
@@ -273,10 +231,10 @@ def build(model_cfg: Any, features: feat.FeatureSpec, num_labels: int) -> Speech
                          (item.split(":") for item in spec.split(",") if item.strip()))
         except ValueError:
             raise ValueError(f"model.{key}={spec!r}: expected kernel:stride:channels per layer, comma-separated "
-                             "(e.g. '3:2:32,3:2:32'), or '' for none") from None
+                             "(e.g. '5:2:128,3:2:128'), or '' for none") from None
 
-    conv, conv2d = layers(model_cfg.conv, "conv"), layers(model_cfg.get("conv2d", ""), "conv2d")
-    d_in = front_end_width(features, conv, conv2d)
+    conv = layers(model_cfg.conv, "conv")
+    d_in = front_end_width(features, conv)
     from rnnlab import cells as cells_lib
     from rnnlab import configs
 
@@ -284,6 +242,4 @@ def build(model_cfg: Any, features: feat.FeatureSpec, num_labels: int) -> Speech
     stack = Stack(cell, d_in, model_cfg.d_hidden, num_layers=model_cfg.num_layers, bidirectional=True,
                   dropout=model_cfg.dropout, dropout_kind="variational", unroll=model_cfg.unroll)
     sa = tuple(int(v) for v in model_cfg.spec_augment.split(",")) if model_cfg.spec_augment else (0, 0, 0, 0)
-    blocks = features.blocks if model_cfg.spec_augment_tied else 1
-    return SpeechModel(features, conv, stack, num_labels, sa, blocks, members=model_cfg.get("members", 1),
-                       conv2d=conv2d)
+    return SpeechModel(features, conv, stack, num_labels, sa, members=model_cfg.members)

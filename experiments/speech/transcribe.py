@@ -1,6 +1,6 @@
-"""Transcribe WAV files with a trained speech run:
+"""Transcribe WAV files with a trained speech run (from the repository root):
 
-    python -m rnnlab.transcribe --workdir=runs/speech/fsdd_jackson a.wav b.wav [--beam=8]
+    python -m experiments.speech.transcribe --workdir=runs/speech/jackson a.wav b.wav [--beam=8]
 
 prints one line per file: ``path<TAB>transcript``. Any WAV is read (stereo is
 mixed down, other rates resampled to the run's rate); features, model and
@@ -10,7 +10,7 @@ speaker normalisation (data.speaker_norm) normalises the given files as ONE
 speaker, with statistics of their own (trimmed) frames: pass several files of
 the same speaker.
 
-    python -m rnnlab.transcribe --workdir=DIR --evaluate [--beam=8] [--utterances=2000 --eval_seed=1000]
+    python -m experiments.speech.transcribe --workdir=DIR --evaluate [--beam=8] [--utterances=2000 --eval_seed=1000]
 
 re-scores the run on its own held-out evaluation utterances (those its training
 reported on) with today's decoding and prints WER / CER / digit-string accuracy;
@@ -45,8 +45,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from rnnlab import train_speech
+from experiments.speech import recipe
 from rnnlab.data import audio
+from rnnlab.tasks import speech as speech_task
 from rnnlab.train import checkpoint as ckpt_lib
 
 
@@ -63,22 +64,22 @@ def load_run(workdir: str, config: ml_collections.ConfigDict | None = None):
     """(model, params, vocab) of a speech run's latest checkpoint. ``config``: the run's
     config.json as ``read_config`` gives it (None: read it)."""
     config = read_config(workdir) if config is None else config
-    model = train_speech.build(config)
+    model = speech_task.build(config)
     like = jax.eval_shape(model.init, jax.random.key(0))
-    decay = config.train.get("ema_decay", 0.0)  # runs from before the EMA have no such key
+    decay = config.train.ema_decay
     if not decay:
         return model, ckpt_lib.load_params(workdir, like), audio.DIGITS
     ema, step = ckpt_lib.load_params(workdir, like, item="ema", with_step=True)
-    return model, train_speech.ema_params(ema, step, decay), audio.DIGITS
+    return model, speech_task.ema_params(ema, step, decay), audio.DIGITS
 
 
 def _speaker_normalised(config, logmels: list[np.ndarray]) -> list[np.ndarray]:
     """data.rate_norm and data.speaker_norm of the run, with the given clips as one speaker's."""
-    target = config.data.get("rate_norm", 0.0)
+    target = config.data.rate_norm
     if target > 0:
         median = float(np.median([audio.active_span(x) for x in logmels]))
         logmels = [audio.rate_transform(x, median, target) for x in logmels]
-    mode, trim_db = config.data.get("speaker_norm", "none"), config.data.trim_db
+    mode, trim_db = config.data.speaker_norm, config.data.trim_db
     if mode == "none":
         return logmels
     mean_M, std_M = audio.channel_stats([audio.trim_silence(x, trim_db) if trim_db > 0 else x for x in logmels])
@@ -89,17 +90,17 @@ def transcribe(model, params, vocab: audio.Vocab, paths: Sequence[str], beam_wid
                config: ml_collections.ConfigDict | None = None, floors: tuple[float, ...] = (),
                prior: bool = False) -> list[str]:
     """One transcript per WAV file (decoded one at a time: no padding to share), as
-    ``train_speech.decode`` with ``floors``. ``prior``: prior matching
-    (``train_speech.prior_bias``) with the files as one speaker's speech, in which every
+    ``recipe.decode`` with ``floors``. ``prior``: prior matching
+    (``recipe.prior_bias``) with the files as one speaker's speech, in which every
     digit is about equally frequent (needs several hundred digits)."""
     logmels = [audio.clip_log_mel(model.features, audio.read_wav(p, model.features.sample_rate)) for p in paths]
     if config is not None:
         logmels = _speaker_normalised(config, logmels)
     batches = [audio.Batch(lm_TxM[None], np.asarray([len(lm_TxM)], np.int32), np.zeros((1, 1), np.int32),
                            np.zeros((1,), np.int32), [""]) for lm_TxM in logmels]
-    outputs = [train_speech.floor_logits(model, params, one, floors) for one in batches]  # once: fit and decode
-    bias = train_speech.prior_bias(model, outputs) if prior else None
-    return [t for out in outputs for t in train_speech.vote(model, out, vocab, beam_width, bias)]
+    outputs = [recipe.floor_logits(model, params, one, floors) for one in batches]  # once: fit and decode
+    bias = recipe.prior_bias(model, outputs) if prior else None
+    return [t for out in outputs for t in recipe.vote(model, out, vocab, beam_width, bias)]
 
 
 def _check_subsets(subsets: int, members: int) -> None:
@@ -123,18 +124,18 @@ def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | 
     config = read_config(workdir) if config is None else config
     model, params, _ = load_run(workdir, config)
     _check_subsets(subsets, model.members)
-    data = train_speech.load_data(config, workdir)
-    floors = train_speech.eval_floors(config) if floors is None else floors
-    bias = (train_speech.held_out_prior(model, params, config, data, floors)
-            if train_speech.speaker_prior(config) else None)  # per member: a sub-ensemble takes its members' rows
-    out = train_speech.evaluate(model, params, config, data, beam_width, floors, bias)
+    data = speech_task.load_data(config, workdir)
+    floors = recipe.eval_floors(config) if floors is None else floors
+    bias = (recipe.held_out_prior(model, params, config, data, floors)
+            if recipe.speaker_prior(config) else None)  # per member: a sub-ensemble takes its members' rows
+    out = recipe.evaluate(model, params, config, data, beam_width, floors, bias)
 
     scored: dict[tuple[int, ...], dict] = {}  # each sub-ensemble scored once (subsets=1: the members again)
 
     def sub_ensemble(members: tuple[int, ...]) -> dict:  # one member: its parameters without the members axis
         if members not in scored:
             take = members[0] if len(members) == 1 else np.asarray(members)
-            scored[members] = train_speech.evaluate(dataclasses.replace(model, members=len(members)),
+            scored[members] = recipe.evaluate(dataclasses.replace(model, members=len(members)),
                                                     jax.tree.map(lambda a: a[take], params), config, data,
                                                     beam_width, floors,
                                                     None if bias is None else bias[np.asarray(members)])
@@ -191,13 +192,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         config = read_config(a.workdir)
     except FileNotFoundError as e:
         p.error(str(e))
-    for key, value in (("test_floors", a.test_floors), ("utterances", a.utterances), ("seed", a.eval_seed),
+    floors_arg = None if a.test_floors is None else [v.strip() for v in a.test_floors.split(",") if v.strip()]
+    for key, value in (("test_floors", floors_arg), ("utterances", a.utterances), ("seed", a.eval_seed),
                        ("speaker_prior", a.speaker_prior)):
         if value is not None:
             config.eval[key] = value
     try:  # each names the key and its form
-        floors = train_speech.eval_floors(config)
-        seed = train_speech.eval_seed(config) if a.evaluate else None
+        floors = recipe.eval_floors(config)
+        seed = speech_task.eval_seed(config) if a.evaluate else None
         _check_subsets(a.subsets, config.model.members)
     except ValueError as e:
         p.error(str(e))
@@ -205,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"scoring {config.eval.utterances} held-out utterances of {config.data.test_speakers} drawn with seed "
               f"{seed}{' (the run seed)' if seed == config.seed else ''}; test-time floors: "
               f"{', '.join(f'{f:g}' for f in floors) or 'none'}"
-              f"{'; prior matching on the held-out clips' if train_speech.speaker_prior(config) else ''}", flush=True)
+              f"{'; prior matching on the held-out clips' if recipe.speaker_prior(config) else ''}", flush=True)
         try:  # --speaker_prior on too few held-out clips: prior_bias's error says so
             r = evaluate_run(a.workdir, a.beam, floors, config, a.subsets)
         except ValueError as e:
