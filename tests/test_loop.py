@@ -53,7 +53,8 @@ def _seq(**over):
 
 def test_lm_diverging_run_is_warned_and_recorded(tmp_path, capsys):
     wd = str(tmp_path / "run")
-    summary = lm.train_and_evaluate(_lm(tmp_path, **{"optim.lr": 30.0, "optim.clip_norm": 0.0}), wd)
+    summary = lm.train_and_evaluate(_lm(tmp_path, **{"optim.lr": 30.0, "optim.clip_norm": 0.0,
+                                                 "train.num_steps": 40}), wd)
     out = capsys.readouterr().out
     assert "WARNING: diverging at step" in out and "memoryless baseline" in out
     st, result = status.read(wd), json.load(open(os.path.join(wd, "result.json")))
@@ -64,7 +65,7 @@ def test_lm_diverging_run_is_warned_and_recorded(tmp_path, capsys):
 
 def test_synthetic_diverging_run_is_warned_and_recorded(tmp_path, capsys):
     wd = str(tmp_path / "run")
-    sequence.train_and_evaluate(_seq(**{"optim.lr": 5.0, "optim.clip_norm": 0.0, "train.num_steps": 30}), wd)
+    sequence.train_and_evaluate(_seq(**{"optim.lr": 50.0, "optim.clip_norm": 0.0, "train.num_steps": 60}), wd)
     assert "WARNING: diverging" in capsys.readouterr().out
     st, result = status.read(wd), json.load(open(os.path.join(wd, "result.json")))
     assert st["state"] == "diverged" and result["diverged"] is True

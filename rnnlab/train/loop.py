@@ -44,7 +44,8 @@ from rnnlab.train.optim import Schedule
 
 FAR_ABOVE_BASELINE = 1.5  # a loss this many times the memoryless baseline (chance) is "far above" it
 FAR_ABOVE_CLIP = 100.0  # a gradient norm this many times optim.clip_norm is 'far above' it
-DIVERGED_AFTER = 3  # ... for this many checked steps or evaluations in a row (past the first 10% of steps)
+DIVERGED_AFTER = 3  # ... for this many checked steps or evaluations in a row, once the run had GRACE_STEPS
+GRACE_STEPS = 20  # ... or 10% of its steps if more, to learn (a copy task starts 10x above its baseline)
 
 
 class NonFiniteError(FloatingPointError):
@@ -119,12 +120,12 @@ class Divergence:
     """Says when a run stays far above its baseline: the training loss or an
     evaluation above FAR_ABOVE_BASELINE x the memoryless loss (a baseline of 0: no
     such check), or the gradient norm above FAR_ABOVE_CLIP x the clip,
-    DIVERGED_AFTER times in a row once 10% of the steps are done. Warns once on the
+    DIVERGED_AFTER times in a row once GRACE_STEPS or 10% of the steps are done. Warns once on the
     console (``message``); the run counts as diverged when it is still far above at
     the end (``diverged``), else the warning is kept as a warning."""
 
     def __init__(self, baseline: float, clip: float, total: int):
-        self.baseline, self.clip, self.after = baseline, clip, max(1, total // 10)
+        self.baseline, self.clip, self.after = baseline, clip, max(GRACE_STEPS, total // 10)
         self.streak, self.message = 0, None
 
     @property
