@@ -11,19 +11,18 @@ across rnnlab/ (cells, scan, layers, fused, native, probes, ctc, models, data):
   H      hidden units: the output h of a cell
   G      gate pre-activations of a step, n_gates * H (``xp_BxG``, ``w_h_HxG``)
   N      state units of a cell when they are not H (a linear recurrence's state,
-         LSTMP's cell): ``h_BxN``, ``a_TxBxN``
+         LSTMP's cell): ``h_BxN``, ``a_TxBxN``, ``w_p_NxH``
   A      what a fused step keeps for its backward pass, carry and gate
          activations packed in one row (``acts_BxA``, ``saved_TxBxA``)
-  S      a flat stream of samples or tokens (``tokens_S``, ``wave_S``, ``doc_start_S``)
-  F      frames of a spectrogram (``logmel_FxM``)
-  M      mel bands (features of a frame)
-  C      channels (of a convolution, of a gradient-flow component)
-  O      output channels of a convolution
-  W      width of a convolution kernel (``w_WxWxCxO``)
-  E      ensemble members, or snapshots along training (``loss_E``, ``data_ExB``)
-  P      positions of a sequence inside one window (``tokens_BxP``)
+  P      positions of a row of a token stream cut into B rows (``tokens_BxP``)
   V      vocabulary size (``logits_BxTxV``)
-  R      time lags of a probe (``lags_R``)
+  M      mel bands (features of a frame)
+  C      channels (of a convolution, of a carry's components)
+  O      output channels of a convolution
+  S      a flat stream of samples or tokens
+  F      frames of a spectrogram
+  R      time lags of a probe
+  E      ensemble members
   =====  ===========================================================================
 
 Layers are indexed (``layer_0``), never a shape letter.

@@ -976,8 +976,8 @@ class TBPTTBatcher:
             )
         n = batch_size * self.stream_len
         # Views (no copy, also on a memmap): only the windows asked for are read.
-        self.tokens_BxL = tokens_N[:n].reshape(batch_size, self.stream_len)
-        self.doc_start_BxL = None if doc_start_N is None else doc_start_N[:n].reshape(batch_size, self.stream_len)
+        self.tokens_BxP = tokens_N[:n].reshape(batch_size, self.stream_len)
+        self.doc_start_BxP = None if doc_start_N is None else doc_start_N[:n].reshape(batch_size, self.stream_len)
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
@@ -998,12 +998,12 @@ class TBPTTBatcher:
         if step < 0:
             raise ValueError(f"step must be >= 0, got {step}")
         start, t = self.window_start(step), self.seq_len
-        x_BxT = np.array(self.tokens_BxL[:, start : start + t], dtype=np.int32)
-        y_BxT = np.array(self.tokens_BxL[:, start + 1 : start + t + 1], dtype=np.int32)
-        if self.doc_start_BxL is None:
+        x_BxT = np.array(self.tokens_BxP[:, start : start + t], dtype=np.int32)
+        y_BxT = np.array(self.tokens_BxP[:, start + 1 : start + t + 1], dtype=np.int32)
+        if self.doc_start_BxP is None:
             reset_BxT = np.zeros_like(x_BxT, dtype=bool)
         else:
-            reset_BxT = np.array(self.doc_start_BxL[:, start : start + t], dtype=bool)
+            reset_BxT = np.array(self.doc_start_BxP[:, start : start + t], dtype=bool)
         return Batch(
             x_BxT, y_BxT, reset_BxT,
             mask_BxT=np.ones_like(x_BxT, dtype=bool),
