@@ -16,8 +16,8 @@ sequence's end its steps are dead (carry frozen, output 0, no gradient into the 
 Dead rows take no part in any GEMM of the call: each step's GEMM runs on the rows still
 live at that step (gathered when some are dead), and the products over all steps (input
 projection, d x, weight gradients) run on the live (t, b) rows. The results are bitwise
-those of computing the dead rows and dropping them (``SKIP_PADDING = False``;
-tests/test_native.py; ``options(skip_padding=False)`` computes them). The speech recipe's
+those of computing the dead rows and dropping them (``options(skip_padding=False)``;
+tests/test_native.py). The speech recipe's
 batches are about half padding.
 
 Ensembles. Under ``jax.vmap`` (the speech model's members) each member's layer is its
