@@ -48,6 +48,10 @@ DIVERGED_AFTER = 3  # ... for this many checked steps or evaluations in a row, o
 GRACE_STEPS = 20  # ... or 10% of its steps if more, to learn (a copy task starts 10x above its baseline)
 
 
+TIMING_KEYS = ("train_seconds", "cpu_seconds", "total_seconds", "load_average_1min_mean")  # of result.json:
+# the fields a resumed or repeated run may change (the machine's time), every other field is bitwise
+
+
 class NonFiniteError(FloatingPointError):
     """The loss or a norm became NaN/Inf; the run stopped without saving."""
 
