@@ -1,49 +1,26 @@
-"""Language modelling: a recurrent LM on characters or words, trained with
-truncated BPTT, evaluated in bits per character or perplexity, sampled from.
+"""Language modelling: how well does a recurrent LM on characters or words do, trained
+with truncated BPTT, evaluated in bits per character or perplexity, and sampled from?
 
-Run (from the repository root):
-  python -m rnnlab.main --config=experiments/language_modelling.py[:VARIANT] --workdir=DIR \
-      [--config.model.cell=gru --config.optim.lr=1e-3 ...]
-The same command on the same workdir resumes where it stopped.
+Run (from the repository root; the same command on the same workdir resumes):
+  python -m rnnlab.main --config=experiments/language_modelling.py[:VARIANT] --workdir=DIR
+Keys after the variant or as flags: ':shakespeare_char,cell=gru', --config.optim.lr=1e-3.
 
-Variants (each with its command, CPU time on 2 cores, and the result it reached):
-  default           embedded corpus (Python's documentation topics; no download),
-                    char-level 1x256 LSTM, Adam 3e-3 cosine, 1200 steps of 32x100.
-                    Measured: 1m02s wall on 2 cores with the native CPU layers
-                    (1m51s user CPU; 6m25s on a shared machine before them);
-                    valid 1.415 nats/char (2.04 bpc), test 1.269 (1.83 bpc).
-                    Curve: docs/lm/default.png.
-  smoke             seconds; tiny model, for tests.
-  shakespeare_char  ../shared/data/tinyshakespeare/input.txt (90/5/5 split by
-                    characters), 2x256 LSTM, dropout 0.1, Adam 2e-3 cosine, 3000
-                    steps of 32x100, full-context validation (eval batch 1).
-                    Measured: valid 1.595 nats/char at step 1500 (~17 min), 1.524
-                    at step 3000; test 1.615; 23m26s wall with other jobs on the
-                    machine (14m17s user CPU). Curve: docs/lm/shakespeare_char.png.
-  ptb_small         Zaremba et al. 2014 "small": 2x200 LSTM, T=20, B=20, SGD lr 1.0,
-                    clip 5, U(-0.1, 0.1) init, 13 epochs, lr halved each epoch after
-                    the 4th. PTB is not shipped here: give --config.data.source.
-                    Default source is the WikiText-2 folder (valid/test only: trained on
-                    valid.txt[:3390], 196,618 tokens, 491 steps/epoch, 6,383 steps).
-                    Measured there (2026-11-29, seed 0, 2 cores shared with two other
-                    training jobs, load 6-9): 21.6 min of training, validation ppl 593.3
-                    (valid.txt[3390:]), test ppl 494.3. Without dropout this 8M-parameter
-                    model overfits a 0.2M-token corpus (train ppl ~300), as Zaremba et
-                    al.'s small model does on PTB (their valid 120.7 on 0.9M tokens).
-  pytorch_example   the PyTorch word_language_model defaults: emsize 200, nhid 200,
-                    2-layer LSTM, dropout 0.2, SGD lr 20, clip 0.25, bptt 35, batch 20,
-                    eval batch 10, 40 epochs, lr / 4 when validation does not improve;
-                    trained on WikiText-2 valid.txt[:3390], validated on valid.txt[3390:],
-                    tested on test.txt (vocabulary from all three, first-seen order).
-                    Measured (2026-11-29, 40 epochs, seed 0, 2 cores with nothing else
-                    running): best validation ppl 363.9 at epoch 26 (valid.txt[3390:]);
-                    test ppl 298.5 against the example's 303.3 (-1.6%), in 31m39s of
-                    process wall time (31.3 min of training) against its 33.5 min.
-                    An earlier run of the same config with the code of 2026-11-23 (before
-                    the fused layers changed the float32 rounding) reached 312.6 (+3.1%):
-                    SGD at lr 20 with the /4 plateau rule is chaotic, so expect about
-                    +-3% between code versions. Curve: docs/lm/pytorch_example.png.
-Variant args combine with keys: ':shakespeare_char,cell=gru'.
+Variants (results, curves and run times: docs/lm/README.md):
+  default           char-level 1x256 LSTM on the embedded corpus (Python's documentation
+                    topics; no download), Adam 3e-3 cosine, 1200 steps of 32x100.
+  smoke             a tiny model for seconds, for tests.
+  shakespeare_char  2x256 LSTM, dropout 0.1, on ../shared/data/tinyshakespeare/input.txt
+                    (90/5/5 split by characters), Adam 2e-3 cosine, 3000 steps of 32x100,
+                    full-context validation (eval batch 1); about 23 min on 2 cores.
+  ptb_small         Zaremba et al. 2014 "small": 2x200 LSTM, T=20, B=20, SGD lr 1.0, clip 5,
+                    U(-0.1, 0.1) init, 13 epochs, lr halved each epoch after the 4th. PTB is
+                    not shipped: give --config.data.source; the default source is the
+                    WikiText-2 folder (train valid.txt[:3390], validate valid.txt[3390:],
+                    test test.txt); about 22 min on 2 cores.
+  pytorch_example   the PyTorch word_language_model defaults (emsize 200, nhid 200, 2-layer
+                    LSTM, dropout 0.2, SGD lr 20, clip 0.25, bptt 35, batch 20, eval batch 10,
+                    40 epochs, lr / 4 when validation does not improve) on the same WikiText-2
+                    splits (vocabulary from all three, first-seen order); about 31 min on 2 cores.
 """
 
 from __future__ import annotations
