@@ -1,15 +1,18 @@
-"""Gradient flow through time: vanishing gradients in a tanh RNN, the LSTM's
+"""Gradient flow through time: how do vanishing gradients in a tanh RNN, the LSTM's
 forget gate, initialisation (orthogonal, identity/IRNN, orthogonal rescaled to a
-spectral radius rho) and gradient clipping, on the adding problem.
+spectral radius rho, chrono) and gradient clipping decide what is learnt on the
+adding problem?
 
-Classic results checked (Pascanu et al. 2013; Arjovsky et al. 2016, fig. of
+Classic results it checks (Pascanu et al. 2013; Arjovsky et al. 2016, fig. of
 ||dL/dh_t|| against t at initialisation and after training):
   (a) at initialisation the tanh RNN's ||dL/dh_t|| decays exponentially with
       the lag, at the per-step rate its step Jacobians predict; an LSTM with
-      forget-gate bias 1 keeps it within one order of magnitude over 100 steps
-      (it does not; chrono initialisation does: see RESULTS);
+      forget-gate bias 1 keeps it within one order of magnitude over 100 steps;
+  (a') so does an LSTM with chrono initialisation (Tallec & Ollivier 2018);
   (b) adding problem, T = 200: the LSTM reaches MSE < 0.0167 (a tenth of the
       1/6 baseline) while the tanh RNN stays near the baseline.
+Results, with every number beside its artifact: docs/gradient_flow/ (README.md is
+the generated report, notes.md what the report does not say).
 
 Run the whole study and write the report (through launch: each trial a process of
 rnnlab.main, --parallel at once; the same command resumes or reuses finished trials):
@@ -23,7 +26,8 @@ One trial (variants below; keys as in language_modelling: ':default,cell=gru,T=4
 Variants:
   default (= full)  one trial of the study: 1x64 LSTM (forget bias 1), adding T=200,
                     batch 50, Adam lr 1e-2, global-norm clipping 1.0, 1500 steps,
-                    snapshots at steps 0,100,500,1000,1500. 74 s on 2 CPU cores.
+                    snapshots at steps 0,100,500,1000,1500; about 2 min on 2 cores
+                    (lstm_fb1_T200_clip in docs/gradient_flow/report.json).
   smoke             seconds: 1x8 LSTM, T=20, 20 steps (tests run it).
 Shorthand keys: cell=NAME (any registered cell), fb=FORGET_BIAS, init=orthogonal|identity|irnn,
 rho=SPECTRAL_RADIUS, clip=NORM (0: off), T=LENGTH, H=HIDDEN, steps=N, lr=LR, seed=N;
@@ -31,37 +35,7 @@ dotted keys (train.num_steps=...) go anywhere.
 
 Grids (``--grid``): 'full' (the study in docs/gradient_flow; see ``full``), 'smoke',
 'sweep' (``sweep``: every registered cell x T in {100, 200, 400} x clipping, and the
-tanh RNN's initialisations, 54 trials; about 1 h on 2 cores, more when they are shared).
-
-RESULTS: grid 'full' rerun 2026-11-29 with the current code (18 trials, one seed each; 2 CPU cores shared
-with two speech trainings): 11.2 min of training + 3.3 min of report. Numbers from
-docs/gradient_flow/report.json, where every one is kept with the curve it comes from. (Initialisation
-numbers are bitwise those of the first run; trained ones moved by float32 rounding of the fused layers,
-e.g. LSTM fb 1 at T=200 0.00059 -> 0.00044, every verdict unchanged.)
-  (a) tanh RNN, orthogonal W_h, at initialisation, T=200, lags 1-100: ||dL/dh_t|| decays
-      exponentially (log-linear R^2 0.9996) at 0.8126/step on the 8 examples whose step Jacobians
-      J_t = dh_t/dh_(t-1) were taken (0.8149 on the 32-example probe batch). Their prediction for a
-      gradient spread over all H directions, exp(mean_t log(||J_t||_F / sqrt(H))) = 0.7967: fit +2.0%,
-      HOLDS within 10%. The mean spectral norm exp(mean_t log ||J_t||_2) = 0.9998 is only an upper
-      bound (Pascanu's sigma_max(W_h) = 1.0): fit -18.7%, NOT within 10%. The products' top singular
-      value decays at 0.8174/step. Radius 0.5 / 0.9 / 1.1: fit 0.440 / 0.751 / 0.865 against
-      0.431 / 0.735 / 0.850 (+2.1 / +2.1 / +1.7%); mean ||J_t||_2 = 0.500 / 0.900 / 1.100.
-      LSTM forget bias 1 at initialisation: does NOT stay within one order of magnitude:
-      ||dL/d(c,h)_t|| spans 6.1e4 over lags 0-100 (0.910/step, slower than the tanh RNN's 0.815,
-      LSTM fb 0: 0.745, GRU 0.755; its mean forget gate 0.70 keeps memory ~2.9 steps). After training
-      (1500 steps) it spans 1.57 (1.001/step); the h part alone 300.
-  (a') LSTM with chrono initialisation (Tallec & Ollivier 2018, cell option chrono=200: b_f = log U(1, 199),
-      b_i = -b_f): spans 4.63 over lags 0-100 at initialisation (0.993/step): within one order of
-      magnitude, HOLDS; 2.03 after training; adding MSE 6.8e-5, below 0.0167 from step 250 (fb 1: 750).
-  (b) adding, T=200, baseline 1/6 = 0.1667: LSTM fb 1 eval MSE 0.00044 (below 0.0167 from step 750
-      of 1500) - HOLDS; LSTM fb 0 0.00055, GRU 0.00023 (from step 250). tanh RNN 0.171 =
-      1.02 x baseline after 1500 steps - HOLDS (near the baseline); radius 0.5 / 0.9 / 1.1 after 1000
-      steps 0.181 / 0.188 / 0.209; IRNN at lr 1e-4: 0.350 (worse than predicting 1).
-  Clipping: with Adam it did not decide stability (IRNN lr 1e-2 diverged at step 118 with clipping and
-      finished without, MSE 0.380; Adam bounds each step by about lr anyway). With SGD lr 0.1 on the
-      tanh RNN at radius 1.1, no clipping diverged at step 31, clipping at 1.0 finished (MSE 0.1676).
-  T=100 (1000 steps): LSTM 0.00103 (from step 750), tanh RNN 0.165. T=400: probes at initialisation
-      only (LSTM 0.909/step, tanh RNN 0.814/step).
+tanh RNN's initialisations, 54 trials).
 """
 
 from __future__ import annotations
