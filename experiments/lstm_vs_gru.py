@@ -1,6 +1,8 @@
-"""tanh RNN vs LSTM vs GRU at matched parameter counts (Chung et al. 2014;
-Jozefowicz et al. 2015), on character-level language modelling, the adding and
-copy tasks at two lengths each, and sequential (pixel-by-pixel) digits.
+"""tanh RNN vs LSTM vs GRU: at matched parameter counts, which cell learns best (Chung et
+al. 2014), and does a forget-gate bias of 1 close the LSTM's gap to the GRU (Jozefowicz et
+al. 2015)? On character-level language modelling, the adding and copy tasks at two lengths
+each, and sequential (pixel-by-pixel) digits. The zoo asks the first question of every
+registered cell on adding T=100.
 
 Every cell gets the width whose total parameter count (readout and embeddings
 included) is closest to the task's budget: computed by ``matched_width`` from
@@ -39,52 +41,10 @@ budget= (parameter budget; the width follows), H= (a hand-picked width instead),
 Sizes: budget 20,000 parameters for the char LM (tiny Shakespeare, 500 steps of 16 x 64 characters,
 embedding 16), 4,000 for the others (adding T=50/100: 600 steps of 50; copy with 5 symbols to recall
 after delays 5 and 20, 8 symbols: 800 steps of 50; digits pixel by pixel, T=64: 600 steps of 32, ~15
-epochs). Widths: char LM tanh 102 / LSTM 54 / GRU 62; adding tanh 61 / LSTM 30 / GRU 35; copy 54 /
-26 / 30; digits 57 / 29 / 34. Adam, clipping 1.0, lrs {3e-3, 1e-2}, seeds {0, 1, 2}.
+epochs). Adam, clipping 1.0, lrs {3e-3, 1e-2}, seeds {0, 1, 2}.
 
-RESULTS (the study run once, 2026-11-23, command above; 126 trials, all finished; 26.5 min of trial
-wall time on the 2-core machine shared with other agents' jobs, load average 6-10). Test metric at
-each cell's validation-chosen lr, mean ± std [95% CI] over 3 seeds (docs/lstm_vs_gru/README.md, results.csv):
-  char LM, bpc      GRU 2.964 ± 0.014 [2.930, 2.997]  LSTM 3.037 ± 0.014 [3.001, 3.072]
-                    tanh 3.097 ± 0.005 [3.084, 3.111]  -> GRU, CIs separate from both
-  adding T=50, MSE  LSTM 0.00086 [-0.0007, 0.0024]  GRU 0.00106 [0.00003, 0.0021]  tanh 0.171
-                    (baseline 0.167) -> LSTM, CI overlaps GRU's; both separate from tanh
-  adding T=100      GRU 0.00072 [0.00028, 0.0012]  LSTM 0.0020 [0.00015, 0.0039]  LSTM fb 0 0.018
-                    [-0.049, 0.085]  tanh 0.166 -> GRU, CIs overlap the LSTMs'; tanh at the baseline
-  copy delay 5, CE  tanh 0.266 ± 0.257 [-0.37, 0.91]  LSTM 0.358  GRU 0.445 (baseline 0.693)
-                    -> tanh on the mean, every CI overlaps (two tanh seeds reached 0.12, one 0.56)
-  copy delay 20     GRU 0.212 [0.148, 0.275]  LSTM fb 0 0.308  tanh 0.313  LSTM 0.329 (baseline
-                    0.347) -> GRU, separate from both LSTMs, overlaps tanh
-  digits, accuracy  GRU 0.840 [0.802, 0.878]  tanh 0.840  LSTM 0.834  LSTM fb 0 0.829 -> a tie,
-                    every CI overlaps
-Gated beat tanh with separate CIs on char LM and adding (Chung et al. 2014); GRU vs LSTM is
-task-dependent and mostly within the CIs, GRU ahead on 4 of 6 tasks; forget bias 1 vs 0: better on
-adding T=100 (mean 0.002 vs 0.018) but within the CIs, and not on copy (Jozefowicz et al. 2015's
-gap-closing is not clearly visible at this budget).
-
-ZOO (the zoo grid run 2026-11-29, command above: 16 registered cells x {adding T=100, LM smoke} x lrs
-{3e-3, 1e-2}, seed 0 = 64 trials, all finished; 29.3 min of trial wall time on the 2-core machine shared
-with other jobs, load average 4.8 at start, 6-11 during, 10.7 at end). Adding T=100 is the study's
-adding100 (600 steps, batch 50, Adam, clipping 1.0, 4,000 parameters); LRU and IndRNN 2 layers (2x23,
-2x60), every other cell 1 layer; lr chosen on eval MSE. Test MSE / baseline 1/6 (README "Zoo" table):
-  slstm 0.003  rglru 0.004  cifg 0.005  gru 0.005  mgu 0.006  mogrifier 0.006  lstm 0.008  peephole 0.008
-  lnlstm 0.009  ugrnn 0.012  lstmp 0.027  indrnn 0.232  minlstm 0.235  lru 0.266  mingru 0.762  tanh 0.996
-15 of 16 below the baseline by more than 2 standard errors of the 500-sequence test MSE (< 0.149); every
-LM smoke finished (test bpc 4.97-5.40 after 20 steps). Why the earlier grid (300 steps, lr 1e-2 only, one
-layer) left indrnn, lru, lstmp, mingru, peephole (and minlstm, 0.92 x) at the baseline:
-  - steps: peephole, lstmp and minLSTM sat on the adding task's plateau until step 300 (eval 0.19, 0.17,
-    0.17) and left it by step 400-500 at the same width and lr (peephole, checked on one trial before
-    the grid: 0.0013 at 600 steps with lr 1e-2, 0.064 with 3e-3);
-  - depth: one LRU layer cannot form sum_t v_t m_t (its h_T is linear in the inputs) and one IndRNN layer
-    did not (0.249 here; 0.166-0.168 at 400 steps in benchmarks/zoo_adding.py); two layers at the same
-    budget reach 0.044 and 0.039;
-  - width: minGRU gets 571 units at the budget (4 parameters and a readout weight each) and trains
-    noisily (eval 0.035-0.24 between evaluations, gradients clipped throughout; 0.127 at 600 steps at lr
-    1e-2, 0.145 at 3e-3, checked on one trial before the grid). As diagnostics outside the grid (not
-    selections): minGRU 1x32 (225 parameters) 0.010, 2x43 (4,086) 0.0007.
-Still at the baseline: the tanh RNN (0.166 at both lrs, as in the study's adding100 over 3 seeds and
-gradient_flow.py's 1000 steps): vanishing gradients through 100 tanh steps (||dL/dh_t|| shrinks ~0.8
-per step at initialisation, gradient_flow.py), the failure that gating was invented for.
+Results, with every number beside its artifact: docs/lstm_vs_gru/ (README.md is the generated
+report; notes.md what it does not say: the zoo's diagnostics and the runs' history).
 """
 
 from __future__ import annotations
