@@ -16,7 +16,7 @@ a jitted step of its own; the results are bitwise the same, tests/test_native.py
   padding  padded steps left out of the GEMMs (native.options skip_padding); members as before
   now      both: padding left out, one native call per member (native.options vmap_method)
 
-What is timed, identically for every front end: ``rnnlab.train_speech.train_step``
+What is timed, identically for every front end: ``rnnlab.tasks.speech.train_step``
 (the jitted step the trainer runs: features, front end, bidirectional stack, CTC
 loss, gradients, clipped Adam update of every ensemble member, the weight EMA) on
 the same training batches of ``experiments/speech_recognition.py:VARIANT``
@@ -26,7 +26,7 @@ the shapes agree (a stride does not change a kernel's shape).
 
 Member threads (``--member_threads 1,2``; train.member_threads of an ensemble variant): 1 is
 the trainer's one program over all members; G > 1 trains the members in G groups, each
-group's step on a thread of its own (``rnnlab.train_speech.MemberThreads``), the native
+group's step on a thread of its own (``experiments/speech/recipe.py MemberThreads``), the native
 loop's threads divided among them. Equal to one program to float rounding, not bitwise.
 
 Each step is compiled for every batch shape (frames are padded to a multiple of
@@ -62,9 +62,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from experiments import speech_recognition as sr  # noqa: E402
+from experiments.speech import recipe  # noqa: E402
 from rnnlab import native  # noqa: E402
-from rnnlab import train_speech as ts  # noqa: E402
 from rnnlab.data import audio  # noqa: E402
+from rnnlab.tasks import speech as ts  # noqa: E402
+from rnnlab.train.optim import make_optimizer  # noqa: E402
 
 RECIPE_STEPS = 3000
 
@@ -175,7 +177,7 @@ def main(argv=None) -> dict:
     c0 = cs[0]
     with tempfile.TemporaryDirectory() as workdir:  # its feature cache, gone afterwards
         data = ts.load_data(c0, workdir)  # the front end does not change the data
-    batches = [ts._device_batch(audio.connected_batch(data.train, data.noise_NxM, data.vocab, data.utterances,
+    batches = [ts.device_batch(audio.connected_batch(data.train, data.noise_NxM, data.vocab, data.utterances,
                                                       c0.seed, s, c0.data.batch_size)) for s in range(args.batches)]
     frames = [int(b["lengths"].sum()) for b in batches]
     print(f"{args.variant}, held out {args.held_out}: {len(batches)} batches of {c0.data.batch_size}, frame counts "
@@ -184,7 +186,7 @@ def main(argv=None) -> dict:
 
     runs = []
     for conv, c, model in zip(front_ends, cs, models, strict=True):
-        tx = ts.make_optimizer(c.optim)
+        tx = make_optimizer(c.optim)
         for impl, groups in itertools.product(impls, thread_counts):
             state = ts.initial_state(model, tx, c)  # the trainer's own step-0 state
             n_params = sum(int(a.size) for a in jax.tree.leaves(state["params"]))
@@ -194,11 +196,10 @@ def main(argv=None) -> dict:
             grouped = None
             if groups > 1:
                 try:  # a bad count gets the trainer's own error
-                    ts.check_member_threads(_with_threads(c, groups))
+                    recipe.check_member_threads(_with_threads(c, groups))
                 except ValueError as e:
                     raise SystemExit(f"--member_threads: {e}") from None
-                grouped = ts.MemberThreads(model, tx, groups, step=step)
-                grouped.load(state)
+                grouped = recipe.MemberThreads(model, tx, groups, state, c.train.ema_decay, step=step)
                 state = None
             runs.append({"conv": conv, "implementation": impl, "name": name, "member_threads": groups,
                          "subsampling": model.subsampling, "parameters": n_params, "model": model, "tx": tx,
@@ -210,7 +211,7 @@ def main(argv=None) -> dict:
         if r["grouped"] is None:
             r["state"], m = r["step"](r["model"], r["tx"], r["state"], b, r["lr"], r["key"], r["decay"])
         else:
-            r["grouped"].submit(b, r["lr"], r["key"], r["decay"])
+            r["grouped"].submit({"batch": b, "rng": r["key"]}, r["lr"])
             m = r["grouped"].collect()
         jax.block_until_ready(m)
         return float(m["loss"])
