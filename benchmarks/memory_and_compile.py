@@ -15,7 +15,7 @@ Reported per setting: the process's peak resident set (ru_maxrss, everything:
 the runtime, the compiled program, the data) and, for JAX, the bytes XLA
 plans for the step (compiled.memory_analysis(): arguments + outputs + temporaries).
 
-compile: wall time of ``jit(...).lower(...).compile()`` of rnnlab.train.train_step
+compile: wall time of ``jit(...).lower(...).compile()`` of rnnlab.tasks.lm.train_step
 for the language_modelling.py ``pytorch_example`` model (2-layer LSTM, 200 units,
 vocabulary 33,278 as WikiText-2), best of --repeats fresh compiles (the persistent
 compilation cache is off, so every compile is real).
