@@ -16,7 +16,11 @@ def test_readme_starts_with_two_setup_commands_and_ci_runs_the_second():
     first, second = _setup_commands()
     assert first.startswith("pip install -e . && python -m rnnlab.main")
     ci = open(os.path.join(ROOT, ".ci", "run")).read().splitlines()
-    assert any(ln.strip() == second.replace("pip install -e", "pip install -q -e") for ln in ci), (second, ci)
+    test_line = second.replace("pip install -e", "pip install -q -e")
+    assert any(ln.strip() == test_line for ln in ci), (second, ci)
+    # CI runs the SLURM tests (they skip where no controller answers): the cluster starts first
+    start = next(i for i, ln in enumerate(ci) if ln.strip().startswith("bash launch/cluster/start_local_slurm.sh"))
+    assert start < next(i for i, ln in enumerate(ci) if ln.strip() == test_line), ci
 
 
 def test_quickstart_runs():

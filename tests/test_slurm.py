@@ -1,12 +1,16 @@
 """The SLURM executor against a REAL one-node cluster on 127.0.0.1 (slurm-wlm + munge,
-started by launch/cluster/start_local_slurm.sh, which installs them with apt if
-missing). A 4-trial sweep goes in as one array job; one task is preempted mid-run
-(SIGUSR2, as SLURM sends before a time limit) and requeues itself, resuming to the
-uninterrupted result; a diverging trial is reported while the others finish."""
+started by ``bash launch/cluster/start_local_slurm.sh`` as root, which installs them
+with apt if missing; ``.ci/run`` starts it before the suite). A 4-trial sweep goes in
+as one array job; one task is preempted mid-run (SIGUSR2, as SLURM sends before a time
+limit) and requeues itself, resuming to the uninterrupted result; a diverging trial is
+reported while the others finish.
+
+The tests never start or install anything: without a controller that answers they
+skip, saying how to start one; with RNNLAB_REQUIRE_CLUSTER=1 (set by ``.ci/run``)
+they fail instead, so CI cannot pass with them skipped."""
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import subprocess
@@ -18,24 +22,25 @@ from fixtures import launch_checks as checks
 from launch import __main__ as cli
 from launch import slurm, status, trials
 
-START = os.path.join(checks.REPO, "launch", "cluster", "start_local_slurm.sh")
+START = "bash launch/cluster/start_local_slurm.sh"
+pytestmark = pytest.mark.cluster
 
 
 @pytest.fixture(scope="session")
 def cluster():
-    """Start (or reuse) the cluster once; the lock keeps two xdist workers from starting it twice."""
-    with open("/tmp/rnnlab_slurm_start.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            out = subprocess.run(["bash", START], capture_output=True, text=True, timeout=600)
-        except subprocess.TimeoutExpired as e:
-            pytest.fail(f"{START} did not finish within 600 s: {e}")
-        if out.returncode != 0:
-            pytest.fail(f"the SLURM test cluster could not start ({START} exit {out.returncode}):\n"
-                        f"{out.stdout}\n{out.stderr}")
-    slurm.check_controller()
+    """A SLURM controller that answers (``scontrol ping``), or a skip that says how to start one."""
+    try:
+        slurm.check_controller(timeout_s=10)
+    except ValueError as e:
+        why = (f"no SLURM controller answers here ({e}). Start a one-node cluster on 127.0.0.1 with "
+               f"`{START}` (as root; it installs slurm-wlm and munge with apt if missing), then rerun; "
+               "stop it with `bash launch/cluster/stop_local_slurm.sh`")
+        if os.environ.get("RNNLAB_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"RNNLAB_REQUIRE_CLUSTER=1 (CI): {why}")
+        pytest.skip(why)
 
 
+@pytest.mark.slow  # a 4-trial sweep with a requeue: about a minute
 def test_slurm_array_sweep_requeue_failure_and_report(cluster, tmp_path):
     root = str(tmp_path / "sweep")
     run = checks.popen(checks.launch_cmd("run", checks.EXPERIMENT, f"--root={root}", "--executor=slurm",
