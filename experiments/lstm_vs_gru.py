@@ -710,7 +710,7 @@ def zoo_markdown(table: list[dict], run_info: dict) -> list[str]:
     lines += ["", f"Below the baseline on adding T=100: {len(below)} of {len(table)} cells"
               + (f"; not: {', '.join(not_below)}." if not_below else ".")
               + f" LM smoke finished: {len(lm_ok)} of {len(table)}. Why each cell passes or fails (steps, depth, "
-              "width), with the single-trial checks: the experiment's docstring (ZOO).", ""]
+              "width), with the single-trial checks: notes.md#zoo.", ""]
     return lines
 
 
