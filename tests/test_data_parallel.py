@@ -14,6 +14,7 @@ import textwrap
 import time
 
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -204,6 +205,7 @@ def _wait_for_ranks(procs, tmp_path, timeout_s: float) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_multihost_through_slurm_environment_equals_one_device(tmp_path):
     """Two processes of two CPU devices each find each other from SLURM's variables
     (as srun sets them) through jax.distributed.initialize(), train on the 4-device
