@@ -15,6 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "layers.py"
 
 
+@pytest.mark.slow
 def test_layers_benchmark_quick(tmp_path):
     out = tmp_path / "layers.json"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "KERAS_BACKEND": "jax"}
@@ -48,6 +49,7 @@ def test_layers_benchmark_quick(tmp_path):
             assert s[f"rnnlab_speed_ratio_vs_{peer}"] > 0
 
 
+@pytest.mark.slow
 def test_memory_and_compile_benchmark_quick(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "memory_and_compile.py"), "--quick", "--out", str(tmp_path)],

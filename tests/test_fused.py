@@ -91,6 +91,7 @@ def test_fused_float32(name):
     _close(got, ref, 1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FUSED_CELLS)
 def test_fused_stack_bidirectional_two_layers(name):
     """Through Stack (what models use): the fused path is the default."""

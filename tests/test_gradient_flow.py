@@ -36,6 +36,7 @@ def _smoke(**over):
     return c
 
 
+@pytest.mark.slow
 def test_smoke_runs_through_main_and_the_report_regenerates_from_its_checkpoints(tmp_path):
     wd = tmp_path / "runs" / "smoke_lstm"
     cmd = [sys.executable, "-m", "rnnlab.main", "--config=experiments/gradient_flow.py:smoke", f"--workdir={wd}"]
@@ -168,6 +169,7 @@ def test_gru_chrono_initialisation_sets_the_keep_gate_bias_and_keeps_the_gradien
     assert ranges["chrono=200"] < 10 and ranges[""] > 1e6, ranges
 
 
+@pytest.mark.slow
 def test_model_losses_and_probe_loss_agree():
     """task_grad_norms' loss is the training loss: MSE at the last step, CE over a mask."""
     for task, kw in (("adding", {}), ("copy", {"task.length": 5}), ("temporal_order", {"task.length": 12})):

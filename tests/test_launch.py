@@ -19,6 +19,7 @@ from launch import report, status, trials
 GRADIENT_FLOW = os.path.join(checks.REPO, "experiments", "gradient_flow.py")
 
 
+@pytest.mark.slow
 def test_local_sweep_interrupt_resume_failure_and_report(tmp_path):
     root = str(tmp_path / "sweep")
     first = checks.popen(checks.launch_cmd("run", checks.EXPERIMENT, f"--root={root}", "--parallel=4"),

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from rnnlab import Stack
 from rnnlab.data import markov, text
@@ -13,6 +14,7 @@ from rnnlab.tasks import lm
 from rnnlab.train.optim import make_optimizer
 
 
+@pytest.mark.slow
 def test_trained_lm_reaches_the_entropy_rate_of_a_markov_chain():
     chain = markov.random_chain(8, alpha=0.5, order=2, seed=0)  # needs 2 tokens of memory
     rate = markov.entropy_rate(chain)

@@ -31,6 +31,7 @@ def _load(path: pathlib.Path, name: str):
     return module
 
 
+@pytest.mark.slow
 @needs_data
 def test_torch_port_runs_and_writes_json(tmp_path):
     out = tmp_path / "torch_lm.json"

@@ -106,6 +106,7 @@ def test_zoo_adding_is_the_studys_adding100_with_paper_depth_at_the_budget():
     assert exp.BELOW_BASELINE == pytest.approx(1 / 6 - 2 * se, rel=2e-3)
 
 
+@pytest.mark.slow
 def test_smoke_variant_trains_and_a_sweep_trial_runs_from_the_command_line(tmp_path):
     c = exp.get_config("smoke")
     summary = main_lib.trainer(c.trainer)(c, str(tmp_path / "smoke"))
@@ -165,6 +166,7 @@ def sweep(add):
 """
 
 
+@pytest.mark.slow
 def test_report_end_to_end(tmp_path):
     import launch
 

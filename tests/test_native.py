@@ -131,6 +131,7 @@ def test_padding_takes_no_part_in_the_gemms_and_changes_no_bit(name, shape, padd
         np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
 
 
+@pytest.mark.slow
 def test_members_under_vmap_are_one_native_call_each_with_the_plain_calls_results():
     """An ensemble's members vmapped over (as the speech model does): each member's layer is
     its own native call in the program (native.options' vmap_method), not a loop around one, and

@@ -65,6 +65,7 @@ FLOAT32_CASES = [(n, r, 5) for n in LINEAR_CELLS for r in (False, True)] + [
     (n, i % 2 == 1, 4096) for i, n in enumerate(LINEAR_CELLS)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,reverse,n_steps", FLOAT32_CASES)
 def test_parallel_equals_sequential_float32(name, reverse, n_steps):
     cell, params, xs, carry0, reset, lengths = _problem(name, n_steps, jnp.float32)
@@ -109,6 +110,7 @@ def test_parallel_equals_python_loop_of_step_float64(name, reverse):
             np.testing.assert_allclose(np.asarray(got[b : b + 1]), np.asarray(want), rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_log_space_scan_survives_products_that_underflow():
     """minGRU with a_t = 1 - z_t ~ 1e-3 over 512 steps: prod a underflows float32
     (1e-3^512), which the log-space scan never forms; it still equals the loop."""
@@ -158,6 +160,7 @@ def test_auto_takes_the_parallel_path_where_the_rule_says():
         assert chosen == {"rglru": True, "lstm": False, "mingru": False}
 
 
+@pytest.mark.slow
 def test_benchmark_script_smoke(tmp_path):
     """benchmarks/parallel_scan.py end to end on tiny shapes (no timing asserted)."""
     out = tmp_path / "ps"

@@ -38,6 +38,7 @@ def _batch(rng, n_t=37):
             "label_lengths": np.array([3, 1, 2], np.int32)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell,floor_db", [("lstm", 0.0), ("gru", 0.0), ("lstm", 20.0)])
 def test_junk_frames_past_the_lengths_change_neither_loss_nor_gradients(cell, floor_db):
     model = _model(cell, feat.FeatureSpec(n_mels=12, deltas=True, floor_db=floor_db))
@@ -300,6 +301,7 @@ def test_config_variants_sweep_and_report_table(tmp_path):
     assert "| george | 1500 | 10.0 | 4.00% |" in table and "average (2 of 5)" in table
 
 
+@pytest.mark.slow
 def test_ema_is_the_hand_computed_weighted_average_and_the_train_step_keeps_it():
     p = [{"w": np.array([1.0, -2.0], np.float32)}, {"w": np.array([3.0, 0.5], np.float32)},
          {"w": np.array([-1.0, 4.0], np.float32)}]
@@ -363,6 +365,7 @@ def test_confusion_counts_put_each_one_word_utterance_in_its_cell():
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_an_ensemble_is_its_members_side_by_side():
     """model.members = 2: stacked parameters (member k from fold_in(key, k)); the loss is the
     sum of each member's own loss, so each member's gradient is its own loss's; apply
@@ -410,6 +413,7 @@ def test_an_ensemble_decodes_each_member_then_votes():
     assert one.decode_labels(logits[1], np.array([6])) == [(1, 3)]
 
 
+@pytest.mark.slow
 def test_prior_bias_is_each_members_own_fit_over_every_floor_and_decoding_adds_it(monkeypatch):
     """prior_bias fits each member apart (so a sub-ensemble's biases are the rows of its
     members), on the member's best paths under every floor pooled: it equals
@@ -468,6 +472,7 @@ def test_speaker_prior_on_too_few_held_out_clips_is_refused_before_anything_is_w
     assert not os.path.exists(os.path.join(wd, "config.json"))
 
 
+@pytest.mark.slow
 def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     repo, root, wd, _, r = _smoke_run(tmp_path, ",members=2")
     assert "in 2 ensemble members;" in r.stdout and json.load(open(os.path.join(wd, "result.json")))["finished"]
@@ -571,6 +576,7 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
                      "members": prior["members"], "subsets": prior["subsets"], "subsets_mean": prior["subsets_mean"]}
 
 
+@pytest.mark.slow
 def test_speech_step_benchmark_times_each_front_end_on_the_same_batches(tmp_path, capsys):
     """benchmarks/speech_step.py end to end on the smoke config (no timing asserted beyond 'positive')."""
     sys.path.insert(0, train_speech.REPO_ROOT)
@@ -590,6 +596,7 @@ def test_speech_step_benchmark_times_each_front_end_on_the_same_batches(tmp_path
     assert "| 3:4:16 | x4 |" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_speech_step_benchmark_times_each_native_implementation_with_its_own_settings(tmp_path, capsys, monkeypatch):
     """--implementations: every front end x implementation, each traced under its own rnnlab.native
     settings (seen by the layers it traces, then restored), the first row the peer."""
@@ -629,6 +636,7 @@ def _train_steps(model, tx, state, batches, grouped=None, ids=None):
     return (state if grouped is None else grouped.join()), metrics
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("groups", [2, 4])
 def test_member_threads_train_each_member_as_the_whole_program_does(groups, monkeypatch):
     """train.member_threads=2 (4) on four members: two groups of two (four of one), each its own
@@ -681,6 +689,7 @@ def test_member_threads_train_each_member_as_the_whole_program_does(groups, monk
         model.slice_of(5)
 
 
+@pytest.mark.slow
 def test_member_threads_run_resumes_exactly_and_bad_counts_are_refused(tmp_path, capsys):
     """A smoke run of four members on two threads, killed after its step-3 checkpoint (here: the step-6
     one removed) and run again, ends bitwise where the uninterrupted run ended; its checkpoints hold the
@@ -723,6 +732,7 @@ def test_member_threads_run_resumes_exactly_and_bad_counts_are_refused(tmp_path,
         assert not os.path.exists(os.path.join(bad_wd, "config.json"))
 
 
+@pytest.mark.slow
 def test_speech_step_benchmark_times_member_threads_beside_one_program(tmp_path, capsys):
     """--member_threads 1,2: the one-program step and the two-group one on the same batches, the
     first the peer; the groups' steps are traced with the native loop's threads shared, then restored.

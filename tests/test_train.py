@@ -82,6 +82,7 @@ def _launch(config_args, wd):
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_steps_then_resume_is_bitwise_equal(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(CORPUS)
@@ -205,6 +206,7 @@ def test_mistyped_config_key_fails_on_the_command_line(tmp_path):
     assert proc.returncode != 0 and "lrr" in proc.stderr
 
 
+@pytest.mark.slow
 def test_warm_start_from_another_run(tmp_path, capsys):
     a = str(tmp_path / "a")
     lm.train_and_evaluate(_config(tmp_path, **{"train.num_steps": 8}), a)
@@ -219,6 +221,7 @@ def test_warm_start_from_another_run(tmp_path, capsys):
         lm.train_and_evaluate(_config(tmp_path, **{"init_from": a, "model.d_hidden": 32}), str(tmp_path / "c"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["smoke"])
 def test_experiment_smoke_variant_runs_from_the_command_line(tmp_path, variant):
     t0 = time.time()

@@ -134,6 +134,7 @@ REFS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(REFS))
 def test_step_matches_the_papers_equations_in_numpy(name):
     p, x, carry, new_carry, h = _step_inputs(name)
@@ -228,6 +229,7 @@ def test_rglru_decay_starts_in_the_papers_range():
 # ----------------------------------------------------------------------------- every cell trains
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", cells.available())
 def test_one_lm_smoke_step_and_one_adding_step_have_finite_loss(name):
     vocab = 11
