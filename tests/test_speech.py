@@ -16,10 +16,12 @@ import ml_collections
 import numpy as np
 import pytest
 
+from experiments.speech import recipe
+from experiments.speech import task as speech_study
 from rnnlab import features as feat
-from rnnlab import train_speech
 from rnnlab.layers import Stack
 from rnnlab.models.speech import SpeechModel
+from rnnlab.tasks import speech as speech_task
 from tests.test_audio import _fake_fsdd
 
 FEATS = feat.FeatureSpec(n_mels=12, deltas=True)
@@ -69,38 +71,6 @@ def test_output_lengths_follow_the_subsampling_and_one_step_changes_every_parame
         assert float(jnp.max(jnp.abs(g))) > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
 
 
-def test_the_2d_front_end_is_torch_conv2d_over_time_and_mel_with_the_feature_blocks_as_channels():
-    torch = pytest.importorskip("torch")
-    model = SpeechModel(FEATS, (), Stack("lstm", 3 * 4, 6, num_layers=1, bidirectional=True), 11,
-                        conv2d=((3, 2, 5), (5, 2, 4)))
-    assert model.subsampling == 4 and model.front_end_width == 3 * 4  # 12 mel channels -> 6 -> 3, 4 channels
-    params = model.init(jax.random.key(2))
-    batch = _batch(np.random.default_rng(2))
-    x = feat.postprocess(FEATS, jnp.asarray(batch["logmel"]), jnp.asarray(batch["lengths"]))
-    got, got_len = model.front_end(params, x, jnp.asarray(batch["lengths"]))
-    np.testing.assert_array_equal(got_len, [10, 8, 6])
-    # torch: N x C x T x W, the blocks (log-mel, delta, delta-delta) as input channels; each utterance alone,
-    # cut to its length (so 'same' padding sees zeros past it, as the masks make the batch see)
-    for b, n in enumerate(batch["lengths"]):
-        h = torch.tensor(np.asarray(x[b, :n]).reshape(n, 3, 12).transpose(1, 0, 2)[None])
-        for layer, (k, s, _) in zip(params["conv2d"], model.conv2d, strict=True):
-            conv = torch.nn.Conv2d(h.shape[1], layer["b_O"].shape[0], k, stride=s, padding=k // 2)
-            with torch.no_grad():
-                conv.weight.copy_(torch.tensor(np.asarray(layer["w_KxKxCxO"]).transpose(3, 2, 0, 1)))
-                conv.bias.copy_(torch.tensor(np.asarray(layer["b_O"])))
-                h = torch.nn.functional.gelu(conv(h), approximate="tanh")
-        want = h[0].permute(1, 2, 0).reshape(h.shape[2], -1).numpy()  # T' x (W' x C)
-        np.testing.assert_allclose(np.asarray(got[b, :int(got_len[b])]), want, rtol=1e-4, atol=1e-5)
-    # and the whole model ignores junk past the lengths, gradients included
-    junk = dict(batch, logmel=np.concatenate([batch["logmel"], 9 * np.ones((3, 20, 12), np.float32)], 1))
-    junk["logmel"][2, 21:37] = -1e3
-    grad = jax.jit(jax.value_and_grad(lambda p, b: model.loss_and_metrics(p, b)[0]))
-    (l0, g0), (l1, g1) = grad(params, batch), grad(params, junk)
-    np.testing.assert_allclose(l1, l0, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g1, g0)
-    assert all(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(g0))
-
-
 def _run(args, cwd):
     env = {**os.environ, "PYTHONPATH": cwd, "JAX_PLATFORMS": "cpu"}
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
@@ -109,7 +79,7 @@ def _run(args, cwd):
 def _smoke_run(tmp_path, extra: str = ""):
     """Trains the smoke variant on fake FSDD recordings of two speakers: (repo, recordings,
     workdir, --config flag, the training process)."""
-    repo = train_speech.REPO_ROOT
+    repo = speech_task.REPO_ROOT
     root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
     wd = str(tmp_path / "run")
     cfg = f"--config={repo}/experiments/speech_recognition.py:smoke,data.root={root}{extra}"
@@ -127,7 +97,7 @@ def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp
     assert 0 <= result["eval_raw_wer"] and result["cpu_seconds"] > 0 and "eval at step 6 (EMA weights)" in r.stdout
     assert {"loss", "grad_norm", "param_norm", "update_norm", "lr"} <= set(
         json.loads(open(os.path.join(wd, "metrics.jsonl")).readline()))
-    from rnnlab import transcribe
+    from experiments.speech import transcribe
     with pytest.raises(ValueError, match=r"subsets=1: this run is one network \(model.members=1\)"):
         transcribe.evaluate_run(wd, subsets=1)
     again = _run(["-m", "rnnlab.main", cfg, f"--workdir={wd}"], repo)  # finished: reads the result back
@@ -139,23 +109,23 @@ def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp
     assert bad.returncode != 0 and "eval.seed=-2: expected a seed >= 0" in bad.stderr and "step 1/" not in bad.stdout
     assert not os.path.exists(os.path.join(bad_wd, "config.json"))
     wavs = [os.path.join(root, "3_jackson_0.wav"), os.path.join(root, "8_jackson_1.wav")]
-    t = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", *wavs, "--beam=2"], repo)
+    t = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", *wavs, "--beam=2"], repo)
     assert t.returncode == 0, t.stderr[-3000:]
     lines = t.stdout.strip().splitlines()
     assert [ln.split("\t")[0] for ln in lines] == wavs
     assert all(set(ln.split("\t")[1]) <= set("0123456789 ") for ln in lines)
     # a missing or corrupt WAV is named in a one-line error, not a traceback
     (tmp_path / "bad.wav").write_bytes(b"RIFF")
-    missing = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", wavs[0], str(tmp_path / "nope.wav")], repo)
+    missing = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", wavs[0], str(tmp_path / "nope.wav")], repo)
     assert missing.returncode == 2 and f"no such WAV file: {tmp_path / 'nope.wav'}" in missing.stderr
-    corrupt = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", str(tmp_path / "bad.wav")], repo)
+    corrupt = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", str(tmp_path / "bad.wav")], repo)
     assert corrupt.returncode == 2 and "bad.wav: not a readable WAV file" in corrupt.stderr
     assert "Traceback" not in missing.stderr + corrupt.stderr
     # transcribe's weights: the debiased EMA of the newest checkpoint, read here straight from Orbax
     import orbax.checkpoint as ocp
 
+    from experiments.speech.transcribe import load_run
     from rnnlab.train import checkpoint as ckpt_lib
-    from rnnlab.transcribe import load_run
 
     model, params, _ = load_run(wd)
     newest = max(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")) if s.isdigit())
@@ -185,92 +155,22 @@ def test_non_finite_loss_stops_the_run_without_saving(tmp_path):
     root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=1)
     config = get_config(f"smoke,data.root={root},optim.lr=1e30,optim.clip_norm=0,optim.warmup_steps=1")
     with pytest.raises(NonFiniteError, match="non-finite training loss at step"):
-        train_speech.train_and_evaluate(config, str(tmp_path / "run"))
+        speech_study.train_and_evaluate(config, str(tmp_path / "run"))
     assert not os.path.exists(os.path.join(tmp_path, "run", "checkpoints", "3"))
-
-
-def test_budget_steps_is_the_most_steps_whose_training_and_evaluations_fit():
-    # 20 steps done, 1 s a step, 10 s per intermediate evaluation (every 50 steps), 100 s left: N = 100 costs
-    # 80 s + the evaluation at 50 (the one at 100 is the final one, after training) = 90 s; N = 101 costs
-    # 81 s + those at 50 and 100 = 101 s
-    assert train_speech.budget_steps(100.0, 20, 1000, 1.0, 10.0, 50) == 100
-    assert train_speech.budget_steps(100.0, 20, 1000, 1.0, 0.0, 50) == 120  # free evaluations: 100 steps
-    assert train_speech.budget_steps(1e9, 20, 1000, 1.0, 10.0, 50) == 1000  # never more than num_steps
-    assert train_speech.budget_steps(0.5, 20, 1000, 1.0, 10.0, 50) == 20  # nothing fits: stop now
-    with pytest.raises(ValueError, match="positive step time"):
-        train_speech.budget_steps(100.0, 20, 1000, 0.0, 10.0, 50)
-
-
-def test_fit_to_budget_plans_once_ends_its_schedule_there_resumes_on_the_plan_and_equals_that_many_steps(
-        tmp_path, monkeypatch, capsys):
-    from experiments.speech_recognition import get_config
-    from rnnlab.transcribe import load_run
-
-    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=1)
-    base = f"smoke,data.root={root},steps=40,optim.warmup_steps=10,train.checkpoint_every=1,train.keep_checkpoints=30"
-    calls = []
-
-    def plan(available_s, step, num_steps, step_s, eval_s, eval_every):
-        calls.append((available_s, step, num_steps, step_s, eval_s))
-        return 25
-
-    monkeypatch.setattr(train_speech, "PLAN_MIN_STEPS", 4)
-    monkeypatch.setattr(train_speech, "PLAN_MIN_SAMPLES", 1)
-    monkeypatch.setattr(train_speech, "budget_steps", plan)
-    fit = get_config(base + ",train.max_minutes=30,train.fit_to_budget=True")
-    wd = str(tmp_path / "fit")
-    r = train_speech.train_and_evaluate(fit, wd)
-    out = capsys.readouterr().out
-    (available_s, step, num_steps, step_s, eval_s), = calls  # planned once, at the end of warmup or before
-    assert 4 <= step <= 10 and num_steps == 40 and 0 < available_s <= 30 * 60 and step_s > 0 and eval_s > 0
-    assert f"eval at step {step} (EMA weights)" in out  # the timed evaluation is a real one
-    assert "budget: 25 of 40 steps" in out and "train.num_steps=25 train.fit_to_budget=False" in out
-    assert r["step"] == 25 and r["finished"] and r["planned_steps"] == 25 and r["num_steps"] == 40
-    rows = [json.loads(ln) for ln in open(os.path.join(wd, "metrics.jsonl"))]
-    lrs = {row["step"]: row["lr"] for row in rows if "lr" in row}
-    for s, lr in lrs.items():  # the schedule is the 25-step one from the start, and ends at step 25
-        assert lr == pytest.approx(train_speech.learning_rate(fit.optim, s - 1, 25), rel=1e-6)
-    assert max(lrs) == 25 and lrs[25] < 0.5 * train_speech.learning_rate(fit.optim, 24, 40)
-
-    # the same run with num_steps=25 and no budget computes the same numbers
-    plain = get_config(base.replace("steps=40", "steps=25") + ",train.max_minutes=0")
-    wd_plain = str(tmp_path / "plain")
-    r_plain = train_speech.train_and_evaluate(plain, wd_plain)
-    rows_plain = [json.loads(ln) for ln in open(os.path.join(wd_plain, "metrics.jsonl"))]
-    losses = lambda rs: {row["step"]: row["loss"] for row in rs if "loss" in row}  # noqa: E731
-    assert losses(rows) == losses(rows_plain) and len(losses(rows)) >= 8
-    assert r_plain["eval_wer"] == r["eval_wer"] and "planned_steps" not in r_plain
-    jax.tree.map(np.testing.assert_array_equal, load_run(wd)[1], load_run(wd_plain)[1])
-
-    # preempted after the plan: the resumed session keeps the plan (no second one) and ends at 25 again
-    for s in range(step + 2, 26):
-        shutil.rmtree(os.path.join(wd, "checkpoints", str(s)))
-    os.remove(os.path.join(wd, "result.json"))
-    capsys.readouterr()
-    again = train_speech.train_and_evaluate(fit, wd)
-    out = capsys.readouterr().out
-    assert len(calls) == 1 and f"resumed from step {step + 1}" in out and "budget plan of this run: 25 of 40" in out
-    assert again["step"] == 25 and again["finished"] and again["eval_wer"] == r["eval_wer"]
-    jax.tree.map(np.testing.assert_array_equal, load_run(wd)[1], load_run(wd_plain)[1])
-    # a budget to fit needs a budget: refused before anything is written
-    with pytest.raises(ValueError, match="set train.max_minutes > 0, or train.fit_to_budget=False"):
-        train_speech.train_and_evaluate(get_config(base + ",train.max_minutes=0,train.fit_to_budget=True"),
-                                        str(tmp_path / "no_budget"))
-    assert not os.path.exists(tmp_path / "no_budget")
 
 
 def test_missing_data_folder_says_how_to_point_at_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.data.root"):
-        train_speech.fsdd_root(str(tmp_path / "nope"))
+        speech_task.fsdd_root(str(tmp_path / "nope"))
 
 
 def test_config_variants_sweep_and_report_table(tmp_path):
     from experiments import speech_recognition as exp
 
     assert exp.get_config("fsdd,held_out=lucas").data.test_speakers == "lucas"
-    assert exp.get_config("smoke").trainer == "rnnlab.train_speech:train_and_evaluate"
+    assert exp.get_config("smoke").trainer == "experiments.speech.task:train_and_evaluate"
     vote = exp.get_config("fsdd_vote,held_out=nicolas")
-    assert vote.model.members == 3 and train_speech.eval_floors(vote) == (15.0, 20.0, 25.0)
+    assert vote.model.members == 3 and recipe.eval_floors(vote) == (15.0, 20.0, 25.0)
     gru = exp.get_config("fsdd_vote_gru,held_out=nicolas")
     assert gru.model.cell == "gru" and vote.model.cell == "lstm"
     same = gru.to_dict()
@@ -281,14 +181,18 @@ def test_config_variants_sweep_and_report_table(tmp_path):
     assert four["eval"]["speaker_prior"] is True and gru.eval.speaker_prior is False
     four["model"]["members"], four["eval"]["speaker_prior"] = 3, False
     assert four == gru.to_dict()  # fsdd_vote_gru with a fourth member and prior matching, nothing else
-    assert train_speech.eval_floors(exp.get_config("fsdd")) == ()
+    assert recipe.eval_floors(exp.get_config("fsdd")) == ()
     with pytest.raises(ValueError, match="eval.test_floors"):
-        train_speech.eval_floors(exp.get_config("fsdd,eval.test_floors=15;20"))
+        recipe.eval_floors(exp.get_config("fsdd,eval.test_floors=15;loud"))
     with pytest.raises(ValueError, match="unknown variant"):
         exp.get_config("timit")
     with pytest.raises(AttributeError):
         exp.get_config("fsdd").data.batchsize = 3  # locked
-    assert [kw["data.test_speakers"] for _, kw in exp.trials()] == list(exp.SPEAKERS)
+    import launch.trials
+
+    trials = launch.trials.expand(exp.THIS_FILE, str(tmp_path / "sweep"), "sweep", "fsdd_vote4_gru")
+    assert [t.overrides["data.test_speakers"] for t in trials] == [t.name for t in trials] == list(exp.SPEAKERS)
+    assert all(t.variant == "fsdd_vote4_gru" and t.workdir.endswith(t.name) for t in trials)
     for speaker, wer in (("george", 0.04), ("lucas", 0.10)):
         os.makedirs(tmp_path / "runs" / f"fsdd_{speaker}")
         with open(tmp_path / "runs" / f"fsdd_{speaker}" / "result.json", "w") as f:
@@ -307,10 +211,10 @@ def test_ema_is_the_hand_computed_weighted_average_and_the_train_step_keeps_it()
          {"w": np.array([-1.0, 4.0], np.float32)}]
     ema = {"w": np.zeros(2, np.float32)}
     for q in p:
-        ema = train_speech.ema_update(ema, q, 0.5)
+        ema = speech_task.ema_update(ema, q, 0.5)
     # weights decay^(3 - i): 0.25, 0.5, 1 over their sum 1.75
     want = (0.25 * p[0]["w"] + 0.5 * p[1]["w"] + 1.0 * p[2]["w"]) / 1.75
-    np.testing.assert_allclose(train_speech.ema_params(ema, 3, 0.5)["w"], want, rtol=1e-6)
+    np.testing.assert_allclose(speech_task.ema_params(ema, 3, 0.5)["w"], want, rtol=1e-6)
     # inside the jitted train step: after two steps, ema = d (1 - d) p1 + (1 - d) p2
     import optax
 
@@ -323,7 +227,7 @@ def test_ema_is_the_hand_computed_weighted_average_and_the_train_step_keeps_it()
     batch = jax.tree.map(jnp.asarray, _batch(np.random.default_rng(0)))
     seen = []
     for k in range(2):
-        state, _ = train_speech.train_step(model, tx, state, batch, jnp.float32(1e-2), jax.random.key(k),
+        state, _ = speech_task.train_step(model, tx, state, batch, jnp.float32(1e-2), jax.random.key(k),
                                            jnp.float32(0.9))
         seen.append(jax.tree.map(np.asarray, state["params"]))
     want = jax.tree.map(lambda a, b: 0.9 * 0.1 * a + 0.1 * b, *seen)
@@ -336,8 +240,8 @@ def test_transcribe_normalises_its_files_as_one_speaker_rate_and_spectrum():
     one speaker: stretched by target / their median spoken span, then CMVN from their frames."""
     import ml_collections
 
+    from experiments.speech.transcribe import _speaker_normalised
     from rnnlab.data import audio
-    from rnnlab.transcribe import _speaker_normalised
 
     rng = np.random.default_rng(0)
     clips = []
@@ -359,7 +263,7 @@ def test_transcribe_normalises_its_files_as_one_speaker_rate_and_spectrum():
 def test_confusion_counts_put_each_one_word_utterance_in_its_cell():
     refs = ["2", "2", "3", "0", "9", "1"]
     hyps = ["4", "2", "", "0 0", "9", "x"]  # a substitution, a hit, a deletion, two words, a hit, unknown
-    got = train_speech.confusion_counts(refs, hyps, [str(d) for d in range(10)])
+    got = recipe.confusion_counts(refs, hyps, [str(d) for d in range(10)])
     want = np.zeros((10, 11), np.int64)
     want[2, 4] = want[2, 2] = want[3, 10] = want[0, 10] = want[9, 9] = want[1, 10] = 1
     np.testing.assert_array_equal(got, want)
@@ -433,8 +337,8 @@ def test_prior_bias_is_each_members_own_fit_over_every_floor_and_decoding_adds_i
         b = _batch(rng)
         batches.append(audio.Batch(b["logmel"], b["lengths"], b["labels"], b["label_lengths"], [""] * 3))
     floors = (15.0, 30.0)
-    monkeypatch.setattr(train_speech, "PRIOR_MIN_LABELS", 0)
-    bias = train_speech.prior_bias(two, [train_speech.floor_logits(two, params, b, floors) for b in batches])
+    monkeypatch.setattr(recipe, "PRIOR_MIN_LABELS", 0)
+    bias = recipe.prior_bias(two, [recipe.floor_logits(two, params, b, floors) for b in batches])
     assert bias.shape == (2, 11) and np.any(bias != 0)
     for k in range(2):
         member = jax.tree.map(lambda a, k=k: a[k], params)
@@ -444,7 +348,7 @@ def test_prior_bias_is_each_members_own_fit_over_every_floor_and_decoding_adds_i
                 lo, n = one.with_floor(f).apply(member, jnp.asarray(b.logmel_BxTxM), jnp.asarray(b.lengths_B))
                 logits += [np.asarray(lo[i, :int(n[i])]) for i in range(3)]
         np.testing.assert_allclose(bias[k], ctc.fit_label_bias(logits), atol=1e-9)
-        alone = train_speech.prior_bias(one, [train_speech.floor_logits(one, member, b, floors) for b in batches])
+        alone = recipe.prior_bias(one, [recipe.floor_logits(one, member, b, floors) for b in batches])
         np.testing.assert_allclose(alone[0], bias[k], atol=1e-9)
     b = batches[0]
     hyps = [[], [], []]
@@ -453,12 +357,12 @@ def test_prior_bias_is_each_members_own_fit_over_every_floor_and_decoding_adds_i
         for i in range(3):
             hyps[i] += [ctc.greedy_decode(np.asarray(lo[k, i]) + bias[k], int(n[i])) for k in range(2)]
     vocab = audio.DIGITS
-    assert train_speech.decode(two, params, b, vocab, 0, floors, bias) == [vocab.decode(ctc.rover(h)) for h in hyps]
+    assert recipe.decode(two, params, b, vocab, 0, floors, bias) == [vocab.decode(ctc.rover(h)) for h in hyps]
     with pytest.raises(ValueError, match=r"bias_KxV has shape \(1, 11\); this model's logits need \(2, 11\)"):
-        train_speech.decode(two, params, b, vocab, 0, floors, bias[:1])
-    monkeypatch.setattr(train_speech, "PRIOR_MIN_LABELS", 10**4)
+        recipe.decode(two, params, b, vocab, 0, floors, bias[:1])
+    monkeypatch.setattr(recipe, "PRIOR_MIN_LABELS", 10**4)
     with pytest.raises(ValueError, match="prior matching needs at least 20000 decoded labels to count"):
-        train_speech.prior_bias(two, [train_speech.floor_logits(two, params, b, floors) for b in batches])
+        recipe.prior_bias(two, [recipe.floor_logits(two, params, b, floors) for b in batches])
 
 
 def test_speaker_prior_on_too_few_held_out_clips_is_refused_before_anything_is_written(tmp_path):
@@ -468,25 +372,26 @@ def test_speaker_prior_on_too_few_held_out_clips_is_refused_before_anything_is_w
     wd = str(tmp_path / "run")
     with pytest.raises(ValueError, match=r"eval.speaker_prior=True counts the digits heard in the held-out clips, "
                                          r"and jackson has 30: too few .* \(at least 400\)"):
-        train_speech.train_and_evaluate(get_config(f"smoke,data.root={root},eval.speaker_prior=True"), wd)
+        speech_study.train_and_evaluate(get_config(f"smoke,data.root={root},eval.speaker_prior=True"), wd)
     assert not os.path.exists(os.path.join(wd, "config.json"))
 
 
 @pytest.mark.slow
 def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     repo, root, wd, _, r = _smoke_run(tmp_path, ",members=2")
-    assert "in 2 ensemble members;" in r.stdout and json.load(open(os.path.join(wd, "result.json")))["finished"]
-    t = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", os.path.join(root, "3_jackson_0.wav")], repo)
+    assert ", 2 ensemble members;" in r.stdout and json.load(open(os.path.join(wd, "result.json")))["finished"]
+    t = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", os.path.join(root, "3_jackson_0.wav")], repo)
     assert t.returncode == 0, t.stderr[-3000:]
     assert set(t.stdout.strip().split("\t")[1]) <= set("0123456789 ")
-    e = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate"], repo)
+    e = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--evaluate"], repo)
     assert e.returncode == 0, e.stderr[-3000:]
     lines = [x for x in e.stdout.strip().splitlines() if x.startswith(("member", "vote"))]
     assert [x.split(":")[0] for x in lines] == ["member 0", "member 1", "vote of the members"], e.stdout
     result = json.load(open(os.path.join(wd, "result.json")))  # the run's own evaluation: the same utterances
     assert f"WER {100 * result['eval_wer']:.2f}%" in lines[-1] and f"on {result['eval_utterances']} " in lines[-1]
     # a test-time noise floor is the run's model on floor-ed log-mels
-    from rnnlab import ctc, transcribe
+    from experiments.speech import transcribe
+    from rnnlab import ctc
     from rnnlab.data import audio
     model, params, vocab = transcribe.load_run(wd)
     floored = model.with_floor(15.0)
@@ -503,9 +408,9 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
         lo, out_n = model.with_floor(f).apply(params, jnp.asarray(x), n)
         for b in range(2):
             hyps[b] += [tuple(ctc.greedy_decode(np.asarray(lo[k, b]), int(out_n[b]))) for k in range(2)]
-    assert train_speech.decode(model, params, batch, vocab, 0, (15.0, 30.0)) == [
+    assert recipe.decode(model, params, batch, vocab, 0, (15.0, 30.0)) == [
         vocab.decode(ctc.rover(h)) for h in hyps]
-    f = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,20,25",
+    f = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,20,25",
               "--subsets=2"], repo)
     assert f.returncode == 0 and "vote of the members: WER" in f.stdout, f.stderr[-3000:]
     # the one 2-member sub-ensemble is the ensemble: its parameters taken member by member give the same vote
@@ -516,41 +421,41 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     assert [m["members"] for m in one_each["subsets"]] == [[0], [1]]
     assert [m["wer"] for m in one_each["subsets"]] == [m["wer"] for m in one_each["members"]]
     assert one_each["subsets_mean"]["wer"] == pytest.approx(np.mean([m["wer"] for m in one_each["members"]]))
-    too_many = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--subsets=3"], repo)
+    too_many = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--evaluate", "--subsets=3"], repo)
     assert too_many.returncode != 0 and "subsets=3: this run has 2 members; give a size from 1 to 2" in \
         too_many.stderr and "Traceback" not in too_many.stderr, too_many.stderr[-3000:]
-    bad = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,loud"], repo)
-    assert bad.returncode != 0 and "eval.test_floors='15,loud'" in bad.stderr and "comma-separated" in bad.stderr
+    bad = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,loud"], repo)
+    assert bad.returncode != 0 and "eval.test_floors=['15', 'loud']: expected dB values" in bad.stderr
     assert "Traceback" not in bad.stderr and "usage:" in bad.stderr, bad.stderr[-3000:]
     # the evaluation utterances are drawn with eval.seed when set, else with the run's seed: one eval seed
     # scores runs of several training seeds on the same utterances
     config = transcribe.read_config(wd)
-    data = train_speech.load_data(config, wd)
+    data = speech_task.load_data(config, wd)
 
     def refs(seed, eval_seed):
         c = ml_collections.ConfigDict(config.to_dict())
         c.seed, c.eval.seed = seed, eval_seed
-        return [r for r, _ in train_speech.evaluate(model, params, c, data, floors=())["examples"]]
+        return [r for r, _ in recipe.evaluate(model, params, c, data, floors=())["examples"]]
 
     assert refs(0, 7) == refs(7, -1) == refs(3, 7) != refs(0, -1)
     config.eval.seed = -2
     with pytest.raises(ValueError, match=r"eval.seed=-2: expected a seed >= 0, or -1"):
-        train_speech.eval_seed(config)
-    o = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--utterances=3", "--eval_seed=7"], repo)
+        speech_task.eval_seed(config)
+    o = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--evaluate", "--utterances=3", "--eval_seed=7"], repo)
     assert o.returncode == 0, o.stderr[-3000:]
     assert "scoring 3 held-out utterances of jackson drawn with seed 7;" in o.stdout, o.stdout
     assert o.stdout.count("on 3 utterances") == 3, o.stdout  # two members and the vote
     wav = os.path.join(root, "3_jackson_0.wav")
-    w = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", wav, "--eval_seed=7"], repo)
+    w = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", wav, "--eval_seed=7"], repo)
     assert w.returncode != 0 and "use them with --evaluate" in w.stderr
-    n = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--evaluate", "--eval_seed=-3"], repo)
+    n = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--evaluate", "--eval_seed=-3"], repo)
     assert n.returncode != 0 and "eval.seed=-3: expected a seed >= 0, or -1" in n.stderr and "Traceback" not in n.stderr
-    m = _run(["-m", "rnnlab.transcribe", f"--workdir={os.path.join(root, 'no_such_run')}", wav], repo)
+    m = _run(["-m", "experiments.speech.transcribe", f"--workdir={os.path.join(root, 'no_such_run')}", wav], repo)
     assert m.returncode != 0 and "no_such_run has no config.json: pass the --workdir of a speech" in m.stderr
     assert "Traceback" not in m.stderr and "usage:" in m.stderr, m.stderr[-3000:]
     # prior matching on a smoke run's 30 held-out clips, or on one file: too few digits to count, said so
     for args in (["--evaluate"], [wav]):
-        p = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", "--speaker_prior", *args], repo)
+        p = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--speaker_prior", *args], repo)
         assert p.returncode != 0 and "prior matching needs at least 400 decoded labels to count" in p.stderr
         assert "Traceback" not in p.stderr and "usage:" in p.stderr, p.stderr[-3000:]
     # a run whose evaluations use prior matching (as fsdd_vote4_gru's) still transcribes a file or two: for
@@ -559,27 +464,27 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
         saved = json.load(f)
     with open(os.path.join(wd, "config.json"), "w") as f:
         json.dump({**saved, "eval": {**saved["eval"], "speaker_prior": True}}, f)
-    q = _run(["-m", "rnnlab.transcribe", f"--workdir={wd}", wav], repo)
+    q = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", wav], repo)
     assert q.returncode == 0 and q.stdout.startswith(wav + "\t"), q.stderr[-3000:]
     # with the threshold lowered: the vote and each member decoded with the biases (a member's row each)
     import dataclasses
     from unittest import mock
     config.eval.seed, config.eval.speaker_prior = -1, True
-    with mock.patch.object(train_speech, "PRIOR_MIN_LABELS", 0):
+    with mock.patch.object(recipe, "PRIOR_MIN_LABELS", 0):
         prior = transcribe.evaluate_run(wd, floors=(), config=config, subsets=1)
-        bias = train_speech.held_out_prior(model, params, config, data, ())
-        alone = [train_speech.evaluate(dataclasses.replace(model, members=1), jax.tree.map(lambda a, k=k: a[k], params),
+        bias = recipe.held_out_prior(model, params, config, data, ())
+        alone = [recipe.evaluate(dataclasses.replace(model, members=1), jax.tree.map(lambda a, k=k: a[k], params),
                                        config, data, floors=()) for k in range(2)]
     assert prior["speaker_prior"] and all(m["speaker_prior"] for m in prior["members"] + prior["subsets"])
     assert [m["wer"] for m in prior["members"]] == [m["wer"] for m in alone]  # the row of each member = its own fit
-    assert prior == {**train_speech.evaluate(model, params, config, data, floors=(), bias_KxV=bias),
+    assert prior == {**recipe.evaluate(model, params, config, data, floors=(), bias_KxV=bias),
                      "members": prior["members"], "subsets": prior["subsets"], "subsets_mean": prior["subsets_mean"]}
 
 
 @pytest.mark.slow
 def test_speech_step_benchmark_times_each_front_end_on_the_same_batches(tmp_path, capsys):
     """benchmarks/speech_step.py end to end on the smoke config (no timing asserted beyond 'positive')."""
-    sys.path.insert(0, train_speech.REPO_ROOT)
+    sys.path.insert(0, speech_task.REPO_ROOT)
     from benchmarks import speech_step
 
     root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
@@ -600,7 +505,7 @@ def test_speech_step_benchmark_times_each_front_end_on_the_same_batches(tmp_path
 def test_speech_step_benchmark_times_each_native_implementation_with_its_own_settings(tmp_path, capsys, monkeypatch):
     """--implementations: every front end x implementation, each traced under its own rnnlab.native
     settings (seen by the layers it traces, then restored), the first row the peer."""
-    sys.path.insert(0, train_speech.REPO_ROOT)
+    sys.path.insert(0, speech_task.REPO_ROOT)
     from benchmarks import speech_step
     from rnnlab import native
 
@@ -626,14 +531,14 @@ def _train_steps(model, tx, state, batches, grouped=None, ids=None):
     ``ids`` of a sliced model), or by ``grouped``."""
     metrics = []
     for i, b in enumerate(batches):
-        args = (b, jnp.float32(1e-2), jax.random.fold_in(jax.random.key(9), i), jnp.float32(0.9))
+        rng = jax.random.fold_in(jax.random.key(9), i)
         if grouped is None:
-            state, m = train_speech.train_step(model, tx, state, *args, ids)
+            state, m = speech_task.train_step(model, tx, state, b, jnp.float32(1e-2), rng, jnp.float32(0.9), ids)
         else:
-            grouped.submit(*args)
+            grouped.submit({"batch": b, "rng": rng}, jnp.float32(1e-2))
             m = grouped.collect()
         metrics.append(jax.tree.map(np.asarray, m))
-    return (state if grouped is None else grouped.join()), metrics
+    return (state if grouped is None else grouped.whole()), metrics
 
 
 @pytest.mark.slow
@@ -655,16 +560,16 @@ def test_member_threads_train_each_member_as_the_whole_program_does(groups, monk
     config = ml_collections.ConfigDict({"seed": 3, "train": {"ema_decay": 0.9}})
     rng = np.random.default_rng(5)
     batches = [{k: jnp.asarray(v) for k, v in _batch(rng).items()} for _ in range(3)]
-    whole, m_whole = _train_steps(model, tx, train_speech.initial_state(model, tx, config), batches)
+    whole, m_whole = _train_steps(model, tx, speech_task.initial_state(model, tx, config), batches)
     seen = []
     settings = native.settings
     monkeypatch.setattr(native, "settings", lambda: seen.append(native.current().thread_share) or settings())
-    with train_speech.member_threads(model, tx, groups) as grouped:
-        k = 4 // groups
-        assert grouped.model.sliced and grouped.model.members == k
-        assert [ids.tolist() for ids in grouped.ids] == [list(range(g * k, g * k + k)) for g in range(groups)]
-        grouped.load(train_speech.initial_state(model, tx, config))
-        split, m_split = _train_steps(model, tx, None, batches, grouped)
+    grouped = recipe.MemberThreads(model, tx, groups, speech_task.initial_state(model, tx, config), 0.9)
+    k = 4 // groups
+    assert grouped.model.sliced and grouped.model.members == k
+    assert [ids.tolist() for ids in grouped.ids] == [list(range(g * k, g * k + k)) for g in range(groups)]
+    split, m_split = _train_steps(model, tx, None, batches, grouped)
+    grouped.close()
     assert native.current().thread_share == 1
     assert set(seen) == ({groups} if native.available() else set())  # the native layers, traced in the groups
     assert int(split["step"]) == int(whole["step"]) == 3
@@ -677,7 +582,7 @@ def test_member_threads_train_each_member_as_the_whole_program_does(groups, monk
 
     def last_two(ids):
         part = {k: v if k == "step" else jax.tree.map(lambda a: jnp.array(a[2:]), v)
-                for k, v in train_speech.initial_state(model, tx, config).items()}
+                for k, v in speech_task.initial_state(model, tx, config).items()}
         return _train_steps(model.slice_of(2), tx, part, batches, ids=jnp.asarray(ids))[0]["params"]
 
     def gap(p):
@@ -707,11 +612,11 @@ def test_member_threads_run_resumes_exactly_and_bad_counts_are_refused(tmp_path,
 
     def run(wd, threads):
         config = get_config(f"smoke,data.root={root},members=4,threads={threads}")  # threads: the shorthand
-        return train_speech.train_and_evaluate(config, wd)
+        return speech_study.train_and_evaluate(config, wd)
 
     wd = str(tmp_path / "run")
     first = run(wd, 2)
-    assert "in 4 ensemble members (2 member threads);" in capsys.readouterr().out
+    assert ", 4 ensemble members (2 member threads);" in capsys.readouterr().out
     want = final(wd)
     assert first["finished"] and int(want["step"]) == 6 and jax.tree.leaves(want["params"])[0].shape[0] == 4
     for again in (2, 1):
@@ -728,7 +633,7 @@ def test_member_threads_run_resumes_exactly_and_bad_counts_are_refused(tmp_path,
                          (",members=2,train.member_threads=0", r"train.member_threads=0: expected a thread count")]:
         bad_wd = str(tmp_path / "bad")
         with pytest.raises(ValueError, match=message):
-            train_speech.train_and_evaluate(get_config(f"smoke,data.root={root}{bad}"), bad_wd)
+            speech_study.train_and_evaluate(get_config(f"smoke,data.root={root}{bad}"), bad_wd)
         assert not os.path.exists(os.path.join(bad_wd, "config.json"))
 
 
@@ -737,7 +642,7 @@ def test_speech_step_benchmark_times_member_threads_beside_one_program(tmp_path,
     """--member_threads 1,2: the one-program step and the two-group one on the same batches, the
     first the peer; the groups' steps are traced with the native loop's threads shared, then restored.
     A count that does not divide the members gets the trainer's error."""
-    sys.path.insert(0, train_speech.REPO_ROOT)
+    sys.path.insert(0, speech_task.REPO_ROOT)
     from benchmarks import speech_step
     from rnnlab import native
 
