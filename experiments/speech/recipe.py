@@ -220,7 +220,7 @@ class MemberThreads:
     Use: ``MemberThreads(model, tx, G, state, ema_decay)``; ``submit(batch, lr)`` with a
     batch ``{"batch": device batch, "rng": key}`` starts every group's step,
     ``collect()`` waits and returns the whole's metrics (the members' mean loss, the
-    global norms). The worker threads end with the object (or ``close()``)."""
+    global norms); ``close()`` (the loop calls it at the end) ends the worker threads."""
 
     def __init__(self, model: speech_lib.SpeechModel, tx: optax.GradientTransformation, groups: int,
                  state: dict, ema_decay: float = 0.0, step=None):

@@ -63,6 +63,7 @@ class Runner(Protocol):
     def submit(self, batch: Any, lr: jax.Array) -> None: ...  # start one step (may return at once)
     def collect(self) -> dict: ...  # that step's metrics (device arrays are fine)
     def whole(self) -> dict: ...  # the whole training state (what checkpoints hold)
+    def close(self) -> None: ...  # called once the loop is done with it (e.g. to end its threads)
 
 
 class _OneState:
@@ -77,6 +78,9 @@ class _OneState:
 
     def whole(self):
         return self.state
+
+    def close(self):
+        pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,8 +183,9 @@ class _Preemption:
 def run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..., Task]) -> dict:
     """Train (or resume) ``make_task(config, workdir)`` in ``workdir``; returns the
     summary (also result.json once finished). status.json says how it ended."""
+    closing: list[Callable[[], None]] = []  # the runner's close, however the run ends
     try:
-        return _run(config, workdir, make_task)
+        return _run(config, workdir, make_task, closing)
     except NonFiniteError as e:
         status.write(workdir, "non-finite", message=str(e))
         raise
@@ -189,9 +194,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[...
             kind = "stopped" if isinstance(e, KeyboardInterrupt) else "failed"
             status.write(workdir, kind, message=f"{type(e).__name__}: {str(e)[:2000]}")
         raise
+    finally:
+        for close in closing:
+            close()
 
 
-def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..., Task]) -> dict:
+def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..., Task],
+         closing: list[Callable[[], None]]) -> dict:
     t_start, cpu_start = time.time(), time.process_time()  # process_time: CPU seconds of all our threads
     tr = config.train
     config_lib.check_and_write(config, workdir)
@@ -227,6 +236,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
           f"{parallel.describe(mesh)}", flush=True)
     status.write(workdir, "running", step=start, total_steps=total, message=None)
     runner = (task.make_runner or (lambda s: _OneState(task.train_step, s)))(state)
+    closing.append(runner.close)
     state = None  # the runner holds it from here on
     progress = writers.Progress(total, start)
     eval_every = tr.eval_every or task.eval_every or total
