@@ -64,7 +64,7 @@ def test_torch_port_data_equal_rnnlab():
     itos = ours.vocab.itos
     for split in ("train", "valid", "test"):
         theirs = [corpus.dictionary.idx2word[i] for i in getattr(corpus, split).tolist()]
-        mine = [itos[i] for i in np.asarray(ours[split].tokens_N).tolist()]
+        mine = [itos[i] for i in np.asarray(ours[split].tokens_S).tolist()]
         assert theirs == mine, split
 
 

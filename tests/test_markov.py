@@ -45,12 +45,12 @@ def test_random_chain_is_stochastic_and_seeded():
 
 def test_entropy_rate_matches_monte_carlo_order1():
     chain = markov.random_chain(16, alpha=0.5, seed=0)
-    tokens_N = markov.sample(chain, 200_000, seed=1)
-    assert tokens_N.dtype == np.int32 and tokens_N.min() >= 0 and tokens_N.max() < 16
+    tokens_S = markov.sample(chain, 200_000, seed=1)
+    assert tokens_S.dtype == np.int32 and tokens_S.min() >= 0 and tokens_S.max() < 16
     h = markov.entropy_rate(chain)
-    assert markov.cross_entropy(chain, tokens_N) == pytest.approx(h, rel=0.01)
+    assert markov.cross_entropy(chain, tokens_S) == pytest.approx(h, rel=0.01)
     # The sample visits states in the stationary proportions.
-    freq = np.bincount(tokens_N, minlength=16) / tokens_N.size
+    freq = np.bincount(tokens_S, minlength=16) / tokens_S.size
     np.testing.assert_allclose(freq, markov.stationary_distribution(chain), atol=0.01)
 
 
@@ -60,8 +60,8 @@ def test_entropy_rate_matches_monte_carlo_order2():
     pi_VxV = markov.stationary_distribution(chain)
     # Stationarity of the pair chain: sum_a pi[a, b] P[a, b, c] = pi[b, c].
     np.testing.assert_allclose(np.einsum("ab,abc->bc", pi_VxV, chain.probs), pi_VxV, atol=1e-13)
-    tokens_N = markov.sample(chain, 200_000, seed=2)
-    assert markov.cross_entropy(chain, tokens_N) == pytest.approx(markov.entropy_rate(chain), rel=0.01)
+    tokens_S = markov.sample(chain, 200_000, seed=2)
+    assert markov.cross_entropy(chain, tokens_S) == pytest.approx(markov.entropy_rate(chain), rel=0.01)
 
 
 def test_order2_chain_that_ignores_x_t_minus_2_equals_order1():
@@ -80,10 +80,10 @@ def test_sample_is_seeded():
 def test_impossible_transitions_never_sampled():
     # A deterministic cycle 0 -> 1 -> 2 -> 0: zero-probability entries must never be drawn.
     chain = markov.MarkovChain(np.roll(np.eye(3), 1, axis=1))
-    tokens_N = markov.sample(chain, 300, seed=0)
-    np.testing.assert_array_equal(np.diff(tokens_N) % 3, 1)
+    tokens_S = markov.sample(chain, 300, seed=0)
+    np.testing.assert_array_equal(np.diff(tokens_S) % 3, 1)
     assert markov.entropy_rate(chain) == 0.0
-    assert markov.cross_entropy(chain, tokens_N) == 0.0
+    assert markov.cross_entropy(chain, tokens_S) == 0.0
 
 
 def test_bad_inputs_raise():

@@ -70,14 +70,14 @@ class RefCorpus:
         return np.array(ids, dtype=np.int64)
 
 
-def _ref_batchify(tokens_N, bsz):
-    nbatch = len(tokens_N) // bsz
-    return np.asarray(tokens_N[: nbatch * bsz]).reshape(bsz, nbatch).T  # LxB, as the example's .t()
+def _ref_batchify(tokens_S, bsz):
+    nbatch = len(tokens_S) // bsz
+    return np.asarray(tokens_S[: nbatch * bsz]).reshape(bsz, nbatch).T  # LxB, as the example's .t()
 
 
-def _ref_get_batch(source_LxB, i, bptt):
-    seq_len = min(bptt, len(source_LxB) - 1 - i)
-    return source_LxB[i : i + seq_len], source_LxB[i + 1 : i + 1 + seq_len]
+def _ref_get_batch(source_PxB, i, bptt):
+    seq_len = min(bptt, len(source_PxB) - 1 - i)
+    return source_PxB[i : i + seq_len], source_PxB[i + 1 : i + 1 + seq_len]
 
 
 # --- sources -------------------------------------------------------------------------------
@@ -239,7 +239,7 @@ def test_hf_single_dataset_split_by_fractions_and_cached(tmp_path):
     corpus = text.load_corpus("hf:" + str(tmp_path / "one"), level="word", cache_dir=tmp_path / "cache")
     again = text.load_corpus("hf:" + str(tmp_path / "one"), level="word", cache_dir=tmp_path / "cache")
     assert again.from_cache and not corpus.from_cache
-    np.testing.assert_array_equal(again["valid"].tokens_N, corpus["valid"].tokens_N)
+    np.testing.assert_array_equal(again["valid"].tokens_S, corpus["valid"].tokens_S)
 
 
 def test_hf_text_builder_with_data_files(tmp_path, monkeypatch):
@@ -273,7 +273,7 @@ def test_first_seen_vocab_and_ids_match_pytorch_example(word_folder, tmp_path):
         )
         assert list(corpus.vocab.itos) == ref.dictionary.idx2word
         for split, ref_ids in zip(text.SPLITS, ref.splits, strict=True):
-            np.testing.assert_array_equal(corpus[split].tokens_N, ref_ids)
+            np.testing.assert_array_equal(corpus[split].tokens_S, ref_ids)
 
 
 @pytest.mark.skipif(not WIKITEXT.is_dir(), reason="needs ../shared/data/wikitext-2")
@@ -285,7 +285,7 @@ def test_first_seen_parity_on_wikitext2(tmp_path):
     ref = RefCorpus([tmp_path / f"{s}.txt" for s in text.SPLITS])
     corpus = text.load_corpus(str(tmp_path), level="word", order="first_seen", vocab_splits=text.SPLITS)
     assert list(corpus.vocab.itos) == ref.dictionary.idx2word
-    np.testing.assert_array_equal(corpus["test"].tokens_N, ref.splits[2])
+    np.testing.assert_array_equal(corpus["test"].tokens_S, ref.splits[2])
     assert corpus.vocab.itos[0] == "<eos>" and "<unk>" in corpus.vocab.stoi  # no extra specials
 
 
@@ -362,8 +362,8 @@ def test_vocab_json_round_trip_equality_and_resume_check(tmp_path):
 def test_encode_documents_marks_document_starts():
     vocab = text.Vocab.from_texts(["abcd"], level="char")
     split = text.encode_documents(["ab", "", "cde"], vocab)
-    np.testing.assert_array_equal(split.doc_start_N, [True, False, True, False, False])
-    assert vocab.decode(split.tokens_N) == "abcd<unk>"
+    np.testing.assert_array_equal(split.doc_start_S, [True, False, True, False, False])
+    assert vocab.decode(split.tokens_S) == "abcd<unk>"
 
 
 def test_cache_hit_reads_no_text(tmp_path, monkeypatch):
@@ -381,11 +381,11 @@ def test_cache_hit_reads_no_text(tmp_path, monkeypatch):
     monkeypatch.setattr(text, "load_documents", no_reading)
     second = text.load_corpus(str(path), level="word", cache_dir=cache)
     assert second.from_cache and second.key == first.key and second.vocab == first.vocab
-    assert isinstance(second["train"].tokens_N, np.memmap)
+    assert isinstance(second["train"].tokens_S, np.memmap)
     assert [f.stat().st_mtime_ns for f in files] == mtimes  # nothing rewritten
     for split in text.SPLITS:
-        np.testing.assert_array_equal(second[split].tokens_N, first[split].tokens_N)
-        np.testing.assert_array_equal(second[split].doc_start_N, first[split].doc_start_N)
+        np.testing.assert_array_equal(second[split].tokens_S, first[split].tokens_S)
+        np.testing.assert_array_equal(second[split].doc_start_S, first[split].doc_start_S)
     monkeypatch.undo()
 
     # Another tokenizer setting or changed content is another key: a miss, not stale ids.
@@ -401,8 +401,8 @@ def test_cache_with_given_vocab(tmp_path):
     corpus = text.load_corpus(str(path), level="word", vocab=vocab, cache_dir=tmp_path / "cache")
     again = text.load_corpus(str(path), level="word", vocab=vocab, cache_dir=tmp_path / "cache")
     assert again.from_cache and again.vocab == vocab
-    np.testing.assert_array_equal(again["test"].tokens_N, corpus["test"].tokens_N)
-    assert (corpus["train"].tokens_N == vocab.unk_id).any()
+    np.testing.assert_array_equal(again["test"].tokens_S, corpus["test"].tokens_S)
+    assert (corpus["train"].tokens_S == vocab.unk_id).any()
     with pytest.raises(ValueError, match="level"):
         text.load_corpus(str(path), level="char", vocab=vocab)
 
@@ -410,26 +410,26 @@ def test_cache_with_given_vocab(tmp_path):
 def test_embedded_corpus_loads_and_has_documents():
     corpus = text.load_corpus("embedded", level="char")
     train = corpus["train"]
-    assert train.tokens_N.dtype == np.int32 and train.doc_start_N.dtype == bool
-    assert train.doc_start_N[0] and train.doc_start_N.sum() > 50  # one start per pydoc topic
-    assert corpus.vocab.decode(train.tokens_N[:10]) == embedded_corpus()[0][:10]
+    assert train.tokens_S.dtype == np.int32 and train.doc_start_S.dtype == bool
+    assert train.doc_start_S[0] and train.doc_start_S.sum() > 50  # one start per pydoc topic
+    assert corpus.vocab.decode(train.tokens_S[:10]) == embedded_corpus()[0][:10]
 
 
 # --- TBPTT batching --------------------------------------------------------------------------
 
 
 def _batcher(n=1000, b=4, t=7, docs_every=37, **kw):
-    tokens_N = np.arange(n, dtype=np.int32) % 101
-    doc_start_N = np.arange(n) % docs_every == 0
-    return tokens_N, doc_start_N, text.TBPTTBatcher(tokens_N, doc_start_N, batch_size=b, seq_len=t, **kw)
+    tokens_S = np.arange(n, dtype=np.int32) % 101
+    doc_start_S = np.arange(n) % docs_every == 0
+    return tokens_S, doc_start_S, text.TBPTTBatcher(tokens_S, doc_start_S, batch_size=b, seq_len=t, **kw)
 
 
 def test_batches_equal_pytorch_batchify_get_batch():
-    tokens_N, _, batcher = _batcher()
-    source_LxB = _ref_batchify(tokens_N, 4)
-    assert batcher.steps_per_epoch == (len(source_LxB) - 1) // 7
+    tokens_S, _, batcher = _batcher()
+    source_PxB = _ref_batchify(tokens_S, 4)
+    assert batcher.steps_per_epoch == (len(source_PxB) - 1) // 7
     for k in range(batcher.steps_per_epoch):
-        x_TxB, y_TxB = _ref_get_batch(source_LxB, k * 7, 7)
+        x_TxB, y_TxB = _ref_get_batch(source_PxB, k * 7, 7)
         batch = batcher.batch_at(k)
         np.testing.assert_array_equal(batch.x_BxT, x_TxB.T)
         np.testing.assert_array_equal(batch.y_BxT, y_TxB.T)
@@ -438,8 +438,8 @@ def test_batches_equal_pytorch_batchify_get_batch():
 
 @pytest.mark.parametrize("random_offset", [False, True])
 def test_batch_at_is_pure_in_seed_and_step(random_offset):
-    tokens_N, doc_start_N, batcher = _batcher(seed=3, random_offset=random_offset)
-    twin = text.TBPTTBatcher(tokens_N, doc_start_N, batch_size=4, seq_len=7, seed=3, random_offset=random_offset)
+    tokens_S, doc_start_S, batcher = _batcher(seed=3, random_offset=random_offset)
+    twin = text.TBPTTBatcher(tokens_S, doc_start_S, batch_size=4, seq_len=7, seed=3, random_offset=random_offset)
     iterated = list(batcher.iterate(0, 3 * batcher.steps_per_epoch))
     for step in (0, 5, batcher.steps_per_epoch, 2 * batcher.steps_per_epoch + 3, 17):
         a, b = batcher.batch_at(step), twin.batch_at(step)
@@ -475,13 +475,13 @@ def test_random_offsets_vary_by_epoch_and_seed():
 
 
 def test_reset_flags_at_document_starts():
-    tokens_N, doc_start_N, batcher = _batcher(docs_every=37)
-    stream_len = len(tokens_N) // 4
+    tokens_S, doc_start_S, batcher = _batcher(docs_every=37)
+    stream_len = len(tokens_S) // 4
     for step in range(batcher.steps_per_epoch):
         batch = batcher.batch_at(step)
         pos_BxT = np.arange(4)[:, None] * stream_len + step * 7 + np.arange(7)[None, :]
         np.testing.assert_array_equal(batch.reset_BxT, pos_BxT % 37 == 0)
-    no_docs = text.TBPTTBatcher(tokens_N, batch_size=4, seq_len=7)
+    no_docs = text.TBPTTBatcher(tokens_S, batch_size=4, seq_len=7)
     assert not no_docs.batch_at(0).reset_BxT.any()
 
 
@@ -492,9 +492,9 @@ def test_batcher_too_few_tokens_says_what_to_change():
 
 @pytest.mark.parametrize("n, b, t", [(1000, 4, 7), (101, 3, 10), (5, 8, 4), (2, 1, 3)])
 def test_eval_counts_every_target_once(n, b, t):
-    tokens_N = np.arange(n, dtype=np.int32)
-    doc_start_N = np.arange(n) % 13 == 0
-    batches = list(text.eval_batches(tokens_N, doc_start_N, batch_size=b, seq_len=t))
+    tokens_S = np.arange(n, dtype=np.int32)
+    doc_start_S = np.arange(n) % 13 == 0
+    batches = list(text.eval_batches(tokens_S, doc_start_S, batch_size=b, seq_len=t))
     assert batches[0].new_epoch and not any(x.new_epoch for x in batches[1:])
     targets = np.concatenate([x.y_BxT.T[x.mask_BxT.T] for x in batches])  # time-major flatten per window
     assert sorted(targets.tolist()) == list(range(1, n))  # every target exactly once
@@ -506,12 +506,12 @@ def test_eval_counts_every_target_once(n, b, t):
 
 
 def test_eval_drop_remainder_matches_pytorch_evaluate():
-    tokens_N = (np.arange(1003) * 7 % 50).astype(np.int32)
-    source_LxB = _ref_batchify(tokens_N, 10)
-    batches = list(text.eval_batches(tokens_N, batch_size=10, seq_len=35, drop_remainder=True))
-    assert len(batches) == len(range(0, len(source_LxB) - 1, 35))
+    tokens_S = (np.arange(1003) * 7 % 50).astype(np.int32)
+    source_PxB = _ref_batchify(tokens_S, 10)
+    batches = list(text.eval_batches(tokens_S, batch_size=10, seq_len=35, drop_remainder=True))
+    assert len(batches) == len(range(0, len(source_PxB) - 1, 35))
     for w, batch in enumerate(batches):
-        x_TxB, y_TxB = _ref_get_batch(source_LxB, w * 35, 35)
+        x_TxB, y_TxB = _ref_get_batch(source_PxB, w * 35, 35)
         seq_len = len(x_TxB)
         np.testing.assert_array_equal(batch.x_BxT[:, :seq_len], x_TxB.T)
         np.testing.assert_array_equal(batch.y_BxT[:, :seq_len], y_TxB.T)

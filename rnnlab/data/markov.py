@@ -5,7 +5,7 @@ entropy rate (the cross-entropy of the true conditional distribution), so the
 rate is an absolute target: a well-trained LM's loss should land within a few
 percent of it. Everything here is numpy, float64, seeded, and in nats.
 
-Shape legend: V symbols, N tokens; an order-k chain conditions on the last k
+Shape legend (cells/_common.py): V symbols, S tokens; an order-k chain conditions on the last k
 tokens, its transition table is ``probs`` with k+1 axes of size V (the last
 axis is the next symbol).
 """
@@ -124,7 +124,7 @@ def entropy_rate(chain: MarkovChain) -> float:
 
 
 def sample(chain: MarkovChain, n_tokens: int, *, seed: int = 0) -> np.ndarray:
-    """Sample ``tokens_N`` (int32) from the chain, started in its stationary
+    """Sample ``tokens_S`` (int32) from the chain, started in its stationary
     distribution so every token, the first ones included, is stationary.
 
     Inverse-CDF sampling on precomputed cumulative rows: one uniform draw
@@ -158,23 +158,23 @@ def sample(chain: MarkovChain, n_tokens: int, *, seed: int = 0) -> np.ndarray:
     return np.asarray(out, dtype=np.int32)
 
 
-def log_probs(chain: MarkovChain, tokens_N: np.ndarray) -> np.ndarray:
-    """``log P(x_t | history)`` under the chain for t = order .. N-1, shape (N - order,).
+def log_probs(chain: MarkovChain, tokens_S: np.ndarray) -> np.ndarray:
+    """``log P(x_t | history)`` under the chain for t = order .. S-1, shape (S - order,).
     ``-log_probs(...).mean()`` is the Monte-Carlo estimate of the entropy rate."""
-    tokens_N = np.asarray(tokens_N, dtype=np.int64)
+    tokens_S = np.asarray(tokens_S, dtype=np.int64)
     v = chain.n_symbols
-    if tokens_N.ndim != 1 or tokens_N.size <= chain.order:
-        raise ValueError(f"tokens_N must be 1-D with more than order={chain.order} tokens, got {tokens_N.shape}")
-    if tokens_N.min() < 0 or tokens_N.max() >= v:
-        raise ValueError(f"tokens must lie in [0, {v}), got [{tokens_N.min()}, {tokens_N.max()}]")
+    if tokens_S.ndim != 1 or tokens_S.size <= chain.order:
+        raise ValueError(f"tokens_S must be 1-D with more than order={chain.order} tokens, got {tokens_S.shape}")
+    if tokens_S.min() < 0 or tokens_S.max() >= v:
+        raise ValueError(f"tokens must lie in [0, {v}), got [{tokens_S.min()}, {tokens_S.max()}]")
     if chain.order == 1:
-        history = tokens_N[:-1]
+        history = tokens_S[:-1]
     else:
-        history = tokens_N[:-2] * v + tokens_N[1:-1]
+        history = tokens_S[:-2] * v + tokens_S[1:-1]
     with np.errstate(divide="ignore"):  # an impossible transition is -inf, on purpose
-        return np.log(chain.rows()[history, tokens_N[chain.order :]])
+        return np.log(chain.rows()[history, tokens_S[chain.order :]])
 
 
-def cross_entropy(chain: MarkovChain, tokens_N: np.ndarray) -> float:
-    """Mean negative log-likelihood of ``tokens_N`` under the chain (nats/token)."""
-    return float(-log_probs(chain, tokens_N).mean())
+def cross_entropy(chain: MarkovChain, tokens_S: np.ndarray) -> float:
+    """Mean negative log-likelihood of ``tokens_S`` under the chain (nats/token)."""
+    return float(-log_probs(chain, tokens_S).mean())

@@ -5,10 +5,10 @@ Pipeline::
 
     docs = load_documents(source)                # {'train'|'valid'|'test': [document, ...]}
     vocab = Vocab.from_texts(docs['train'], level='word')
-    split = encode_documents(docs['train'], vocab)   # tokens_N int32 + doc_start_N bool
+    split = encode_documents(docs['train'], vocab)   # tokens_S int32 + doc_start_S bool
     # or, all of it cached on disk and memory-mapped:
     corpus = load_corpus(source, level='word', cache_dir='~/.cache/rnnlab')
-    batcher = TBPTTBatcher(corpus['train'].tokens_N, corpus['train'].doc_start_N,
+    batcher = TBPTTBatcher(corpus['train'].tokens_S, corpus['train'].doc_start_S,
                            batch_size=20, seq_len=35)
     batch = batcher.batch_at(step)               # x_BxT, y_BxT, reset_BxT, ...
 
@@ -26,7 +26,7 @@ Sources (``source`` strings):
     cache); ``'hf:text'`` / ``'hf:json'`` ... with ``data_files``; ``'hf:PATH'``
     or a plain ``PATH`` of a dataset saved with ``save_to_disk``.
 
-Documents: a document is a string; ``doc_start_N`` marks its first token so a
+Documents: a document is a string; ``doc_start_S`` marks its first token so a
 model can reset its carry there. Text files are read as UTF-8 with newlines
 normalised to ``'\\n'`` (as Python's text mode does).
 
@@ -511,8 +511,8 @@ class Vocab:
             if level == "char":
                 # Characters: a bincount over code points (~2x faster than Counter on a str, and
                 # no list of 100M one-char strings); dict.fromkeys(str) keeps first appearances.
-                codes_N = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-                hist = np.bincount(codes_N) if codes_N.size else np.zeros(0, np.int64)
+                codes_S = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+                hist = np.bincount(codes_S) if codes_S.size else np.zeros(0, np.int64)
                 counts.update({chr(c): int(hist[c]) for c in np.flatnonzero(hist)})
                 if order == "first_seen":
                     first_seen.update(dict.fromkeys(text))
@@ -560,14 +560,14 @@ class Vocab:
         return f"Vocab(level={self.level!r}, size={len(self)}{ctc}, itos=[{head}{', ...' if len(self) > 8 else ''}])"
 
     def encode(self, text: str) -> np.ndarray:
-        """Tokenize and map to ids: ``ids_N`` int32 (spaced: the spaces are dropped first)."""
+        """Tokenize and map to ids: ``ids_S`` int32 (spaced: the spaces are dropped first)."""
         if self.level == "char":
             return self._encode_chars(text.replace(" ", "") if self.spaced else text)
         pieces = [self.encode_tokens(tokenize(chunk, "word")) for chunk in _line_chunks(text)]
         return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.int32)
 
     def encode_tokens(self, tokens: Sequence[str]) -> np.ndarray:
-        """Map token strings to ``ids_N`` int32 (unknowns -> unk, or ValueError without unk)."""
+        """Map token strings to ``ids_S`` int32 (unknowns -> unk, or ValueError without unk)."""
         stoi, unk = self.stoi, self.unk_id
         if unk is None:
             missing = next((t for t in tokens if t not in stoi), None)
@@ -577,17 +577,17 @@ class Vocab:
         return np.fromiter((stoi.get(t, unk) for t in tokens), dtype=np.int32, count=len(tokens))
 
     def _encode_chars(self, text: str) -> np.ndarray:
-        # Code points via UTF-32 (C speed), then a lookup table code point -> id: O(N) numpy.
-        codes_N = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
-        if codes_N.size == 0:
+        # Code points via UTF-32 (C speed), then a lookup table code point -> id: O(S) numpy.
+        codes_S = np.frombuffer(text.encode("utf-32-le"), dtype="<u4")
+        if codes_S.size == 0:
             return np.zeros(0, dtype=np.int32)
         table = self._char_table()
-        ids_N = table[np.minimum(codes_N, table.size - 1)]  # code points past the table: the last (unknown) slot
-        if ids_N.min() < 0:
+        ids_S = table[np.minimum(codes_S, table.size - 1)]  # code points past the table: the last (unknown) slot
+        if ids_S.min() < 0:
             if self.blank is not None:
-                raise self._transcript_error(text, {chr(int(c)) for c in codes_N[ids_N < 0]})
-            raise self._unknown_error(chr(int(codes_N[np.argmax(ids_N < 0)])))
-        return ids_N
+                raise self._transcript_error(text, {chr(int(c)) for c in codes_S[ids_S < 0]})
+            raise self._unknown_error(chr(int(codes_S[np.argmax(ids_S < 0)])))
+        return ids_S
 
     def _transcript_error(self, text: str, unknown: set[str]) -> ValueError:
         symbols = "".join(t for t in self.itos if t != self.blank)
@@ -705,14 +705,14 @@ def sync_vocab(path: str | os.PathLike, vocab: Vocab) -> Vocab:
 
 @dataclass(frozen=True)
 class EncodedSplit:
-    """A split as ids: ``tokens_N`` int32 and ``doc_start_N`` bool (True at the
+    """A split as ids: ``tokens_S`` int32 and ``doc_start_S`` bool (True at the
     first token of each document). Either may be a read-only np.memmap."""
 
-    tokens_N: np.ndarray
-    doc_start_N: np.ndarray
+    tokens_S: np.ndarray
+    doc_start_S: np.ndarray
 
     def __len__(self) -> int:
-        return int(self.tokens_N.shape[0])
+        return int(self.tokens_S.shape[0])
 
 
 @dataclass(frozen=True)
@@ -736,10 +736,10 @@ def encode_documents(documents: Sequence[str], vocab: Vocab) -> EncodedSplit:
     pieces = [p for p in pieces if p.size]
     if not pieces:
         return EncodedSplit(np.zeros(0, np.int32), np.zeros(0, bool))
-    tokens_N = np.concatenate(pieces).astype(np.int32, copy=False)
-    doc_start_N = np.zeros(tokens_N.size, dtype=bool)
-    doc_start_N[np.cumsum([0] + [p.size for p in pieces[:-1]])] = True
-    return EncodedSplit(tokens_N, doc_start_N)
+    tokens_S = np.concatenate(pieces).astype(np.int32, copy=False)
+    doc_start_S = np.zeros(tokens_S.size, dtype=bool)
+    doc_start_S[np.cumsum([0] + [p.size for p in pieces[:-1]])] = True
+    return EncodedSplit(tokens_S, doc_start_S)
 
 
 def load_corpus(
@@ -826,8 +826,8 @@ def load_corpus(
     _atomic_write_bytes(entry / "identity.json", json.dumps(identity, indent=1, default=str).encode())
     for split, (tok_path, doc_path) in paths.items():
         encoded = encode_documents(docs[split], vocab)
-        _atomic_save_npy(tok_path, encoded.tokens_N)
-        _atomic_save_npy(doc_path, encoded.doc_start_N)
+        _atomic_save_npy(tok_path, encoded.tokens_S)
+        _atomic_save_npy(doc_path, encoded.doc_start_S)
     return Corpus(vocab, {s: EncodedSplit(_load_npy(t), _load_npy(d)) for s, (t, d) in paths.items()}, key, False)
 
 
@@ -932,7 +932,7 @@ class TBPTTBatcher:
     """Training windows for truncated BPTT, a pure function of (seed, step).
 
     The tokens are cut into B contiguous streams like PyTorch's ``batchify``
-    (the remainder N mod B is dropped; stream b = tokens[b*L:(b+1)*L], L = N//B).
+    (the remainder S mod B is dropped; stream b = tokens[b*P:(b+1)*P], P = S//B).
     Window k of an epoch covers stream positions [o + k*T, o + (k+1)*T) as inputs
     and the same shifted by one as targets, so within an epoch the last target
     of window k is the first input of window k+1: carry the state across windows
@@ -947,37 +947,37 @@ class TBPTTBatcher:
 
     def __init__(
         self,
-        tokens_N: np.ndarray,
-        doc_start_N: np.ndarray | None = None,
+        tokens_S: np.ndarray,
+        doc_start_S: np.ndarray | None = None,
         *,
         batch_size: int,
         seq_len: int,
         seed: int = 0,
         random_offset: bool = False,
     ):
-        tokens_N = np.asarray(tokens_N)  # a view on a memmap: nothing is read yet
-        if tokens_N.ndim != 1:
-            raise ValueError(f"tokens_N must be 1-D, got shape {tokens_N.shape}")
-        if doc_start_N is not None and np.shape(doc_start_N) != tokens_N.shape:
-            raise ValueError(f"doc_start_N has shape {np.shape(doc_start_N)}, expected {tokens_N.shape}")
+        tokens_S = np.asarray(tokens_S)  # a view on a memmap: nothing is read yet
+        if tokens_S.ndim != 1:
+            raise ValueError(f"tokens_S must be 1-D, got shape {tokens_S.shape}")
+        if doc_start_S is not None and np.shape(doc_start_S) != tokens_S.shape:
+            raise ValueError(f"doc_start_S has shape {np.shape(doc_start_S)}, expected {tokens_S.shape}")
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
         self.batch_size, self.seq_len, self.seed, self.random_offset = batch_size, seq_len, seed, random_offset
-        self.stream_len = tokens_N.shape[0] // batch_size  # L
+        self.stream_len = tokens_S.shape[0] // batch_size  # P
         max_offset = seq_len - 1 if random_offset else 0
-        # Inputs use positions < L-1 (the last position is only a target).
+        # Inputs use positions < P-1 (the last position is only a target).
         self.steps_per_epoch = (self.stream_len - 1 - max_offset) // seq_len
         if self.steps_per_epoch < 1:
             need = batch_size * (seq_len + 1 + max_offset)
             raise ValueError(
-                f"{tokens_N.shape[0]} tokens are too few for batch_size={batch_size} x seq_len={seq_len}"
+                f"{tokens_S.shape[0]} tokens are too few for batch_size={batch_size} x seq_len={seq_len}"
                 f"{' with random offsets' if random_offset else ''}: need at least {need}; "
                 "reduce batch_size or seq_len, or use a larger split"
             )
         n = batch_size * self.stream_len
         # Views (no copy, also on a memmap): only the windows asked for are read.
-        self.tokens_BxP = tokens_N[:n].reshape(batch_size, self.stream_len)
-        self.doc_start_BxP = None if doc_start_N is None else doc_start_N[:n].reshape(batch_size, self.stream_len)
+        self.tokens_BxP = tokens_S[:n].reshape(batch_size, self.stream_len)
+        self.doc_start_BxP = None if doc_start_S is None else doc_start_S[:n].reshape(batch_size, self.stream_len)
 
     def epoch_of(self, step: int) -> int:
         return step // self.steps_per_epoch
@@ -1025,10 +1025,10 @@ def eval_streams(n_tokens: int, batch_size: int, *, drop_remainder: bool = False
     """Stream layout for evaluation: ``(starts_B, lengths_B)`` where stream b feeds
     inputs tokens[starts[b] : starts[b] + lengths[b]] (targets shifted by one).
 
-    drop_remainder=False: the N-1 targets are dealt into B contiguous, nearly
+    drop_remainder=False: the S-1 targets are dealt into B contiguous, nearly
       equal streams, each target exactly once (exact perplexity over every token).
-    drop_remainder=True: PyTorch's ``batchify`` layout (L = N//B tokens per
-      stream, L-1 targets each; up to B-1 tail tokens and each stream's first
+    drop_remainder=True: PyTorch's ``batchify`` layout (P = S//B tokens per
+      stream, P-1 targets each; up to B-1 tail tokens and each stream's first
       token are never targets), for parity with its ``evaluate``.
     """
     if n_tokens < 2:
@@ -1045,8 +1045,8 @@ def eval_streams(n_tokens: int, batch_size: int, *, drop_remainder: bool = False
 
 
 def eval_batches(
-    tokens_N: np.ndarray,
-    doc_start_N: np.ndarray | None = None,
+    tokens_S: np.ndarray,
+    doc_start_S: np.ndarray | None = None,
     *,
     batch_size: int,
     seq_len: int,
@@ -1061,7 +1061,7 @@ def eval_batches(
     the rest. ``batch_size=1`` gives full-context perplexity; with B > 1 each
     stream starts from a fresh carry in the middle of the text.
     """
-    n = int(np.shape(tokens_N)[0])
+    n = int(np.shape(tokens_S)[0])
     starts_B, lengths_B = eval_streams(n, batch_size, drop_remainder=drop_remainder)
     n_windows = int(-(-lengths_B.max() // seq_len))
     t_T = np.arange(seq_len, dtype=np.int64)
@@ -1069,12 +1069,12 @@ def eval_batches(
         pos_BxT = w * seq_len + t_T[None, :]  # position inside each stream
         mask_BxT = pos_BxT < lengths_B[:, None]
         idx_BxT = np.where(mask_BxT, starts_B[:, None] + pos_BxT, 0)
-        x_BxT = np.where(mask_BxT, np.asarray(tokens_N[idx_BxT.reshape(-1)]).reshape(idx_BxT.shape), 0)
-        y_BxT = np.where(mask_BxT, np.asarray(tokens_N[(idx_BxT + 1).reshape(-1)]).reshape(idx_BxT.shape), 0)
-        if doc_start_N is None:
+        x_BxT = np.where(mask_BxT, np.asarray(tokens_S[idx_BxT.reshape(-1)]).reshape(idx_BxT.shape), 0)
+        y_BxT = np.where(mask_BxT, np.asarray(tokens_S[(idx_BxT + 1).reshape(-1)]).reshape(idx_BxT.shape), 0)
+        if doc_start_S is None:
             reset_BxT = np.zeros(mask_BxT.shape, dtype=bool)
         else:
-            reset_BxT = np.asarray(doc_start_N[idx_BxT.reshape(-1)]).reshape(idx_BxT.shape) & mask_BxT
+            reset_BxT = np.asarray(doc_start_S[idx_BxT.reshape(-1)]).reshape(idx_BxT.shape) & mask_BxT
         yield Batch(
             x_BxT.astype(np.int32), y_BxT.astype(np.int32), reset_BxT, mask_BxT,
             lengths_B=np.clip(lengths_B - w * seq_len, 0, seq_len).astype(np.int32),

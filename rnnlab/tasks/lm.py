@@ -76,7 +76,7 @@ def evaluate(model: lm_lib.LM, params, split: text_data.EncodedSplit, batch_size
     from window to window."""
     carries = model.initial_carries(batch_size)
     total, count = 0.0, 0
-    for b in text_data.eval_batches(split.tokens_N, split.doc_start_N, batch_size=batch_size,
+    for b in text_data.eval_batches(split.tokens_S, split.doc_start_S, batch_size=batch_size,
                                     seq_len=seq_len, drop_remainder=drop_remainder):
         carries, s, n = eval_step(model, params, carries, device_batch(b))
         total += float(s)
@@ -123,7 +123,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> loop.Task:
     vocab, level, d = corpus.vocab, config.data.level, config.data
     model = lm_lib.build(config.model, len(vocab.itos))
     batcher = text_data.TBPTTBatcher(
-        corpus["train"].tokens_N, corpus["train"].doc_start_N if d.doc_resets else None,
+        corpus["train"].tokens_S, corpus["train"].doc_start_S if d.doc_resets else None,
         batch_size=d.batch_size, seq_len=d.seq_len, seed=config.seed, random_offset=d.random_offset)
     spe = batcher.steps_per_epoch
     if not (config.train.num_steps or config.train.num_epochs):
