@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(r'''
     import json, sys
     import jax, numpy as np
     from rnnlab import configs
-    from rnnlab.tasks import lm as train, sequence as train_tasks
+    from rnnlab.tasks import lm, sequence
     from experiments import gradient_flow as gf, language_modelling as lm_exp
 
     assert len(jax.devices()) == 4, jax.devices()
@@ -87,13 +87,13 @@ SCRIPT = textwrap.dedent(r'''
         c.lock()
         return c
 
-    for name, module, make, key, carry in (("tasks", train_tasks, tasks_config, "xs", False),
-                                          ("lm", train, lm_config, "x", True)):
+    for name, module, make, key, carry in (("tasks", sequence, tasks_config, "xs", False),
+                                          ("lm", lm, lm_config, "x", True)):
         out[name] = {mode: run(module, make, name, mode, key, carry) for mode in ("off", "auto")}
 
     c = tasks_config(); c.unlock(); c.task.batch_size = 6; c.lock()
     try:
-        train_tasks.train_and_evaluate(c, f"{tmp}/bad")
+        sequence.train_and_evaluate(c, f"{tmp}/bad")
         out["error"] = None
     except ValueError as e:
         out["error"] = str(e)
@@ -137,13 +137,13 @@ MULTIHOST_SCRIPT = textwrap.dedent(r'''
     import json, sys
     import jax, numpy as np
     from jax.experimental import multihost_utils
-    from rnnlab.tasks import lm as train, sequence as train_tasks
+    from rnnlab.tasks import lm, sequence
     from experiments import gradient_flow as gf, language_modelling as lm_exp
 
     mode, tmp = sys.argv[1], sys.argv[2]
     corpus = f"{tmp}/corpus.txt"
     out = {}
-    for name, module, make in (("tasks", train_tasks, gf.get_config), ("lm", train, lm_exp.get_config)):
+    for name, module, make in (("tasks", sequence, gf.get_config), ("lm", lm, lm_exp.get_config)):
         c = make("smoke")
         c.unlock()
         c.train.update(async_checkpoint=False, eval_every=20, checkpoint_every=20, data_parallel=mode)

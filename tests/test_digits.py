@@ -1,7 +1,7 @@
 """Sequential digits (rnnlab.data.digits): the fixed split partitions sklearn's
 1,797 images, sequences read the 8x8 image pixel by pixel (or row by row) as
 sklearn's ``images`` lay it out, batches are pure in (seed, step) and visit
-each training example once per epoch, and the train_tasks loop evaluates on
+each training example once per epoch, and the sequence task evaluates on
 the whole valid/test split."""
 
 import math
@@ -13,8 +13,8 @@ import pytest
 from scipy import stats
 from sklearn.datasets import load_digits
 
-from rnnlab import train_tasks
 from rnnlab.data import digits
+from rnnlab.tasks import sequence
 
 SK = load_digits()
 
@@ -33,8 +33,8 @@ def test_split_partitions_the_dataset():
     rows = []
     for split in ("train", "valid", "test"):
         b = digits.digits_split(split)
-        images_Nx64 = b.xs_TxBxD[:, :, 0].T
-        rows += [tuple(np.round(im * 16).astype(int)) + (int(y),) for im, y in zip(images_Nx64, b.targets_TxB[-1], strict=True)]
+        images_Sx64 = b.xs_TxBxD[:, :, 0].T
+        rows += [tuple(np.round(im * 16).astype(int)) + (int(y),) for im, y in zip(images_Sx64, b.targets_TxB[-1], strict=True)]
     reference = [tuple(d.astype(int)) + (int(y),) for d, y in zip(SK.data, SK.target, strict=True)]
     assert sorted(rows) == sorted(reference)
 
@@ -89,10 +89,10 @@ def test_task_spec_and_evaluation_on_the_whole_split():
     c.unlock()
     c.task.update(name="digits", length=8)
     c.lock()
-    model, spec = train_tasks.build(c)
+    model, spec = sequence.build(c)
     assert (spec.d_in, spec.d_out, spec.length, spec.loss, spec.readout) == (8, 10, 8, "ce", "last")
     params = model.init(jax.random.key(0))
-    got = train_tasks.evaluate(model, params, c, spec, "test")
+    got = sequence.evaluate(model, params, c, spec, "test")
     # reference: the model applied to sklearn's test images by hand, mean CE and accuracy over all 360
     b = digits.digits_split("test", order="row")
     logits_BxO = np.asarray(model.apply(params, jnp.asarray(b.xs_TxBxD))[-1], np.float64)
@@ -102,4 +102,4 @@ def test_task_spec_and_evaluation_on_the_whole_split():
     assert got["loss"] == pytest.approx(-np.mean(log_p[np.arange(360), labels_B]), rel=1e-5)
     assert got["accuracy"] == pytest.approx(np.mean(np.argmax(logits_BxO, 1) == labels_B), abs=1e-9)
     with pytest.raises(ValueError, match="64 .pixel by pixel. or 8"):
-        train_tasks.task_spec(ml_collections.ConfigDict({"name": "digits", "length": 10}))
+        sequence.task_spec(ml_collections.ConfigDict({"name": "digits", "length": 10}))

@@ -16,7 +16,7 @@ import pytest
 from rnnlab import cells, configs, probes
 from rnnlab.layers import Stack
 from rnnlab.models import seq
-from rnnlab.tasks import sequence as train_tasks
+from rnnlab.tasks import sequence
 from rnnlab.train import checkpoint
 from rnnlab.train.loop import NonFiniteError
 
@@ -66,28 +66,28 @@ def test_smoke_runs_through_main_and_the_report_regenerates_from_its_checkpoints
 
 
 def _final_params(wd, step):
-    model, _ = train_tasks.build(_smoke())
+    model, _ = sequence.build(_smoke())
     like = jax.eval_shape(model.init, jax.random.key(0))
     return checkpoint.load_snapshot_params(str(wd), step, like)
 
 
 def test_resume_continues_bitwise(tmp_path):
     a, b = tmp_path / "interrupted", tmp_path / "straight"
-    first = train_tasks.train_and_evaluate(_smoke(**{"train.num_steps": 10}), str(a))
+    first = sequence.train_and_evaluate(_smoke(**{"train.num_steps": 10}), str(a))
     assert first["step"] == 10
-    resumed = train_tasks.train_and_evaluate(_smoke(), str(a))
-    straight = train_tasks.train_and_evaluate(_smoke(), str(b))
+    resumed = sequence.train_and_evaluate(_smoke(), str(a))
+    straight = sequence.train_and_evaluate(_smoke(), str(b))
     assert resumed["step"] == straight["step"] == 20
     pa, pb = _final_params(a, 20), _final_params(b, 20)
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), pa, pb)
     assert resumed["eval_loss"] == straight["eval_loss"]
     # a finished run is reported, not redone
-    assert train_tasks.train_and_evaluate(_smoke(), str(b)) == json.load(open(b / "result.json"))
+    assert sequence.train_and_evaluate(_smoke(), str(b)) == json.load(open(b / "result.json"))
 
 
 def test_non_finite_loss_stops_without_saving(tmp_path):
     with pytest.raises(NonFiniteError, match="non-finite"):
-        train_tasks.train_and_evaluate(_smoke(**{"optim.lr": 1e30, "optim.clip_norm": 0.0}), str(tmp_path))
+        sequence.train_and_evaluate(_smoke(**{"optim.lr": 1e30, "optim.clip_norm": 0.0}), str(tmp_path))
     assert not os.listdir(tmp_path / "checkpoints")  # no periodic save
     assert checkpoint.snapshot_steps(str(tmp_path)) == [0]  # the initialisation, saved before step 1
 
@@ -128,9 +128,9 @@ def _span_at_init(cell: str, cell_options: str) -> float:
     c.unlock()
     c.model.cell_options = cell_options
     c.lock()
-    model, _ = train_tasks.build(c)
+    model, _ = sequence.build(c)
     params = model.init(jax.random.key(0))
-    xs, targets, mask = (jnp.asarray(a) for a in train_tasks.probe_batch(c, 16))
+    xs, targets, mask = (jnp.asarray(a) for a in sequence.probe_batch(c, 16))
     norms = np.asarray(probes.task_grad_norms(model, params, xs, targets, mask).norms_T, np.float64)[-101:]
     return norms.max() / norms.min()
 
@@ -174,9 +174,9 @@ def test_model_losses_and_probe_loss_agree():
     """task_grad_norms' loss is the training loss: MSE at the last step, CE over a mask."""
     for task, kw in (("adding", {}), ("copy", {"task.length": 5}), ("temporal_order", {"task.length": 12})):
         c = _smoke(**{"task.name": task, **kw})
-        model, spec = train_tasks.build(c)
+        model, spec = sequence.build(c)
         params = model.init(jax.random.key(1))
-        b = train_tasks.probe_batch(c, 4)
+        b = sequence.probe_batch(c, 4)
         loss, _ = jax.jit(model.loss_and_metrics)(params, *(jnp.asarray(a) for a in b))
         gn = probes.task_grad_norms(model, params, *(jnp.asarray(a) for a in b))
         np.testing.assert_allclose(float(gn.loss), float(loss), rtol=1e-5)
