@@ -177,7 +177,7 @@ def main(argv=None) -> dict:
     c0 = cs[0]
     with tempfile.TemporaryDirectory() as workdir:  # its feature cache, gone afterwards
         data = ts.load_data(c0, workdir)  # the front end does not change the data
-    batches = [ts.device_batch(audio.connected_batch(data.train, data.noise_NxM, data.vocab, data.utterances,
+    batches = [ts.device_batch(audio.connected_batch(data.train, data.noise_FxM, data.vocab, data.utterances,
                                                       c0.seed, s, c0.data.batch_size)) for s in range(args.batches)]
     frames = [int(b["lengths"].sum()) for b in batches]
     print(f"{args.variant}, held out {args.held_out}: {len(batches)} batches of {c0.data.batch_size}, frame counts "

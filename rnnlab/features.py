@@ -1,7 +1,7 @@
 """Speech features in JAX: log-mel filterbanks and MFCC with deltas, per-utterance
 or global normalisation, SpecAugment masking.
 
-    waveform_N --frames (win, hop)--> power spectrum --mel--> log-mel_TxM
+    waveform_S --frames (win, hop)--> power spectrum --mel--> log-mel_TxM
     log-mel_TxM --DCT-II (ortho)--> MFCC_TxC --deltas--> [c, d, dd]_Tx3C
 
 Conventions (the ones of librosa / Kaldi-style front ends, tested against a plain
@@ -115,7 +115,7 @@ def mel_filterbank(spec: FeatureSpec) -> np.ndarray:
     lo, mid, hi = edges_hz[:-2, None], edges_hz[1:-1, None], edges_hz[2:, None]
     up = (bins_hz[None] - lo) / (mid - lo)
     down = (hi - bins_hz[None]) / (hi - mid)
-    return np.maximum(0.0, np.minimum(up, down)).T  # F x M
+    return np.maximum(0.0, np.minimum(up, down)).T  # K x M
 
 
 def hann(n: int) -> np.ndarray:
@@ -123,24 +123,24 @@ def hann(n: int) -> np.ndarray:
     return 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n) / n)
 
 
-def power_spectrum(spec: FeatureSpec, wave_N: Array) -> Array:
+def power_spectrum(spec: FeatureSpec, wave_S: Array) -> Array:
     """|rfft|^2 of each frame, T x (n_fft // 2 + 1). Frames by a gather: T x win
     samples (the 60% overlap costs 2.5x the memory of the wave; fine for seconds)."""
     win, hop = spec.win_length, spec.hop_length
-    n_frames = spec.num_frames(wave_N.shape[-1])
+    n_frames = spec.num_frames(wave_S.shape[-1])
     if n_frames < 1:
-        raise ValueError(f"a waveform of {wave_N.shape[-1]} samples is shorter than one "
+        raise ValueError(f"a waveform of {wave_S.shape[-1]} samples is shorter than one "
                          f"{spec.win_ms} ms window ({win} samples)")
     idx_TxW = jnp.arange(n_frames)[:, None] * hop + jnp.arange(win)[None, :]
-    frames_TxW = wave_N[..., idx_TxW] * jnp.asarray(hann(win), wave_N.dtype)
+    frames_TxW = wave_S[..., idx_TxW] * jnp.asarray(hann(win), wave_S.dtype)
     spectrum = jnp.fft.rfft(frames_TxW, n=spec.n_fft, axis=-1)
     return jnp.real(spectrum) ** 2 + jnp.imag(spectrum) ** 2
 
 
-def log_mel(spec: FeatureSpec, wave_N: Array) -> Array:
+def log_mel(spec: FeatureSpec, wave_S: Array) -> Array:
     """log(mel power + floor), T x n_mels (a leading batch axis is kept)."""
-    fb_FxM = jnp.asarray(mel_filterbank(spec), wave_N.dtype)
-    return jnp.log(power_spectrum(spec, wave_N) @ fb_FxM + spec.floor)
+    fb_KxM = jnp.asarray(mel_filterbank(spec), wave_S.dtype)
+    return jnp.log(power_spectrum(spec, wave_S) @ fb_KxM + spec.floor)
 
 
 def white_noise_profile(spec: FeatureSpec) -> np.ndarray:
@@ -239,8 +239,8 @@ def spec_augment(key: Array, x_BxTxD: Array, lengths_B: Array, *, freq_masks: in
     return jnp.where(keep, x_BxTxD, jnp.zeros_like(x_BxTxD))
 
 
-def features(spec: FeatureSpec, wave_N: Array) -> Array:
+def features(spec: FeatureSpec, wave_S: Array) -> Array:
     """One waveform -> its model input T x spec.dim (with per-utterance normalisation
     when the spec asks; 'global' needs ``postprocess`` with the statistics)."""
-    lm_TxM = log_mel(spec, wave_N)
+    lm_TxM = log_mel(spec, wave_S)
     return postprocess(spec, lm_TxM[None], jnp.asarray([lm_TxM.shape[0]]))[0]

@@ -104,7 +104,7 @@ def test_feature_cache_is_read_back_not_recomputed(tmp_path, monkeypatch):
     bank = audio.cached_bank(clips, SPEC, str(tmp_path / "cache"))
     monkeypatch.setattr(audio, "build_bank", lambda *a, **k: pytest.fail("cache miss"))
     again = audio.cached_bank(clips, SPEC, str(tmp_path / "cache"))
-    np.testing.assert_array_equal(again.logmel_NxM, bank.logmel_NxM)
+    np.testing.assert_array_equal(again.logmel_FxM, bank.logmel_FxM)
     np.testing.assert_array_equal(again.offsets, bank.offsets)
     # silence trimming keeps the tone (0.3-0.6 s) and a margin, drops most of the 0.1 s pads
     lengths = np.diff(bank.offsets)
@@ -194,7 +194,7 @@ def test_rate_normalisation_stretches_each_speaker_to_the_target_span_without_tr
         assert len(out.frames(i)) == round(len(bank.frames(i)) * scale)
     # the texts play no part: shuffled transcripts give the same frames
     shuffled = bank._replace(clips=[c._replace(text=str((int(c.text) + 3) % 10)) for c in bank.clips])
-    np.testing.assert_array_equal(audio.normalise_rate(shuffled, 30.0).logmel_NxM, out.logmel_NxM)
+    np.testing.assert_array_equal(audio.normalise_rate(shuffled, 30.0).logmel_FxM, out.logmel_FxM)
     assert audio.normalise_rate(bank, 0.0) is bank
 
 
@@ -220,11 +220,11 @@ def test_speaker_normalisation_equals_numpy_and_uses_no_transcripts(tmp_path):
         rng = np.random.default_rng(0)
         relabelled = bank._replace(clips=[c._replace(text=str(rng.integers(10)), index=int(rng.integers(99)))
                                           for c in bank.clips])
-        np.testing.assert_array_equal(audio.normalise_speakers(relabelled, mode).logmel_NxM, out.logmel_NxM)
+        np.testing.assert_array_equal(audio.normalise_speakers(relabelled, mode).logmel_FxM, out.logmel_FxM)
         # a speaker's frames depend on that speaker's clips only
         anna = [i for i, c in enumerate(clips) if c.speaker == "anna"]
         alone = audio.normalise_speakers(bank.subset(anna), mode)
-        np.testing.assert_array_equal(alone.logmel_NxM, out.subset(anna).logmel_NxM)
+        np.testing.assert_array_equal(alone.logmel_FxM, out.subset(anna).logmel_FxM)
     assert audio.normalise_speakers(bank, "none") is bank
     with pytest.raises(ValueError, match="speaker_norm"):
         audio.normalise_speakers(bank, "per-label")

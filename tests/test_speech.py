@@ -358,7 +358,7 @@ def test_prior_bias_is_each_members_own_fit_over_every_floor_and_decoding_adds_i
             hyps[i] += [ctc.greedy_decode(np.asarray(lo[k, i]) + bias[k], int(n[i])) for k in range(2)]
     vocab = audio.DIGITS
     assert recipe.decode(two, params, b, vocab, 0, floors, bias) == [vocab.decode(ctc.rover(h)) for h in hyps]
-    with pytest.raises(ValueError, match=r"bias_KxV has shape \(1, 11\); this model's logits need \(2, 11\)"):
+    with pytest.raises(ValueError, match=r"bias_ExV has shape \(1, 11\); this model's logits need \(2, 11\)"):
         recipe.decode(two, params, b, vocab, 0, floors, bias[:1])
     monkeypatch.setattr(recipe, "PRIOR_MIN_LABELS", 10**4)
     with pytest.raises(ValueError, match="prior matching needs at least 20000 decoded labels to count"):
@@ -477,7 +477,7 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
                                        config, data, floors=()) for k in range(2)]
     assert prior["speaker_prior"] and all(m["speaker_prior"] for m in prior["members"] + prior["subsets"])
     assert [m["wer"] for m in prior["members"]] == [m["wer"] for m in alone]  # the row of each member = its own fit
-    assert prior == {**recipe.evaluate(model, params, config, data, floors=(), bias_KxV=bias),
+    assert prior == {**recipe.evaluate(model, params, config, data, floors=(), bias_ExV=bias),
                      "members": prior["members"], "subsets": prior["subsets"], "subsets_mean": prior["subsets_mean"]}
 
 

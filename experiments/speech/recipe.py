@@ -62,24 +62,24 @@ def floor_logits(model: speech_lib.SpeechModel, params, batch: audio.Batch,
 
 
 def vote(model: speech_lib.SpeechModel, outputs: list[tuple[np.ndarray, np.ndarray]], vocab: audio.Vocab,
-         beam_width: int = 0, bias_KxV: np.ndarray | None = None) -> list[str]:
+         beam_width: int = 0, bias_ExV: np.ndarray | None = None) -> list[str]:
     """Transcripts from one batch's ``floor_logits``: every (floor, member) decoded, greedy
     (beam_width 0) or by prefix beam search, then voted on with ROVER (ties go to the
-    first floor's first member). ``bias_KxV``: added to each member's logits before
+    first floor's first member). ``bias_ExV``: added to each member's logits before
     decoding (``prior_bias``)."""
     hyps: list[list[tuple[int, ...]]] = [[] for _ in range(len(outputs[0][1]))]
     for logits, out_len in outputs:
-        for h, new in zip(hyps, model.member_labels(logits, out_len, beam_width, bias_KxV), strict=True):
+        for h, new in zip(hyps, model.member_labels(logits, out_len, beam_width, bias_ExV), strict=True):
             h += new
     return [vocab.decode(ctc.rover(h)) for h in hyps]
 
 
 def decode(model: speech_lib.SpeechModel, params, batch: audio.Batch, vocab: audio.Vocab,
-           beam_width: int = 0, floors: tuple[float, ...] = (), bias_KxV: np.ndarray | None = None) -> list[str]:
+           beam_width: int = 0, floors: tuple[float, ...] = (), bias_ExV: np.ndarray | None = None) -> list[str]:
     """Transcripts of a batch (``vote`` of its ``floor_logits``). ``floors``: test-time
     noise floors (features.floor_db, dB): the model runs once per floor and every
     (floor, member) transcript is voted on."""
-    return vote(model, floor_logits(model, params, batch, floors), vocab, beam_width, bias_KxV)
+    return vote(model, floor_logits(model, params, batch, floors), vocab, beam_width, bias_ExV)
 
 
 # ----------------------------------------------------------------------------- prior matching
@@ -100,7 +100,7 @@ def prior_bias(model: speech_lib.SpeechModel, outputs) -> np.ndarray:
     unlabelled speech (no transcript is read). A model trained on few speakers can hear
     a new one with a bias of its own; the speaker's digits being equally frequent is
     what undoes it. Returns members x labels (1 x V for one network), for ``decode``'s
-    ``bias_KxV``. Refuses fewer than ``PRIOR_MIN_LABELS`` decoded labels a pass (a
+    ``bias_ExV``. Refuses fewer than ``PRIOR_MIN_LABELS`` decoded labels a pass (a
     floor): counts that small are noise."""
     per_member: list[list[np.ndarray]] = []
     passes = 1
@@ -126,7 +126,7 @@ def held_out_clips(config: ml_collections.ConfigDict, data: SpeechData, batch_si
         utts, labels, texts = [], [], []
         for i in range(start, min(start + batch_size, n)):
             rng = np.random.default_rng([seed, CONFUSION_STEP0 + i])
-            u, _ = audio.connected_utterance(data.test, data.noise_NxM, rng, spec, clip_ids=[i])
+            u, _ = audio.connected_utterance(data.test, data.noise_FxM, rng, spec, clip_ids=[i])
             utts.append(u)
             texts.append(data.test.clips[i].text)
             labels.append(data.vocab.encode(texts[-1]))
@@ -141,17 +141,17 @@ def held_out_prior(model: speech_lib.SpeechModel, params, config: ml_collections
 
 def evaluate(model: speech_lib.SpeechModel, params, config: ml_collections.ConfigDict, data: SpeechData,
              beam_width: int = 0, floors: tuple[float, ...] | None = None,
-             bias_KxV: np.ndarray | None = None) -> dict:
+             bias_ExV: np.ndarray | None = None) -> dict:
     """``rnnlab.tasks.speech.evaluate`` decoded as ``decode`` with ``floors`` (None: the
-    config's eval.test_floors). ``bias_KxV``: as ``decode``'s; None: with
+    config's eval.test_floors). ``bias_ExV``: as ``decode``'s; None: with
     eval.speaker_prior, ``prior_bias`` on the held-out clips (``held_out_prior``),
     otherwise none. With a bias the result says ``speaker_prior: True``."""
     floors = eval_floors(config) if floors is None else floors
-    if bias_KxV is None and speaker_prior(config):
-        bias_KxV = held_out_prior(model, params, config, data, floors)
+    if bias_ExV is None and speaker_prior(config):
+        bias_ExV = held_out_prior(model, params, config, data, floors)
     out = speech_task.evaluate(model, params, config, data, beam_width,
-                               lambda b: decode(model, params, b, data.vocab, beam_width, floors, bias_KxV))
-    return out | ({"speaker_prior": True} if bias_KxV is not None else {})
+                               lambda b: decode(model, params, b, data.vocab, beam_width, floors, bias_ExV))
+    return out | ({"speaker_prior": True} if bias_ExV is not None else {})
 
 
 # ----------------------------------------------------------------------------- digit confusions

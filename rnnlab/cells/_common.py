@@ -17,10 +17,15 @@ across rnnlab/ (cells, scan, layers, fused, native, probes, ctc, models, data):
   P      positions of a row of a token stream cut into B rows (``tokens_BxP``)
   V      vocabulary size (``logits_BxTxV``)
   M      mel bands (features of a frame)
+  K      frequency bins of an FFT, n_fft // 2 + 1 (``fb_KxM``)
   C      channels (of a convolution, of a carry's components)
   O      output channels of a convolution
-  S      a flat stream of samples or tokens
-  F      frames of a spectrogram
+  W      width of a sliding window: taps of a convolution kernel (``w_WxCxO``),
+         samples of an analysis frame (``frames_TxW``)
+  S      a flat stream of samples or tokens (``tokens_S``, ``wave_S``)
+  F      frames of a spectrogram, clips concatenated (``logmel_FxM``)
+  Q      steps after a strided front end, ceil(T / stride) (``logits_BxQxV``)
+  U      label positions of a CTC target (``labels_BxU``)
   R      time lags of a probe
   E      ensemble members
   =====  ===========================================================================

@@ -51,13 +51,13 @@ class Clip(NamedTuple):
 # ----------------------------------------------------------------------------- waveforms
 
 
-def resample(wave_N: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+def resample(wave_S: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
     """Polyphase resampling (scipy.signal.resample_poly, Kaiser-windowed FIR
     anti-aliasing filter) by the exact ratio rate_out / rate_in."""
     if rate_in == rate_out:
-        return wave_N
+        return wave_S
     g = math.gcd(int(rate_in), int(rate_out))
-    return scipy.signal.resample_poly(wave_N, rate_out // g, rate_in // g).astype(np.float32)
+    return scipy.signal.resample_poly(wave_S, rate_out // g, rate_in // g).astype(np.float32)
 
 
 def to_mono_float(data: np.ndarray, name: str) -> np.ndarray:
@@ -172,15 +172,15 @@ def split_by_speaker(clips: Sequence[Clip], test_speakers: Sequence[str]) -> tup
 
 class FeatureBank(NamedTuple):
     """Log-mel frames of many clips, concatenated: clip i is
-    ``logmel_NxM[offsets[i]:offsets[i + 1]]``; ``level[i]`` its mean log power."""
+    ``logmel_FxM[offsets[i]:offsets[i + 1]]``; ``level[i]`` its mean log power."""
 
-    logmel_NxM: np.ndarray
+    logmel_FxM: np.ndarray
     offsets: np.ndarray
     level: np.ndarray
     clips: list[Clip]
 
     def frames(self, i: int) -> np.ndarray:
-        return self.logmel_NxM[self.offsets[i]:self.offsets[i + 1]]
+        return self.logmel_FxM[self.offsets[i]:self.offsets[i + 1]]
 
     @classmethod
     def from_parts(cls, parts: Sequence[np.ndarray], clips: Sequence[Clip]) -> FeatureBank:
@@ -193,10 +193,10 @@ class FeatureBank(NamedTuple):
     @classmethod
     def concat(cls, banks: Sequence[FeatureBank]) -> FeatureBank:
         """The clips of ``banks`` in order, as one bank."""
-        sizes = [len(b.logmel_NxM) for b in banks]
+        sizes = [len(b.logmel_FxM) for b in banks]
         starts = np.cumsum([0] + sizes[:-1])
         offsets = np.concatenate([[0]] + [b.offsets[1:] + s for b, s in zip(banks, starts, strict=True)])
-        return cls(np.concatenate([b.logmel_NxM for b in banks]), offsets.astype(np.int64),
+        return cls(np.concatenate([b.logmel_FxM for b in banks]), offsets.astype(np.int64),
                    np.concatenate([b.level for b in banks]), [c for b in banks for c in b.clips])
 
     def subset(self, keep: Sequence[int]) -> FeatureBank:
@@ -208,15 +208,15 @@ class FeatureBank(NamedTuple):
 _PAD = 2048  # samples: clips are padded to a multiple of this so log_mel compiles a handful of shapes
 
 
-def clip_log_mel(spec: feat.FeatureSpec, wave_N: np.ndarray) -> np.ndarray:
+def clip_log_mel(spec: feat.FeatureSpec, wave_S: np.ndarray) -> np.ndarray:
     """log-mel of one waveform (float32, T x M), computed on a zero-padded copy
     (frames are not centred, so the first T frames are unchanged by the padding)."""
-    n = len(wave_N)
+    n = len(wave_S)
     t = spec.num_frames(n)
     if t < 1:
         raise ValueError(f"a clip of {n} samples is shorter than one analysis window ({spec.win_length})")
     padded = np.zeros(-(-n // _PAD) * _PAD, np.float32)
-    padded[:n] = wave_N
+    padded[:n] = wave_S
     return np.asarray(_log_mel_jit(spec, jnp.asarray(padded)))[:t]
 
 
@@ -409,7 +409,7 @@ class Batch(NamedTuple):
     texts: list[str]
 
 
-def connected_utterance(bank: FeatureBank, noise_NxM: np.ndarray, rng: np.random.Generator, spec: ConnectedSpec,
+def connected_utterance(bank: FeatureBank, noise_FxM: np.ndarray, rng: np.random.Generator, spec: ConnectedSpec,
                         clip_ids: Sequence[int] | None = None) -> tuple[np.ndarray, list[int]]:
     """One utterance: log-mel T x M and the clips it joins (drawn when not given)."""
     if clip_ids is None:
@@ -418,7 +418,7 @@ def connected_utterance(bank: FeatureBank, noise_NxM: np.ndarray, rng: np.random
     sil = rng.integers(0, spec.max_silence + 1, len(clip_ids) + 1)
     gains = rng.uniform(-spec.gain_db, spec.gain_db, len(clip_ids)) * math.log(10) / 10  # natural-log power
     floor = math.log(1e-6)  # the features' floor: zero speech power
-    m = bank.logmel_NxM.shape[1]
+    m = bank.logmel_FxM.shape[1]
     parts = [np.full((sil[0], m), floor, np.float32)]
     stretch = rng.uniform(1 - spec.tempo, 1 + spec.tempo, len(clip_ids)) if spec.tempo else np.ones(len(clip_ids))
     warp = rng.uniform(1 - spec.mel_warp, 1 + spec.mel_warp, len(clip_ids)) if spec.mel_warp else np.ones(len(clip_ids))
@@ -428,8 +428,8 @@ def connected_utterance(bank: FeatureBank, noise_NxM: np.ndarray, rng: np.random
     speech = np.concatenate(parts)
     level = float(np.mean(bank.level[list(clip_ids)] + gains))
     snr = rng.uniform(*spec.snr_db) * math.log(10) / 10
-    start = int(rng.integers(0, len(noise_NxM) - len(speech) + 1)) if len(noise_NxM) > len(speech) else 0
-    noise = np.resize(noise_NxM[start:start + len(speech)], speech.shape) + np.float32(level - snr)
+    start = int(rng.integers(0, len(noise_FxM) - len(speech) + 1)) if len(noise_FxM) > len(speech) else 0
+    noise = np.resize(noise_FxM[start:start + len(speech)], speech.shape) + np.float32(level - snr)
     return np.logaddexp(speech, noise).astype(np.float32), list(clip_ids)
 
 
@@ -446,13 +446,13 @@ def pad_batch(utterances: Sequence[np.ndarray], label_seqs: Sequence[np.ndarray]
     return Batch(x, lengths, labels, np.asarray([len(s) for s in label_seqs], np.int32), texts)
 
 
-def connected_batch(bank: FeatureBank, noise_NxM: np.ndarray, vocab: Vocab, spec: ConnectedSpec, seed: int,
+def connected_batch(bank: FeatureBank, noise_FxM: np.ndarray, vocab: Vocab, spec: ConnectedSpec, seed: int,
                     step: int, batch_size: int) -> Batch:
     """A batch of connected utterances: a pure function of (seed, step)."""
     rng = np.random.default_rng([seed, step])
     utts, labels, texts = [], [], []
     for _ in range(batch_size):
-        u, ids = connected_utterance(bank, noise_NxM, rng, spec)
+        u, ids = connected_utterance(bank, noise_FxM, rng, spec)
         text = " ".join(bank.clips[i].text for i in ids)
         utts.append(u)
         labels.append(vocab.encode(text))

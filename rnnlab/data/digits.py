@@ -32,15 +32,15 @@ _TASK_ID = 4  # folded into every seed, as rnnlab.data.synthetic does for its ta
 
 @functools.cache
 def _splits() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{'train'|'valid'|'test': (images_Nx64 float32 in [0, 1], labels_N int32)}. ~20 ms, cached."""
+    """{'train'|'valid'|'test': (images_Sx64 float32 in [0, 1], labels_S int32)}. ~20 ms, cached."""
     from sklearn.datasets import load_digits  # ships with scikit-learn: no download
 
     d = load_digits()
-    images_Nx64 = (d.data / 16.0).astype(np.float32)
-    labels_N = d.target.astype(np.int32)
-    perm = np.random.default_rng(SPLIT_SEED).permutation(len(labels_N))
+    images_Sx64 = (d.data / 16.0).astype(np.float32)
+    labels_S = d.target.astype(np.int32)
+    perm = np.random.default_rng(SPLIT_SEED).permutation(len(labels_S))
     parts = {"test": perm[:N_TEST], "valid": perm[N_TEST:N_TEST + N_VALID], "train": perm[N_TEST + N_VALID:]}
-    return {k: (images_Nx64[idx], labels_N[idx]) for k, idx in parts.items()}
+    return {k: (images_Sx64[idx], labels_S[idx]) for k, idx in parts.items()}
 
 
 def split_size(split: str) -> int:

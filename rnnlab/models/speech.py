@@ -1,7 +1,7 @@
 """CTC acoustic model, as pure functions:
 
     log-mel_BxTxM -> features (MFCC/deltas/normalisation; SpecAugment when training)
-                  -> optional 1-D convolutions over time (stride s each: T -> ceil(T / s))
+                  -> optional 1-D convolutions over time (stride s each: T -> Q = ceil(T / s))
                   -> bidirectional recurrent stack (any registered cell, rnnlab.layers.Stack)
                   -> linear -> logits over blank + vocabulary -> CTC
 
@@ -44,7 +44,7 @@ class SpeechModel:
       members: > 1: an ensemble of that many networks of this architecture, trained
         together on the same batches from their own initial weights, dropout and
         SpecAugment draws. Their parameters are stacked on a leading axis; ``apply``
-        returns every member's logits stacked (K x B x S x V), each decoded on its
+        returns every member's logits stacked (E x B x Q x V), each decoded on its
         own and the transcripts combined by voting (``decode_labels``, ROVER;
         averaging CTC posteriors deletes words: the members' label spikes do not
         line up); the loss is the sum of the members' own CTC losses (each
@@ -118,7 +118,7 @@ class SpeechModel:
         d = self.features.dim
         for i, (k, _, c) in enumerate(self.conv):
             w = initializer("lecun_normal", 1)(jax.random.fold_in(k_conv, i), (k * d, c), jnp.float32)
-            params["conv"].append({"w_KxCxO": w.reshape(k, d, c), "b_O": jnp.zeros((c,), jnp.float32)})
+            params["conv"].append({"w_WxCxO": w.reshape(k, d, c), "b_O": jnp.zeros((c,), jnp.float32)})
             d = c
         params["stack"] = self.stack.init(k_stack)
         params["out_w_OxV"] = initializer("glorot_uniform", 1)(k_out, (self.stack.d_out, self.num_labels), jnp.float32)
@@ -132,16 +132,16 @@ class SpeechModel:
 
     def apply(self, params: Params, logmel_BxTxM: Array, lengths_B: Array, *, rng: Array | None = None,
               train: bool = False, ids: Array | None = None) -> tuple[Array, Array]:
-        """(logits_BxSxV, output lengths_B), S = ceil(T / subsampling). An ensemble:
-        (logits_KxBxSxV, lengths_B), one row of logits per member (``ids``: which members of
+        """(logits_BxQxV, output lengths_B), Q = ceil(T / subsampling). An ensemble:
+        (logits_ExBxQxV, lengths_B), one row of logits per member (``ids``: which members of
         the whole, for a slice; default 0, 1, ...)."""
         if not self.ensemble:
             return self._apply_one(params, logmel_BxTxM, lengths_B, rng=rng, train=train)
-        logits_KxBxSxV, lengths_KxB = jax.vmap(
+        logits_ExBxQxV, lengths_ExB = jax.vmap(
             lambda p, k: self._apply_one(p, logmel_BxTxM, lengths_B, train=train,
                                          rng=None if rng is None else jax.random.fold_in(rng, k)))(
             params, self._ids(ids))
-        return logits_KxBxSxV, lengths_KxB[0]
+        return logits_ExBxQxV, lengths_ExB[0]
 
     def decode_labels(self, logits: np.ndarray, lengths_B: np.ndarray, beam_width: int = 0) -> list[tuple[int, ...]]:
         """Label sequences of ``apply``'s output: greedy (beam_width 0) or prefix beam
@@ -150,15 +150,15 @@ class SpeechModel:
         return [ctc.rover(h) for h in self.member_labels(logits, lengths_B, beam_width)]
 
     def member_labels(self, logits: np.ndarray, lengths_B: np.ndarray, beam_width: int = 0,
-                      bias_KxV: np.ndarray | None = None) -> list[list[tuple[int, ...]]]:
+                      bias_ExV: np.ndarray | None = None) -> list[list[tuple[int, ...]]]:
         """Per utterance, every member's decoded label sequence (one for a single network).
-        ``bias_KxV``: per member, added to its logits first (K = 1 for one network)."""
+        ``bias_ExV``: per member, added to its logits first (E = 1 for one network)."""
         logits = np.asarray(logits, np.float32)
         stacked = logits if self.ensemble else logits[None]
-        if bias_KxV is not None:
-            bias = np.asarray(bias_KxV, np.float32)
+        if bias_ExV is not None:
+            bias = np.asarray(bias_ExV, np.float32)
             if bias.shape != (stacked.shape[0], stacked.shape[-1]):
-                raise ValueError(f"bias_KxV has shape {bias.shape}; this model's logits need "
+                raise ValueError(f"bias_ExV has shape {bias.shape}; this model's logits need "
                                  f"{(stacked.shape[0], stacked.shape[-1])} (members x labels)")
             stacked = stacked + bias[:, None, None, :]
 
@@ -176,11 +176,11 @@ class SpeechModel:
     def front_end(self, params: Params, x_BxTxD: Array, lengths_B: Array) -> tuple[Array, Array]:
         """The convolutions over time before the recurrent stack (``conv``), on
         model-input features, each 'same'-padded, GELU, with frames past each length
-        zeroed before it. Returns (x_BxSxD', lengths_B after the strides)."""
+        zeroed before it. Returns (x_BxQxD', lengths_B after the strides)."""
         x = x_BxTxD
         for layer, (k, s, _) in zip(params["conv"], self.conv, strict=True):
             x = x * feat.valid_mask(lengths_B, x.shape[1])[..., None].astype(x.dtype)
-            x = jax.lax.conv_general_dilated(x, layer["w_KxCxO"].astype(x.dtype), (s,), [(k // 2, k // 2)],
+            x = jax.lax.conv_general_dilated(x, layer["w_WxCxO"].astype(x.dtype), (s,), [(k // 2, k // 2)],
                                              dimension_numbers=("NWC", "WIO", "NWC")) + layer["b_O"]
             x = jax.nn.gelu(x)
             lengths_B = (lengths_B + s - 1) // s
@@ -208,11 +208,11 @@ class SpeechModel:
         the sum of the members' losses (metrics: their mean)."""
         if not self.ensemble:
             return self._loss_one(params, batch, rng=rng, train=train)
-        loss_K, metrics = jax.vmap(
+        loss_E, metrics = jax.vmap(
             lambda p, k: self._loss_one(p, batch, train=train,
                                         rng=None if rng is None else jax.random.fold_in(rng, k)))(
             params, self._ids(ids))
-        return jnp.sum(loss_K), jax.tree.map(jnp.mean, metrics)
+        return jnp.sum(loss_E), jax.tree.map(jnp.mean, metrics)
 
     def _loss_one(self, params: Params, batch: dict, *, rng: Array | None = None,
                   train: bool = False) -> tuple[Array, dict]:

@@ -70,7 +70,7 @@ def connected_spec(d: ml_collections.ConfigDict) -> audio.ConnectedSpec:
 class SpeechData(NamedTuple):
     train: audio.FeatureBank
     test: audio.FeatureBank
-    noise_NxM: np.ndarray
+    noise_FxM: np.ndarray
     vocab: audio.Vocab
     utterances: audio.ConnectedSpec
 
@@ -119,7 +119,7 @@ def build(config: ml_collections.ConfigDict) -> speech_lib.SpeechModel:
 
 def train_batch(config: ml_collections.ConfigDict, data: SpeechData, step: int) -> audio.Batch:
     """The connected utterances of training step ``step``: pure in (config.seed, step)."""
-    return audio.connected_batch(data.train, data.noise_NxM, data.vocab, data.utterances, config.seed, step,
+    return audio.connected_batch(data.train, data.noise_FxM, data.vocab, data.utterances, config.seed, step,
                                  config.data.batch_size)
 
 
@@ -230,7 +230,7 @@ def evaluate(model: speech_lib.SpeechModel, params, config: ml_collections.Confi
     test_utts, seed = eval_utterance_spec(data.utterances), eval_seed(config)
     for i in range(-(-ev.utterances // ev.batch_size)):
         n = min(ev.batch_size, ev.utterances - i * ev.batch_size)
-        b = audio.connected_batch(data.test, data.noise_NxM, data.vocab, test_utts, seed, EVAL_STEP0 + i, n)
+        b = audio.connected_batch(data.test, data.noise_FxM, data.vocab, test_utts, seed, EVAL_STEP0 + i, n)
         refs += b.texts
         hyps += transcribe(b)
     return ctc.error_rates(refs, hyps) | {"examples": [[r, h] for r, h in list(zip(refs, hyps, strict=True))[:5]]}
