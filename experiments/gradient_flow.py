@@ -331,11 +331,11 @@ def _jacobian_predictions(model, params, xs_TxBxD, window: int) -> dict:
     n_carry = j_TxBxCxC.shape[-1]
     rms_TxB = np.linalg.norm(j_TxBxCxC, axis=(-2, -1)) / math.sqrt(n_carry)
     spec_TxB = np.asarray(jp.step_norms_TxB, np.float64)
-    prod_K = np.exp(np.mean(np.log(np.asarray(jp.spectral_norms_KxB, np.float64)), axis=1))
-    lyap = probes.fit_decay_rate(jnp.asarray(prod_K), jnp.asarray(jp.lags_K))
+    prod_R = np.exp(np.mean(np.log(np.asarray(jp.spectral_norms_RxB, np.float64)), axis=1))
+    lyap = probes.fit_decay_rate(jnp.asarray(prod_R), jnp.asarray(jp.lags_R))
     out = {"window": window, "n_examples": int(xs_TxBxD.shape[1]), "carry_size": n_carry,
            "spectral": float(np.exp(np.mean(np.log(spec_TxB)))), "rms": float(np.exp(np.mean(np.log(rms_TxB)))),
-           "lyapunov": float(lyap.rate), "lyapunov_r2": float(lyap.r2), "product_norms_K": _floats(prod_K)}
+           "lyapunov": float(lyap.rate), "lyapunov_r2": float(lyap.r2), "product_norms_R": _floats(prod_R)}
     if model.stack.cell.name == "elman":
         out["pascanu_bound"] = float(probes.pascanu_bound(params["stack"]["layer_0"]["forward"], model.stack.cell).per_step)
     return out

@@ -15,7 +15,7 @@ Time indexing, shared by all probes: ``carry_t`` is the carry *after* step t,
 t = 0..T-1 (``carry_{-1}`` is the initial carry), and the lag of step t is
 ``T-1-t``: lag 0 is the last state.
 
-Shape legend as in ``rnnlab.cells._common``; K counts lags, C the flattened
+Shape legend as in ``rnnlab.cells._common``; R counts lags, C the flattened
 per-example carry (all components, e.g. LSTM (c, h): C = 2H).
 
 Probes are pure functions, jitted with the model (hashable: names, Cells and
@@ -343,13 +343,13 @@ def _cross_entropy(y_BxO: Array, labels_and_bias: tuple[Array, Array]) -> Array:
 
 
 class JacobianProducts(NamedTuple):
-    lags_K: Array  # k = 1..K
-    spectral_norms_KxB: Array  # ||d carry_{T-1} / d carry_{T-1-k}||_2 per example (whole carry)
-    singular_values_KxBxC: Array  # of the same matrices, descending
-    block_norms_KxB: dict[str, Array]  # component -> spectral norm of its diagonal block, e.g. ||dh_{T-1}/dh_{T-1-k}||
+    lags_R: Array  # k = 1..R
+    spectral_norms_RxB: Array  # ||d carry_{T-1} / d carry_{T-1-k}||_2 per example (whole carry)
+    singular_values_RxBxC: Array  # of the same matrices, descending
+    block_norms_RxB: dict[str, Array]  # component -> spectral norm of its diagonal block, e.g. ||dh_{T-1}/dh_{T-1-k}||
     step_norms_TxB: Array  # ||J_t||_2, J_t = d carry_t / d carry_{t-1}
     step_jacobians_TxBxCxC: Array  # J_t per example
-    products_KxBxCxC: Array  # J_{T-1} ... J_{T-k} per example
+    products_RxBxCxC: Array  # J_{T-1} ... J_{T-k} per example
     components: dict[str, tuple[int, int]]  # component -> [start, stop) in the flattened carry (C axis)
 
 
@@ -364,12 +364,12 @@ def jacobian_products(
 ) -> JacobianProducts:
     """Step Jacobians J_t = d carry_t / d carry_{t-1} (per example, forward-mode
     through one step of the contract at the carries the forward pass visits),
-    their running products d carry_{T-1} / d carry_{T-1-k} for lags k = 1..K
-    (K = ``max_lag`` or T; lag T is the derivative w.r.t. the initial carry), and
+    their running products d carry_{T-1} / d carry_{T-1-k} for lags k = 1..R
+    (R = ``max_lag`` or T; lag T is the derivative w.r.t. the initial carry), and
     the products' singular values.
 
     The carry is flattened per example in its tree order (LSTM: c then h; a
-    Stack: layer by layer); ``components`` names the blocks. ``block_norms_KxB``
+    Stack: layer by layer); ``components`` names the blocks. ``block_norms_RxB``
     holds each component's diagonal block, e.g. 'h': d h_{T-1} / d h_{T-1-k}
     with the other components held fixed. Memory: T x B x C^2 numbers.
     """
@@ -409,21 +409,21 @@ def _jacobian_products(model, params, xs_TxBxD, carry0, d_h, max_lag, components
 
     # Products by lag: P_k = J_{T-1} J_{T-2} ... J_{T-k}, a prefix product over
     # the reversed Jacobians (matrix product is associative, so a parallel scan).
-    recent_KxBxCxC = step_jac[::-1][:n_lags]
-    products = jax.lax.associative_scan(jnp.matmul, recent_KxBxCxC, axis=0)
+    recent_RxBxCxC = step_jac[::-1][:n_lags]
+    products = jax.lax.associative_scan(jnp.matmul, recent_RxBxCxC, axis=0)
 
     sv = jnp.linalg.svd(products, compute_uv=False)
     block_norms = {
         name: jnp.linalg.norm(products[..., lo:hi, lo:hi], ord=2, axis=(-2, -1)) for name, (lo, hi) in components
     }
     return JacobianProducts(
-        lags_K=jnp.arange(1, n_lags + 1, dtype=jnp.int32),
-        spectral_norms_KxB=sv[..., 0],
-        singular_values_KxBxC=sv,
-        block_norms_KxB=block_norms,
+        lags_R=jnp.arange(1, n_lags + 1, dtype=jnp.int32),
+        spectral_norms_RxB=sv[..., 0],
+        singular_values_RxBxC=sv,
+        block_norms_RxB=block_norms,
         step_norms_TxB=jnp.linalg.norm(step_jac, ord=2, axis=(-2, -1)),
         step_jacobians_TxBxCxC=step_jac,
-        products_KxBxCxC=products,
+        products_RxBxCxC=products,
         components=None,  # filled in by jacobian_products
     )
 
@@ -539,7 +539,7 @@ class PascanuBound(NamedTuple):
     sigma_max: Array  # largest singular value of W_hh
     gamma: float  # bound on the activation's derivative (tanh, relu: 1)
     per_step: Array  # gamma * sigma_max >= ||dh_t / dh_{t-1}||_2 for every t and input
-    curve_K: Array  # per_step ** k for k = 0..n_lags: bounds ||dh_T / dh_{T-k}||_2
+    curve_R: Array  # per_step ** k for k = 0..n_lags: bounds ||dh_T / dh_{T-k}||_2
 
 
 _ACTIVATION_DERIVATIVE_BOUND = {"tanh": 1.0, "relu": 1.0}
@@ -576,7 +576,7 @@ def fit_decay_rate(
 
     ``lags`` defaults to T-1-t for ``norms`` indexed by time t, the order of
     ``GradNorms.norms_T``; pass ``lags`` for norms indexed otherwise (e.g.
-    ``JacobianProducts.lags_K`` with ``spectral_norms_KxB.mean(1)``). Points that
+    ``JacobianProducts.lags_R`` with ``spectral_norms_RxB.mean(1)``). Points that
     are zero, non-finite or outside [min_lag, max_lag] are left out, so an
     underflowed tail does not drag the fit. jit-friendly (weights, no filtering).
     """

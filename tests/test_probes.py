@@ -127,11 +127,11 @@ def test_diagonal_linear_rnn_jacobians_and_gradients_are_powers_of_a():
     xs = jax.random.normal(jax.random.PRNGKey(0), (T, B, H), F64)
     jp = probes.jacobian_products(model, params, xs, d_h=H)
     lags = np.arange(1, T + 1)
-    expected_KxH = np.asarray(a_H)[None, :] ** lags[:, None]
+    expected_RxH = np.asarray(a_H)[None, :] ** lags[:, None]
     for b in range(B):
-        np.testing.assert_allclose(jp.products_KxBxCxC[:, b], expected_KxH[:, :, None] * np.eye(H), rtol=1e-13, atol=0)
+        np.testing.assert_allclose(jp.products_RxBxCxC[:, b], expected_RxH[:, :, None] * np.eye(H), rtol=1e-13, atol=0)
         np.testing.assert_allclose(jp.step_jacobians_TxBxCxC[:, b], np.broadcast_to(np.diag(a_H), (T, H, H)))
-    np.testing.assert_allclose(jp.spectral_norms_KxB[:, 0], np.abs(expected_KxH).max(1), rtol=1e-13)
+    np.testing.assert_allclose(jp.spectral_norms_RxB[:, 0], np.abs(expected_RxH).max(1), rtol=1e-13)
     assert jp.components == {"h": (0, H)}
 
     # dL/dh_t = a^(T-1-t) * dL/dh_{T-1}; with L = mean_b sum(h_{T-1} @ w), dL/dh_{T-1} = w / B.
@@ -198,16 +198,16 @@ def test_jacobian_products_agree_with_jacrev_through_the_unrolled_loop(model, pa
 
     states = np.zeros((T + 1, B, _flatten(carry0).shape[-1]))  # values unused: only the dependence
     jac_BxCxTxBxC = np.asarray(final_by_state(states))  # [:, :, t] = d carry_{T-1} / d carry_{t-1}
-    products = np.asarray(jp.products_KxBxCxC)
+    products = np.asarray(jp.products_RxBxCxC)
     for k in range(1, T + 1):  # lag k: d carry_{T-1} / d carry_{T-1-k}
         for b in range(B):
             np.testing.assert_allclose(products[k - 1, b], jac_BxCxTxBxC[b, :, T - k, b, :], atol=1e-6, rtol=1e-6)
-    np.testing.assert_allclose(jp.spectral_norms_KxB, np.linalg.norm(products, ord=2, axis=(-2, -1)), rtol=1e-10)
+    np.testing.assert_allclose(jp.spectral_norms_RxB, np.linalg.norm(products, ord=2, axis=(-2, -1)), rtol=1e-10)
     names = {"elman": ["h"], "gru": ["h"], "lstm": ["c", "h"]}.get(getattr(model, "name", None))
     assert list(jp.components) == (names or ["layer_0/c", "layer_0/h", "layer_1/c", "layer_1/h"])
     for name, (lo, hi) in jp.components.items():  # e.g. 'h': d h_{T-1} / d h_{T-1-k}, c held fixed
         block = products[..., lo:hi, lo:hi]
-        np.testing.assert_allclose(jp.block_norms_KxB[name], np.linalg.norm(block, ord=2, axis=(-2, -1)), rtol=1e-10)
+        np.testing.assert_allclose(jp.block_norms_RxB[name], np.linalg.norm(block, ord=2, axis=(-2, -1)), rtol=1e-10)
 
 
 PERTURBATION_CASES = [(*m, "all") for m in MODELS] + [(*MODELS[1], "last"), (*MODELS[3], "last")]
@@ -288,9 +288,9 @@ def test_perturbation_gradients_equal_explicit_per_step_gradients(model, params,
 def test_jacobian_products_max_lag():
     model, params, carry0 = MODELS[1]
     jp = probes.jacobian_products(model, params, _xs(), carry0=carry0, max_lag=3)
-    assert jp.spectral_norms_KxB.shape == (3, B) and jp.singular_values_KxBxC.shape == (3, B, 2 * H)
+    assert jp.spectral_norms_RxB.shape == (3, B) and jp.singular_values_RxBxC.shape == (3, B, 2 * H)
     assert jp.step_jacobians_TxBxCxC.shape == (T, B, 2 * H, 2 * H)
-    np.testing.assert_array_equal(jp.lags_K, [1, 2, 3])
+    np.testing.assert_array_equal(jp.lags_R, [1, 2, 3])
 
 
 @pytest.mark.parametrize("name", ["elman", "lstm", "gru"])
@@ -325,10 +325,10 @@ def test_pascanu_bound_holds_for_elman(nonlinearity):
     bound = probes.pascanu_bound(params, cell, n_lags=T)
     np.testing.assert_allclose(bound.sigma_max, np.linalg.svd(np.asarray(params["w_h_HxG"]), compute_uv=False)[0])
     np.testing.assert_allclose(bound.per_step, 1.8, rtol=1e-12)
-    np.testing.assert_allclose(bound.curve_K, 1.8 ** np.arange(T + 1), rtol=1e-12)
+    np.testing.assert_allclose(bound.curve_R, 1.8 ** np.arange(T + 1), rtol=1e-12)
     jp = probes.jacobian_products(cell, params, _xs(), carry0=carry0)
     assert float(jp.step_norms_TxB.max()) <= float(bound.per_step) + 1e-12
-    assert np.all(np.asarray(jp.spectral_norms_KxB) <= np.asarray(bound.curve_K[1:, None]) + 1e-12)
+    assert np.all(np.asarray(jp.spectral_norms_RxB) <= np.asarray(bound.curve_R[1:, None]) + 1e-12)
     with pytest.raises(ValueError, match="elman"):
         probes.pascanu_bound(MODELS[1][1], "lstm")
 
