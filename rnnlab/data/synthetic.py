@@ -109,12 +109,11 @@ def copy_memory(
     delimiter = n_symbols + 1  # 9 by default
     length = delay + 2 * n_copy
     rng = _rng("copy", seed, step)
-    data_KxB = rng.integers(1, n_symbols + 1, (n_copy, batch_size)).astype(np.int32)
     tokens_TxB = np.zeros((length, batch_size), np.int32)
-    tokens_TxB[:n_copy] = data_KxB
+    tokens_TxB[:n_copy] = rng.integers(1, n_symbols + 1, (n_copy, batch_size))  # the symbols to recall
     tokens_TxB[n_copy + delay - 1] = delimiter
     targets_TxB = np.zeros((length, batch_size), np.int32)
-    targets_TxB[-n_copy:] = data_KxB
+    targets_TxB[-n_copy:] = tokens_TxB[:n_copy]
     xs_TxBxD = np.eye(n_symbols + 2, dtype=np.float32)[tokens_TxB]
     return Batch(xs_TxBxD, targets_TxB, np.ones((length, batch_size), np.float32))
 
