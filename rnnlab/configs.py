@@ -90,7 +90,15 @@ def parse_tuple(value: str, like: tuple, *, name: str = "value") -> tuple:
     """'0;500;2000' (or '0,500,2000') -> (0, 500, 2000): items separated by ';' or
     ',' (in the variant argument ',' separates overrides, so use ';' there), each
     converted to the type of ``like``'s first item (when ``like`` is empty: a Python
-    literal if it reads as one, else the string). '' is the empty tuple."""
+    literal if it reads as one, else the string). '' is the empty tuple; a tuple's
+    own text, '(0, 500)' (what str() of one gives), is read too."""
+    value = value.strip()
+    if value[:1] and value[0] in "([" and value[-1] in ")]":  # str(tuple): a sweep's override passed on as text
+        try:
+            got = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"config {name}={value!r} is not a tuple; write e.g. '0;500' or '(0, 500)'") from None
+        return tuple(got) if not like else tuple(_convert(str(v), like[0], f"{name}[{i}]") for i, v in enumerate(got))
     items = [s.strip() for s in value.replace(";", ",").split(",")]
     if items == [""]:
         return ()

@@ -98,6 +98,9 @@ def test_tuple_fields_take_semicolon_separated_items_of_the_defaults_type():
     configs.set_dotted(c, "data.fractions", "0.7, 0.2, 0.1")  # ',' where no variant string splits it
     assert c.data.fractions == (0.7, 0.2, 0.1)
     assert configs.parse_tuple("", (1,)) == () and configs.parse_tuple("a;b", ()) == ("a", "b")
+    # str() of a tuple (a sweep's override passed on as text) reads back as the tuple
+    assert configs.parse_tuple(str((0, 100, 1500)), (1,)) == (0, 100, 1500)
+    assert configs.parse_tuple(str(("a", "b")), ("x",)) == ("a", "b") and configs.parse_tuple("(0,)", (1,)) == (0,)
     assert configs.parse_tuple("0;500", ()) == (0, 500)  # an empty default: literals, else strings
     assert configs.parse_tuple("0;500;2000", (0,)) == (0, 500, 2000)
     assert configs.parse_tuple("yes;0", (False,)) == (True, False)
