@@ -67,6 +67,7 @@ def test_memory_and_compile_benchmark_quick(tmp_path):
     assert "| setting |" in (tmp_path / "memory_and_compile.md").read_text()
 
 
+@pytest.mark.slow
 def test_generation_benchmark_quick(tmp_path):
     out = tmp_path / "gen.json"
     proc = subprocess.run(

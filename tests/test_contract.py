@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiers import FAST_CELLS, tiered
 
 from rnnlab import cells, scan
 
@@ -42,7 +43,7 @@ def test_registry_lists_the_three_foundation_cells():
     assert {"elman", "lstm", "gru"} <= set(ALL_CELLS)
 
 
-@pytest.mark.parametrize("name", ALL_CELLS)
+@pytest.mark.parametrize("name", tiered(ALL_CELLS, FAST_CELLS))
 def test_shapes_dtypes_and_jit(name):
     cell, params, xs, carry0 = _setup(name)
     run = jax.jit(lambda p, c, x: scan.run(cell, p, c, x))
@@ -57,13 +58,13 @@ def test_shapes_dtypes_and_jit(name):
         assert c.dtype == jnp.float32 and not np.any(np.asarray(c))
 
 
-@pytest.mark.parametrize("name", ALL_CELLS)
+@pytest.mark.parametrize("name", tiered(ALL_CELLS, FAST_CELLS))
 def test_scan_equals_python_loop(name):
     cell, params, xs, carry0 = _setup(name, jnp.float64)
     _allclose(scan.run(cell, params, carry0, xs), _python_loop(cell, params, carry0, xs), 1e-12)
 
 
-@pytest.mark.parametrize("name", ALL_CELLS)
+@pytest.mark.parametrize("name", tiered(ALL_CELLS, FAST_CELLS))
 def test_chunked_scan_passing_carry_equals_one_scan(name):
     cell, params, xs, carry0 = _setup(name, jnp.float64)
     full_carry, full_hs = scan.run(cell, params, carry0, xs)
@@ -72,7 +73,7 @@ def test_chunked_scan_passing_carry_equals_one_scan(name):
     _allclose((c2, jnp.concatenate([h1, h2])), (full_carry, full_hs), 1e-12)
 
 
-@pytest.mark.parametrize("name", ALL_CELLS)
+@pytest.mark.parametrize("name", tiered(ALL_CELLS, FAST_CELLS))
 @pytest.mark.parametrize("reverse", [False, True])
 def test_lengths_equal_running_each_sequence_alone(name, reverse):
     cell, params, xs, carry0 = _setup(name, jnp.float64)
@@ -86,7 +87,7 @@ def test_lengths_equal_running_each_sequence_alone(name, reverse):
         assert not np.any(np.asarray(hs[n:, b])), "outputs past the length must be zero"
 
 
-@pytest.mark.parametrize("name", ALL_CELLS)
+@pytest.mark.parametrize("name", tiered(ALL_CELLS, FAST_CELLS))
 @pytest.mark.parametrize("reverse", [False, True])
 def test_padding_values_change_no_output_and_no_gradient(name, reverse):
     cell, params, xs, carry0 = _setup(name, jnp.float64)
@@ -106,7 +107,7 @@ def test_padding_values_change_no_output_and_no_gradient(name, reverse):
     _allclose(jnp.where(pad, 0.0, gx1), jnp.where(pad, 0.0, gx2), 1e-12)
 
 
-@pytest.mark.parametrize("name", ALL_CELLS)
+@pytest.mark.parametrize("name", tiered(ALL_CELLS, FAST_CELLS))
 def test_gradients_finite_and_reach_every_parameter(name):
     cell, params, xs, carry0 = _setup(name)
     grads = jax.grad(lambda p: jnp.sum(scan.run(cell, p, carry0, xs)[1] ** 2))(params)
@@ -115,7 +116,7 @@ def test_gradients_finite_and_reach_every_parameter(name):
         assert np.any(np.asarray(g) != 0), f"{jax.tree_util.keystr(path)} gets no gradient"
 
 
-@pytest.mark.parametrize("name", ALL_CELLS)
+@pytest.mark.parametrize("name", tiered(ALL_CELLS, FAST_CELLS))
 def test_float64_gradients_match_finite_differences(name):
     cell, params, xs, carry0 = _setup(name, jnp.float64, seed=3)
     loss = jax.jit(lambda p: jnp.sum(jnp.tanh(scan.run(cell, p, carry0, xs)[1]) * jnp.arange(H)))

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiers import tiered
 
 from rnnlab import cells, fused, scan
 from rnnlab.layers import Stack
@@ -61,7 +62,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", tiered(sorted(CASES), ("resets_reverse_lengths", "recompute_unroll")))
 @pytest.mark.parametrize("name", FUSED_CELLS)
 def test_fused_equals_autodiff_float64(name, case):
     cell, params, xs, carry0, r, rc = _problem(name, jnp.float64)
@@ -133,7 +134,7 @@ REMAT_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(REMAT_CASES))
+@pytest.mark.parametrize("case", tiered(sorted(REMAT_CASES), ("chunks_reverse_resets",)))
 @pytest.mark.parametrize("name", ["lstm", "gru", "elman"])
 def test_rematerialised_chunks_equal_the_plain_scan(name, case):
     """Chunk boundaries at every position relative to resets, lengths, padding and

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiers import tiered
 
 from rnnlab import cells, native, scan
 from rnnlab.layers import Stack
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.skipif(platform.system() != "Linux", reason="the native
 # (T, B, D, H): rows split (B >= 16), units split (B < 16) with H % 32 != 0, one thread (small);
 # the last: weights too big for the step GEMM's cache budget, so x is projected before the loop
 SHAPES = [(7, 32, 6, 48), (6, 8, 5, 100), (5, 3, 4, 130), (4, 2, 3, 5), (3, 17, 600, 600)]
+FAST_SHAPES = [(4, 2, 3, 5)]  # the fast tier: a tiny shape (the full suite: every panel case)
 
 
 def test_it_builds_and_loads_here():
@@ -73,7 +75,7 @@ def _close(a, b, tol=1e-5):
 
 
 @pytest.mark.parametrize("name", native.CELLS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", tiered(SHAPES, FAST_SHAPES), ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("features", ["plain", "all"])
 def test_native_equals_autodiff_of_the_step(name, shape, features):
     cell, params, xs, carry0, r, rc, feats = _problem(name, shape)
@@ -85,7 +87,7 @@ def test_native_equals_autodiff_of_the_step(name, shape, features):
 
 
 @pytest.mark.parametrize("name", native.CELLS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", tiered(SHAPES, FAST_SHAPES), ids=lambda s: "x".join(map(str, s)))
 def test_forward_only_keeps_nothing_and_equals_the_step(name, shape):
     """Without a backward pass the native call writes no residual (the '_infer' target)."""
     cell, params, xs, carry0, _, _, feats = _problem(name, shape, seed=2)
@@ -96,7 +98,7 @@ def test_forward_only_keeps_nothing_and_equals_the_step(name, shape):
 
 
 @pytest.mark.parametrize("name", native.CELLS)
-@pytest.mark.parametrize("shape", SHAPES[:3], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", tiered(SHAPES[:3], FAST_SHAPES), ids=lambda s: "x".join(map(str, s)))
 def test_results_do_not_depend_on_the_thread_count(name, shape, monkeypatch):
     cell, params, xs, carry0, r, rc, feats = _problem(name, shape, seed=1)
     out = {}
@@ -109,7 +111,7 @@ def test_results_do_not_depend_on_the_thread_count(name, shape, monkeypatch):
 
 
 @pytest.mark.parametrize("name", native.CELLS)
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", tiered(SHAPES, FAST_SHAPES), ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("padding", ["much", "one_row"])
 def test_padding_takes_no_part_in_the_gemms_and_changes_no_bit(name, shape, padding):
     """native.options(skip_padding=True): the steps past each sequence's end are left out of every GEMM

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tiers import FAST_CELLS, tiered
 
 from rnnlab import cells, scan
 
@@ -81,7 +82,7 @@ def test_parallel_equals_sequential_float32(name, reverse, n_steps):
     assert not np.any(np.asarray(par_g[2])[pad])
 
 
-@pytest.mark.parametrize("name", LINEAR_CELLS)
+@pytest.mark.parametrize("name", tiered(LINEAR_CELLS, FAST_CELLS))
 @pytest.mark.parametrize("reverse", [False, True])
 def test_parallel_equals_python_loop_of_step_float64(name, reverse):
     """Trusted reference: one step at a time in Python, resets and lengths by hand."""

@@ -88,6 +88,25 @@ def _smoke_run(tmp_path, extra: str = ""):
     return repo, root, wd, cfg, r
 
 
+def test_smoke_variant_trains_on_the_loop_in_process(tmp_path, capsys):
+    """The fast tier's speech run: the smoke variant on the one loop, in this process."""
+    from experiments import speech_recognition as exp
+    from experiments.speech import task
+    from rnnlab.train import status
+
+    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
+    c = exp.get_config(f"smoke,data.root={root}")
+    c.unlock()
+    c.train.async_checkpoint = False
+    result = task.train_and_evaluate(c, str(tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert "step 6/6" in out and "eval at step 6 (EMA weights)" in out
+    assert result["finished"] and result["eval_utterances"] == 8 and 0 <= result["eval_wer"]
+    assert 0 <= result["eval_raw_wer"] and result["held_out"] and not result["diverged"]
+    assert status.read(str(tmp_path / "run"))["state"] == "finished"
+
+
+@pytest.mark.slow
 def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp_path):
     repo, root, wd, cfg, r = _smoke_run(tmp_path)
     assert "eval at step 6" in r.stdout and "step 6/6" in r.stdout
