@@ -47,28 +47,28 @@ def _check_model(model: LM) -> None:
 
 def _check_ids(ids: Any, vocab_size: int, name: str) -> np.ndarray:
     """ids as a 1-D int32 array with every id in [0, V): jnp.take would silently clamp bad ids."""
-    ids_N = np.asarray(ids)
-    if ids_N.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D sequence of token ids, got shape {ids_N.shape}")
-    if ids_N.size and not np.issubdtype(ids_N.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer token ids, got dtype {ids_N.dtype}")
-    if ids_N.size and (ids_N.min() < 0 or ids_N.max() >= vocab_size):
+    ids_S = np.asarray(ids)
+    if ids_S.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of token ids, got shape {ids_S.shape}")
+    if ids_S.size and not np.issubdtype(ids_S.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer token ids, got dtype {ids_S.dtype}")
+    if ids_S.size and (ids_S.min() < 0 or ids_S.max() >= vocab_size):
         raise ValueError(
-            f"{name} has ids in [{ids_N.min()}, {ids_N.max()}], outside the vocabulary [0, {vocab_size})"
+            f"{name} has ids in [{ids_S.min()}, {ids_S.max()}], outside the vocabulary [0, {vocab_size})"
         )
-    return ids_N.astype(np.int32)
+    return ids_S.astype(np.int32)
 
 
 def _check_prompt(model: LM, prompt_ids: Any) -> np.ndarray:
     _check_model(model)
-    prompt_P = _check_ids(prompt_ids, model.vocab_size, "prompt_ids")
-    if prompt_P.size == 0:
+    prompt_S = _check_ids(prompt_ids, model.vocab_size, "prompt_ids")
+    if prompt_S.size == 0:
         raise ValueError(
             "prompt_ids is empty: generation starts from the model's prediction after a prompt. "
             "Give at least one token, e.g. vocab.encode('\\n') for a character model "
             "(a line start) or the '<eos>' id for a word model"
         )
-    return prompt_P
+    return prompt_S
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,19 +124,19 @@ def _at_least_f32(logits: Array) -> Array:
     return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
 
 
-def _prefill(model: LM, params: Params, prompt_P: Array, batch: int) -> tuple[Array, Params]:
+def _prefill(model: LM, params: Params, prompt_S: Array, batch: int) -> tuple[Array, Params]:
     """Run the prompt once (batch 1) and broadcast: every row has the same prompt."""
-    logits_1xPxV, carries = model.apply(params, prompt_P[None, :], model.initial_carries(1))
+    logits_1xSxV, carries = model.apply(params, prompt_S[None, :], model.initial_carries(1))
     widen = lambda a: jnp.broadcast_to(a, (batch,) + a.shape[1:])
-    return widen(_at_least_f32(logits_1xPxV[:, -1])), jax.tree.map(widen, carries)
+    return widen(_at_least_f32(logits_1xSxV[:, -1])), jax.tree.map(widen, carries)
 
 
 @functools.partial(jax.jit, static_argnames=("model", "length", "num_samples"))
 def _sample_jit(
-    model: LM, params: Params, prompt_P: Array, key: Array, temperature: Array, top_k: Array, top_p: Array,
+    model: LM, params: Params, prompt_S: Array, key: Array, temperature: Array, top_k: Array, top_p: Array,
     *, length: int, num_samples: int,
 ) -> Array:
-    logits_BxV, carries = _prefill(model, params, prompt_P, num_samples)
+    logits_BxV, carries = _prefill(model, params, prompt_S, num_samples)
     greedy = temperature == 0
     # Greedy is a traced switch, not a static one: greedy and sampled decoding of
     # one shape share a compile (the unused branch costs O(V) per step, nothing
@@ -153,8 +153,8 @@ def _sample_jit(
         logits_Bx1xV, carries = model.apply(params, tok_B[:, None], carries)
         return (_at_least_f32(logits_Bx1xV[:, 0]), carries), tok_B
 
-    _, toks_LxB = loop(step, (logits_BxV, carries), jnp.arange(length, dtype=jnp.int32))
-    return toks_LxB.T
+    _, toks_TxB = loop(step, (logits_BxV, carries), jnp.arange(length, dtype=jnp.int32))
+    return toks_TxB.T
 
 
 def sample(
@@ -179,7 +179,7 @@ def sample(
     the draw at step t uses ``fold_in(key(seed), t)``.
     Only length and num_samples are static: other options do not recompile.
     """
-    prompt_P = _check_prompt(model, prompt_ids)
+    prompt_S = _check_prompt(model, prompt_ids)
     if length < 0 or num_samples < 1:
         raise ValueError(f"need length >= 0 and num_samples >= 1, got length={length}, num_samples={num_samples}")
     if not temperature >= 0:
@@ -189,7 +189,7 @@ def sample(
     if not 0 < top_p <= 1:
         raise ValueError(f"top_p must lie in (0, 1] (1: off), got {top_p}")
     out = _sample_jit(
-        model, params, jnp.asarray(prompt_P), jax.random.key(seed), jnp.asarray(temperature, jnp.float32),
+        model, params, jnp.asarray(prompt_S), jax.random.key(seed), jnp.asarray(temperature, jnp.float32),
         jnp.asarray(top_k, jnp.int32), jnp.asarray(top_p, jnp.float32),
         length=int(length), num_samples=int(num_samples),
     )
@@ -207,29 +207,29 @@ def greedy(model: LM, params: Params, prompt_ids: Any, length: int) -> np.ndarra
 
 
 @functools.partial(jax.jit, static_argnames=("model", "length", "beam_width"))
-def _beam_jit(model: LM, params: Params, prompt_P: Array, *, length: int, beam_width: int):
-    logits_WxV, carries = _prefill(model, params, prompt_P, beam_width)
-    vocab_size = logits_WxV.shape[-1]
-    # All beams start equal; only beam 0 is live so the first step does not pick
-    # the same token W times.
-    score_W = jnp.where(jnp.arange(beam_width) == 0, 0.0, -jnp.inf).astype(logits_WxV.dtype)
-    toks_WxL = jnp.zeros((beam_width, length), jnp.int32)
+def _beam_jit(model: LM, params: Params, prompt_S: Array, *, length: int, beam_width: int):
+    logits_ZxV, carries = _prefill(model, params, prompt_S, beam_width)
+    vocab_size = logits_ZxV.shape[-1]
+    # Z: the beam's hypotheses, beam_width of them. All start equal; only hypothesis 0
+    # is live so the first step does not pick the same token Z times.
+    score_Z = jnp.where(jnp.arange(beam_width) == 0, 0.0, -jnp.inf).astype(logits_ZxV.dtype)
+    toks_ZxT = jnp.zeros((beam_width, length), jnp.int32)
 
     def step(state, t):
-        logits_WxV, carries, score_W, toks_WxL = state
-        cand_WV = (score_W[:, None] + jax.nn.log_softmax(logits_WxV, axis=-1)).reshape(-1)
-        score_W, flat_W = jax.lax.top_k(cand_WV, beam_width)  # sorted, best first
-        parent_W, tok_W = flat_W // vocab_size, (flat_W % vocab_size).astype(jnp.int32)
-        # Carries and histories follow their parent beam (carry leaves are B x H).
-        carries = jax.tree.map(lambda c: c[parent_W], carries)
-        toks_WxL = toks_WxL[parent_W].at[:, t].set(tok_W)
-        logits_Wx1xV, carries = model.apply(params, tok_W[:, None], carries)
-        return (_at_least_f32(logits_Wx1xV[:, 0]), carries, score_W, toks_WxL), None
+        logits_ZxV, carries, score_Z, toks_ZxT = state
+        cand_ZV = (score_Z[:, None] + jax.nn.log_softmax(logits_ZxV, axis=-1)).reshape(-1)
+        score_Z, flat_Z = jax.lax.top_k(cand_ZV, beam_width)  # sorted, best first
+        parent_Z, tok_Z = flat_Z // vocab_size, (flat_Z % vocab_size).astype(jnp.int32)
+        # Carries and histories follow their parent hypothesis (carry leaves are B x H, here Z x H).
+        carries = jax.tree.map(lambda c: c[parent_Z], carries)
+        toks_ZxT = toks_ZxT[parent_Z].at[:, t].set(tok_Z)
+        logits_Zx1xV, carries = model.apply(params, tok_Z[:, None], carries)
+        return (_at_least_f32(logits_Zx1xV[:, 0]), carries, score_Z, toks_ZxT), None
 
-    (_, _, score_W, toks_WxL), _ = loop(
-        step, (logits_WxV, carries, score_W, toks_WxL), jnp.arange(length, dtype=jnp.int32)
+    (_, _, score_Z, toks_ZxT), _ = loop(
+        step, (logits_ZxV, carries, score_Z, toks_ZxT), jnp.arange(length, dtype=jnp.int32)
     )
-    return toks_WxL[0], score_W[0]
+    return toks_ZxT[0], score_Z[0]
 
 
 def beam_search(
@@ -241,13 +241,13 @@ def beam_search(
     Width 1 is greedy decoding; width >= V**(length-1) is exact search. Between
     the two a wider beam usually, but not provably, finds a likelier sequence.
     """
-    prompt_P = _check_prompt(model, prompt_ids)
+    prompt_S = _check_prompt(model, prompt_ids)
     if length < 0 or beam_width < 1:
         raise ValueError(f"need length >= 0 and beam_width >= 1, got length={length}, beam_width={beam_width}")
     if length == 0:  # the loop body would still be traced, and index an empty history
         return np.zeros(0, np.int32), 0.0
-    toks_L, log_prob = _beam_jit(model, params, jnp.asarray(prompt_P), length=int(length), beam_width=int(beam_width))
-    return np.asarray(toks_L, dtype=np.int32), float(log_prob)
+    toks_T, log_prob = _beam_jit(model, params, jnp.asarray(prompt_S), length=int(length), beam_width=int(beam_width))
+    return np.asarray(toks_T, dtype=np.int32), float(log_prob)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -274,29 +274,30 @@ def score(model: LM, params: Params, ids: Any, *, start: int = 1, window: int = 
     length share log2(window) compiles, at most twice the work.
     """
     _check_model(model)
-    ids_N = _check_ids(ids, model.vocab_size, "ids")
-    if not 1 <= start <= max(ids_N.size, 1):
-        raise ValueError(f"start must lie in [1, len(ids)={ids_N.size}], got {start}")
+    ids_S = _check_ids(ids, model.vocab_size, "ids")
+    if not 1 <= start <= max(ids_S.size, 1):
+        raise ValueError(f"start must lie in [1, len(ids)={ids_S.size}], got {start}")
     if window < 1:
         raise ValueError(f"window must be >= 1, got {window}")
-    n_pred = ids_N.size - 1  # predictions: inputs ids[:-1], targets ids[1:]
+    n_pred = ids_S.size - 1  # predictions: inputs ids[:-1], targets ids[1:]
     if n_pred <= 0:
         return 0.0, 0
     t = min(window, 1 << (n_pred - 1).bit_length())
     n_windows = -(-n_pred // t)
     pad = n_windows * t - n_pred
-    x_WxT = np.pad(ids_N[:-1], (0, pad)).reshape(n_windows, t)
-    y_WxT = np.pad(ids_N[1:], (0, pad)).reshape(n_windows, t)
+    # Inputs and targets padded to whole windows, cut into windows of t steps below.
+    x_S, y_S = np.pad(ids_S[:-1], (0, pad)), np.pad(ids_S[1:], (0, pad))
     carries = model.initial_carries(1)
     nll_parts = []
-    for x_T, y_T in zip(x_WxT, y_WxT, strict=True):
+    for i in range(0, n_windows * t, t):
+        x_T, y_T = x_S[i : i + t], y_S[i : i + t]
         nll_T, carries = _window_nll(model, params, carries, jnp.asarray(x_T[None]), jnp.asarray(y_T[None]))
         nll_parts.append(np.asarray(nll_T))
     # Per-token values in the model dtype, summed on the host in float64: a long
     # text's float32 sum would lose digits.
-    nll_N = np.concatenate(nll_parts)[:n_pred].astype(np.float64)
-    scored_N = nll_N[start - 1 :]
-    return float(scored_N.sum()), int(scored_N.size)
+    nll_S = np.concatenate(nll_parts)[:n_pred].astype(np.float64)
+    scored_S = nll_S[start - 1 :]
+    return float(scored_S.sum()), int(scored_S.size)
 
 
 def perplexity(model: LM, params: Params, ids: Any, *, start: int = 1, window: int = 1024) -> float:
@@ -334,10 +335,10 @@ def encode_prompt(vocab: Vocab, text: str) -> np.ndarray:
     """Like ``encode_text``, but a word-level prompt that does not end in a newline
     ends mid-line: the '<eos>' that the tokenizer appends to the last line is
     dropped, so generation continues the line instead of starting a new one."""
-    ids_N = encode_text(vocab, text)
-    if vocab.level == "word" and not text.endswith("\n") and ids_N.size and vocab.stoi.get(EOS) == ids_N[-1]:
-        ids_N = ids_N[:-1]
-    return ids_N
+    ids_S = encode_text(vocab, text)
+    if vocab.level == "word" and not text.endswith("\n") and ids_S.size and vocab.stoi.get(EOS) == ids_S[-1]:
+        ids_S = ids_S[:-1]
+    return ids_S
 
 
 # ----------------------------------------------------------------------------------------------
@@ -384,21 +385,21 @@ def load_and_generate(
     ``score_text``: also print its NLL and perplexity (bits per character for char models).
     The default prompt '\\n' is a line start at both levels (words: '<eos>')."""
     _, model, params, vocab = load_for_inference(workdir)
-    prompt_P = encode_prompt(vocab, prompt)
-    if prompt_P.size == 0:
+    prompt_S = encode_prompt(vocab, prompt)
+    if prompt_S.size == 0:
         raise ValueError("--prompt is empty; give at least one token, e.g. --prompt='\\n' (a line start)")
     texts = []
     if beam > 0:
-        ids_L, log_prob = beam_search(model, params, prompt_P, length=length, beam_width=beam)
-        texts.append(vocab.decode(np.concatenate([prompt_P, ids_L])))
+        ids_T, log_prob = beam_search(model, params, prompt_S, length=length, beam_width=beam)
+        texts.append(vocab.decode(np.concatenate([prompt_S, ids_T])))
         print_fn(f"--- beam search (width {beam}), log-prob {log_prob:.4f} nats ---\n{texts[-1]}")
     else:
-        ids_SxL = sample(
-            model, params, prompt_P, length=length, num_samples=num_samples,
+        ids_BxT = sample(
+            model, params, prompt_S, length=length, num_samples=num_samples,
             temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
         )
-        for i, ids_L in enumerate(ids_SxL):
-            texts.append(vocab.decode(np.concatenate([prompt_P, ids_L])))
+        for i, ids_T in enumerate(ids_BxT):
+            texts.append(vocab.decode(np.concatenate([prompt_S, ids_T])))
             print_fn(f"--- sample {i} ---\n{texts[-1]}")
     if score_text is not None:
         nll, n = score(model, params, encode_text(vocab, score_text))

@@ -34,12 +34,12 @@ PARAMS = _params(0)
 FLAT = _params(2)  # first-token distribution with max prob ~0.3: a chi-square test has power
 # The references below step in Python; a compiled apply keeps them fast, not different.
 APPLY = jax.jit(MODEL.apply)
-L = 8  # one generation length for most tests: each distinct length is a compile
+T = 8  # one generation length (time steps) for most tests: each distinct length is a compile
 
 
 def _first_logits(params, prompt=PROMPT) -> np.ndarray:
-    logits_1xPxV, _ = APPLY(params, jnp.asarray(prompt)[None], MODEL.initial_carries(1))
-    return np.asarray(logits_1xPxV[0, -1], np.float64)
+    logits_1xSxV, _ = APPLY(params, jnp.asarray(prompt)[None], MODEL.initial_carries(1))
+    return np.asarray(logits_1xSxV[0, -1], np.float64)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -75,24 +75,24 @@ def _continuation_log_prob(params, prompt, cont) -> float:
 def test_greedy_equals_python_reference_loop():
     for seed in range(3):
         params = _params(seed)
-        assert generate.greedy(MODEL, params, PROMPT, L).tolist() == _reference_greedy(params, PROMPT, L)
+        assert generate.greedy(MODEL, params, PROMPT, T).tolist() == _reference_greedy(params, PROMPT, T)
 
 
 def test_tiny_temperature_and_top_k_1_equal_greedy():
     # num_samples=1 as in greedy: one compile serves greedy and sampling of a shape
-    g = generate.greedy(MODEL, PARAMS, PROMPT, L)
+    g = generate.greedy(MODEL, PARAMS, PROMPT, T)
     for seed in range(3):
-        cold = generate.sample(MODEL, PARAMS, PROMPT, length=L, temperature=1e-6, seed=seed)
-        top1 = generate.sample(MODEL, PARAMS, PROMPT, length=L, temperature=2.0, top_k=1, seed=seed)
+        cold = generate.sample(MODEL, PARAMS, PROMPT, length=T, temperature=1e-6, seed=seed)
+        top1 = generate.sample(MODEL, PARAMS, PROMPT, length=T, temperature=2.0, top_k=1, seed=seed)
         np.testing.assert_array_equal(cold, g[None])
         np.testing.assert_array_equal(top1, g[None])
-    assert cold.dtype == np.int32 and cold.shape == (1, L)
-    hot = generate.sample(MODEL, PARAMS, PROMPT, length=L, temperature=2.0, seed=0)
+    assert cold.dtype == np.int32 and cold.shape == (1, T)
+    hot = generate.sample(MODEL, PARAMS, PROMPT, length=T, temperature=2.0, seed=0)
     assert not np.array_equal(hot, g[None])  # the same compile really samples
 
 
 def test_seeds_reproduce_and_differ():
-    kw = dict(length=L, num_samples=4, temperature=1.5)
+    kw = dict(length=T, num_samples=4, temperature=1.5)
     a = generate.sample(MODEL, PARAMS, PROMPT, seed=7, **kw)
     np.testing.assert_array_equal(a, generate.sample(MODEL, PARAMS, PROMPT, seed=7, **kw))
     assert not np.array_equal(a, generate.sample(MODEL, PARAMS, PROMPT, seed=8, **kw))
@@ -162,8 +162,8 @@ def test_sampling_logits_rules():
 def test_beam_width_1_equals_greedy():
     for seed in range(3):
         params = _params(seed)
-        ids, log_prob = generate.beam_search(MODEL, params, PROMPT, length=L, beam_width=1)
-        g = generate.greedy(MODEL, params, PROMPT, L)
+        ids, log_prob = generate.beam_search(MODEL, params, PROMPT, length=T, beam_width=1)
+        g = generate.greedy(MODEL, params, PROMPT, T)
         np.testing.assert_array_equal(ids, g)
         np.testing.assert_allclose(log_prob, _continuation_log_prob(params, PROMPT, g), rtol=1e-5)
 
@@ -174,8 +174,8 @@ def test_wider_beam_at_least_greedy_and_strictly_better_somewhere():
     gains = []
     for seed in range(6):
         params = _params(seed)
-        g = generate.greedy(MODEL, params, PROMPT, L)
-        ids, log_prob = generate.beam_search(MODEL, params, PROMPT, length=L, beam_width=4)
+        g = generate.greedy(MODEL, params, PROMPT, T)
+        ids, log_prob = generate.beam_search(MODEL, params, PROMPT, length=T, beam_width=4)
         np.testing.assert_allclose(log_prob, _continuation_log_prob(params, PROMPT, ids), rtol=1e-5)
         gains.append(log_prob - _continuation_log_prob(params, PROMPT, g))
     assert min(gains) >= -1e-5, gains
@@ -186,14 +186,15 @@ def test_beam_as_wide_as_all_prefixes_is_exact_search():
     length = 3
     params = _params(3)
     ids, log_prob = generate.beam_search(MODEL, params, PROMPT, length=length, beam_width=V ** (length - 1))
-    seqs_NxL = np.array(list(itertools.product(range(V), repeat=length)), np.int32)
-    full_NxT = np.concatenate([np.tile(PROMPT, (len(seqs_NxL), 1)), seqs_NxL], axis=1)
-    logits, _ = APPLY(params, jnp.asarray(full_NxT[:, :-1]), MODEL.initial_carries(len(seqs_NxL)))
+    seqs_BxT = np.array(list(itertools.product(range(V), repeat=length)), np.int32)
+    # B: every continuation of T tokens; full_BxT: the prompt, then the continuation
+    full_BxT = np.concatenate([np.tile(PROMPT, (len(seqs_BxT), 1)), seqs_BxT], axis=1)
+    logits, _ = APPLY(params, jnp.asarray(full_BxT[:, :-1]), MODEL.initial_carries(len(seqs_BxT)))
     logp = np.apply_along_axis(_log_softmax, -1, np.asarray(logits))
     tail = len(PROMPT) - 1
-    lp_N = np.take_along_axis(logp[:, tail:], seqs_NxL[..., None], axis=-1)[..., 0].sum(-1)
-    np.testing.assert_array_equal(ids, seqs_NxL[np.argmax(lp_N)])
-    np.testing.assert_allclose(log_prob, lp_N.max(), rtol=1e-5)
+    lp_B = np.take_along_axis(logp[:, tail:], seqs_BxT[..., None], axis=-1)[..., 0].sum(-1)
+    np.testing.assert_array_equal(ids, seqs_BxT[np.argmax(lp_B)])
+    np.testing.assert_allclose(log_prob, lp_B.max(), rtol=1e-5)
 
 
 # --- scoring ----------------------------------------------------------------------------------
@@ -249,11 +250,11 @@ def test_load_and_generate_with_a_stub_checkpoint(monkeypatch):
     monkeypatch.setattr(generate, "load_for_inference", lambda workdir: ({}, MODEL, PARAMS, vocab))
     lines = []
     texts = generate.load_and_generate(
-        "unused", prompt="142", length=L, temperature=0.0, score_text="1423", print_fn=lines.append
+        "unused", prompt="142", length=T, temperature=0.0, score_text="1423", print_fn=lines.append
     )
-    g = "".join(map(str, generate.greedy(MODEL, PARAMS, PROMPT, L)))
+    g = "".join(map(str, generate.greedy(MODEL, PARAMS, PROMPT, T)))
     assert texts == ["142" + g] and "bits/char" in lines[-1]
-    beam = generate.load_and_generate("unused", prompt="142", length=L, beam=1, print_fn=lines.append)
+    beam = generate.load_and_generate("unused", prompt="142", length=T, beam=1, print_fn=lines.append)
     assert beam == ["142" + g]
 
 

@@ -28,6 +28,7 @@ across rnnlab/ (cells, scan, layers, fused, native, probes, ctc, models, data):
   U      label positions of a CTC target (``labels_BxU``)
   R      time lags of a probe
   E      ensemble members
+  Z      hypotheses kept by a beam search, beam_width of them (``score_Z``, ``toks_ZxT``)
   =====  ===========================================================================
 
 Layers are indexed (``layer_0``), never a shape letter.
