@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -76,6 +77,21 @@ def _run(args, cwd):
     return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 
+def _transcribe(args, capsys):
+    """experiments.speech.transcribe's command line run in this process (no interpreter and
+    JAX start per call): returncode, stdout, stderr."""
+    from experiments.speech import transcribe
+
+    capsys.readouterr()
+    try:
+        transcribe.main(args)
+        rc = 0
+    except SystemExit as e:
+        rc = e.code if isinstance(e.code, int) else 1
+    out = capsys.readouterr()
+    return types.SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+
+
 def _smoke_run(tmp_path, extra: str = ""):
     """Trains the smoke variant on fake FSDD recordings of two speakers: (repo, recordings,
     workdir, --config flag, the training process)."""
@@ -107,7 +123,7 @@ def test_smoke_variant_trains_on_the_loop_in_process(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp_path):
+def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp_path, capsys):
     repo, root, wd, cfg, r = _smoke_run(tmp_path)
     assert "eval at step 6" in r.stdout and "step 6/6" in r.stdout
     result = json.load(open(os.path.join(wd, "result.json")))
@@ -128,16 +144,16 @@ def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp
     assert bad.returncode != 0 and "eval.seed=-2: expected a seed >= 0" in bad.stderr and "step 1/" not in bad.stdout
     assert not os.path.exists(os.path.join(bad_wd, "config.json"))
     wavs = [os.path.join(root, "3_jackson_0.wav"), os.path.join(root, "8_jackson_1.wav")]
-    t = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", *wavs, "--beam=2"], repo)
+    t = _transcribe([f"--workdir={wd}", *wavs, "--beam=2"], capsys)
     assert t.returncode == 0, t.stderr[-3000:]
     lines = t.stdout.strip().splitlines()
     assert [ln.split("\t")[0] for ln in lines] == wavs
     assert all(set(ln.split("\t")[1]) <= set("0123456789 ") for ln in lines)
     # a missing or corrupt WAV is named in a one-line error, not a traceback
     (tmp_path / "bad.wav").write_bytes(b"RIFF")
-    missing = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", wavs[0], str(tmp_path / "nope.wav")], repo)
+    missing = _transcribe([f"--workdir={wd}", wavs[0], str(tmp_path / "nope.wav")], capsys)
     assert missing.returncode == 2 and f"no such WAV file: {tmp_path / 'nope.wav'}" in missing.stderr
-    corrupt = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", str(tmp_path / "bad.wav")], repo)
+    corrupt = _transcribe([f"--workdir={wd}", str(tmp_path / "bad.wav")], capsys)
     assert corrupt.returncode == 2 and "bad.wav: not a readable WAV file" in corrupt.stderr
     assert "Traceback" not in missing.stderr + corrupt.stderr
     # transcribe's weights: the debiased EMA of the newest checkpoint, read here straight from Orbax
@@ -396,13 +412,13 @@ def test_speaker_prior_on_too_few_held_out_clips_is_refused_before_anything_is_w
 
 
 @pytest.mark.slow
-def test_an_ensemble_run_trains_and_transcribes(tmp_path):
+def test_an_ensemble_run_trains_and_transcribes(tmp_path, capsys):
     repo, root, wd, _, r = _smoke_run(tmp_path, ",members=2")
     assert ", 2 ensemble members;" in r.stdout and json.load(open(os.path.join(wd, "result.json")))["finished"]
-    t = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", os.path.join(root, "3_jackson_0.wav")], repo)
+    t = _transcribe([f"--workdir={wd}", os.path.join(root, "3_jackson_0.wav")], capsys)
     assert t.returncode == 0, t.stderr[-3000:]
     assert set(t.stdout.strip().split("\t")[1]) <= set("0123456789 ")
-    e = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--evaluate"], repo)
+    e = _transcribe([f"--workdir={wd}", "--evaluate"], capsys)
     assert e.returncode == 0, e.stderr[-3000:]
     lines = [x for x in e.stdout.strip().splitlines() if x.startswith(("member", "vote"))]
     assert [x.split(":")[0] for x in lines] == ["member 0", "member 1", "vote of the members"], e.stdout
@@ -429,8 +445,8 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
             hyps[b] += [tuple(ctc.greedy_decode(np.asarray(lo[k, b]), int(out_n[b]))) for k in range(2)]
     assert recipe.decode(model, params, batch, vocab, 0, (15.0, 30.0)) == [
         vocab.decode(ctc.rover(h)) for h in hyps]
-    f = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,20,25",
-              "--subsets=2"], repo)
+    f = _transcribe([f"--workdir={wd}", "--evaluate", "--test_floors=15,20,25",
+              "--subsets=2"], capsys)
     assert f.returncode == 0 and "vote of the members: WER" in f.stdout, f.stderr[-3000:]
     # the one 2-member sub-ensemble is the ensemble: its parameters taken member by member give the same vote
     rates = {x.split(": ")[0]: x.split(": ")[1] for x in f.stdout.splitlines() if ": WER" in x}
@@ -440,10 +456,10 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     assert [m["members"] for m in one_each["subsets"]] == [[0], [1]]
     assert [m["wer"] for m in one_each["subsets"]] == [m["wer"] for m in one_each["members"]]
     assert one_each["subsets_mean"]["wer"] == pytest.approx(np.mean([m["wer"] for m in one_each["members"]]))
-    too_many = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--evaluate", "--subsets=3"], repo)
+    too_many = _transcribe([f"--workdir={wd}", "--evaluate", "--subsets=3"], capsys)
     assert too_many.returncode != 0 and "subsets=3: this run has 2 members; give a size from 1 to 2" in \
         too_many.stderr and "Traceback" not in too_many.stderr, too_many.stderr[-3000:]
-    bad = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--evaluate", "--test_floors=15,loud"], repo)
+    bad = _transcribe([f"--workdir={wd}", "--evaluate", "--test_floors=15,loud"], capsys)
     assert bad.returncode != 0 and "eval.test_floors=['15', 'loud']: expected dB values" in bad.stderr
     assert "Traceback" not in bad.stderr and "usage:" in bad.stderr, bad.stderr[-3000:]
     # the evaluation utterances are drawn with eval.seed when set, else with the run's seed: one eval seed
@@ -460,21 +476,21 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
     config.eval.seed = -2
     with pytest.raises(ValueError, match=r"eval.seed=-2: expected a seed >= 0, or -1"):
         speech_task.eval_seed(config)
-    o = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--evaluate", "--utterances=3", "--eval_seed=7"], repo)
+    o = _transcribe([f"--workdir={wd}", "--evaluate", "--utterances=3", "--eval_seed=7"], capsys)
     assert o.returncode == 0, o.stderr[-3000:]
     assert "scoring 3 held-out utterances of jackson drawn with seed 7;" in o.stdout, o.stdout
     assert o.stdout.count("on 3 utterances") == 3, o.stdout  # two members and the vote
     wav = os.path.join(root, "3_jackson_0.wav")
-    w = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", wav, "--eval_seed=7"], repo)
+    w = _transcribe([f"--workdir={wd}", wav, "--eval_seed=7"], capsys)
     assert w.returncode != 0 and "use them with --evaluate" in w.stderr
-    n = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--evaluate", "--eval_seed=-3"], repo)
+    n = _transcribe([f"--workdir={wd}", "--evaluate", "--eval_seed=-3"], capsys)
     assert n.returncode != 0 and "eval.seed=-3: expected a seed >= 0, or -1" in n.stderr and "Traceback" not in n.stderr
-    m = _run(["-m", "experiments.speech.transcribe", f"--workdir={os.path.join(root, 'no_such_run')}", wav], repo)
+    m = _transcribe([f"--workdir={os.path.join(root, 'no_such_run')}", wav], capsys)
     assert m.returncode != 0 and "no_such_run has no config.json: pass the --workdir of a speech" in m.stderr
     assert "Traceback" not in m.stderr and "usage:" in m.stderr, m.stderr[-3000:]
     # prior matching on a smoke run's 30 held-out clips, or on one file: too few digits to count, said so
     for args in (["--evaluate"], [wav]):
-        p = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", "--speaker_prior", *args], repo)
+        p = _transcribe([f"--workdir={wd}", "--speaker_prior", *args], capsys)
         assert p.returncode != 0 and "prior matching needs at least 400 decoded labels to count" in p.stderr
         assert "Traceback" not in p.stderr and "usage:" in p.stderr, p.stderr[-3000:]
     # a run whose evaluations use prior matching (as fsdd_vote4_gru's) still transcribes a file or two: for
@@ -483,7 +499,7 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path):
         saved = json.load(f)
     with open(os.path.join(wd, "config.json"), "w") as f:
         json.dump({**saved, "eval": {**saved["eval"], "speaker_prior": True}}, f)
-    q = _run(["-m", "experiments.speech.transcribe", f"--workdir={wd}", wav], repo)
+    q = _transcribe([f"--workdir={wd}", wav], capsys)
     assert q.returncode == 0 and q.stdout.startswith(wav + "\t"), q.stderr[-3000:]
     # with the threshold lowered: the vote and each member decoded with the biases (a member's row each)
     import dataclasses

@@ -1,13 +1,11 @@
-"""The training engine: runs end to end, resumes bitwise after SIGKILL, falls
-back past a corrupt checkpoint, stops on NaN without saving, refuses a config
+"""The language-model task on the loop: runs end to end, falls back past a corrupt
+checkpoint (SIGTERM/SIGKILL and resume: tests/test_loop_tasks.py), stops on NaN without saving, refuses a config
 or vocabulary that does not match its workdir."""
 
 import json
 import logging
 import os
-import random
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -75,48 +73,6 @@ def test_run_trains_evaluates_checkpoints_and_logs(tmp_path, capsys):
     again = lm.train_and_evaluate(_config(tmp_path), wd)
     assert again == json.load(open(os.path.join(wd, "result.json")))
     assert os.path.getmtime(os.path.join(wd, "result.json")) == mtime
-
-
-def _launch(config_args, wd):
-    cmd = [sys.executable, "-u", "-m", "rnnlab.main", f"--workdir={wd}", *config_args]
-    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-@pytest.mark.slow
-def test_sigkill_at_random_steps_then_resume_is_bitwise_equal(tmp_path):
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(CORPUS)
-    args = ["--config=experiments/language_modelling.py:smoke", f"--config.data.source={corpus}",
-            "--config.train.num_steps=40", "--config.train.eval_every=10", "--config.train.checkpoint_every=3",
-            "--config.train.log_every=1", "--config.generate.length=0", "--config.model.dropout=0.1",
-            "--config.model.num_layers=2", "--config.data.random_offset=true"]
-    ref = str(tmp_path / "ref")
-    assert _launch(args, ref).wait(timeout=300) == 0
-    wd = str(tmp_path / "killed")
-    rng = random.Random(0)
-    kills = 0
-    for _ in range(3):
-        proc = _launch(args, wd)
-        target = rng.randint(5, 35)
-        for line in proc.stdout:
-            if line.startswith("step ") and int(line.split()[1].split("/")[0]) >= target:
-                proc.send_signal(signal.SIGKILL)
-                kills += 1
-                break
-        proc.wait(timeout=300)
-    assert kills >= 2
-    proc = _launch(args, wd)
-    out = proc.communicate(timeout=300)[0]
-    assert proc.returncode == 0, out
-    assert "resumed from step" in out
-    s_ref, p_ref = _final_params(ref)
-    s_wd, p_wd = _final_params(wd)
-    assert s_ref == s_wd == 40
-    for a, b in zip(jax.tree.leaves(p_ref), jax.tree.leaves(p_wd), strict=True):
-        assert np.array_equal(np.asarray(a), np.asarray(b)), "resumed run must be bitwise equal"
-    # its history is clean: every train step logged once
-    steps = [r["step"] for r in read_metrics(wd, "train")]
-    assert steps == sorted(set(steps))
 
 
 def _garble(state_dir):
