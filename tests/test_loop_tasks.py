@@ -76,7 +76,7 @@ def test_sigterm_and_sigkill_then_resume_is_bitwise_equal(task, tmp_path):
     st = status.read(wd)
     assert st["state"] == "stopped" and "SIGTERM" in st["message"], st
     rng = random.Random(0)
-    for _ in range(2):
+    for _ in range(1 if task == "speech" else 2):  # speech: each start reads and featurises the clips
         proc = _launch(args, wd, steps)
         _stop_at(proc, rng.randint(st["step"] + 2, steps - 3), signal.SIGKILL)
         proc.wait(timeout=300)
