@@ -68,6 +68,7 @@ from experiments import language_modelling as lm_exp  # noqa: E402
 from rnnlab import cells, configs  # noqa: E402
 from rnnlab.data import synthetic  # noqa: E402
 from rnnlab.report import curves, stats, style, tables  # noqa: E402
+from rnnlab.train.config import flat  # noqa: E402
 
 THIS_FILE = os.path.abspath(__file__)
 REPO_ROOT = os.path.dirname(os.path.dirname(THIS_FILE))
@@ -276,17 +277,10 @@ def _vocab_size(source: str, level: str) -> int:
 # ----------------------------------------------------------------------------- grids
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def overrides(task: str, cell: str, lr: float, seed: int) -> dict:
     """The trial as dotted overrides of the default variant: exactly what differs."""
-    default = _flat(get_config("default").to_dict())
-    trial = _flat(get_config(f"{task},cell={cell},lr={lr},seed={seed}").to_dict())
+    default = flat(get_config("default").to_dict())
+    trial = flat(get_config(f"{task},cell={cell},lr={lr},seed={seed}").to_dict())
     return {k: v for k, v in trial.items() if v != default[k]}
 
 

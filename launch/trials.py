@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import re
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 import ml_collections
 
 from rnnlab import cells, configs
-from rnnlab.train.config import RESUMABLE_CHANGES
+from rnnlab.train.config import resume_conflicts
 
 STATUS_FILE = "launch.json"  # written by the launcher into each workdir: state, job id, return code, error
 DEFAULT_METRICS = ("eval/loss", "valid/nll")  # KIND/KEY in metrics.jsonl, first one present wins
@@ -152,26 +151,11 @@ def expand(experiment: str, root: str, grid: str = "sweep", variant: str | None 
     return trials
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def check_workdir(trial: Trial, config: ml_collections.ConfigDict) -> None:
-    """Refuse a workdir whose config.json is another run's (the training loop would
-    refuse it too, but only once the job runs)."""
-    path = os.path.join(trial.workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = _flat(json.load(f))
-    new = _flat(json.loads(config.to_json()))
-    diff = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)
-            and not any(k.startswith(p) for p in RESUMABLE_CHANGES)]
-    if diff:
-        shown = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:4])
+    """Refuse a workdir that holds another config's run: the training loop's own rule
+    (``rnnlab.train.config.resume_conflicts``), said before the job runs."""
+    if diff := resume_conflicts(config, trial.workdir):
+        shown = ", ".join(diff[:4])
         raise ValueError(f"trial {trial.name}: {trial.workdir} holds a run of a different config ({shown}); "
                          "use another --root, or delete that workdir to start the trial afresh")
 

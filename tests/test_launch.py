@@ -68,8 +68,8 @@ def test_bad_inputs_are_refused_before_anything_runs(tmp_path):
     dup.write_text(open(checks.EXPERIMENT).read().replace("for seed in (0, 1, 2)", "for seed in (0, 0)"))
     with pytest.raises(ValueError, match="share the name 'lstm_seed0'"):
         trials.expand(str(dup), str(tmp_path))
-    # a workdir holding another config (here: another cell) is refused
-    os.makedirs(tmp_path / "lstm_seed1")
+    # a workdir holding another config's run (here: another cell; a checkpoint) is refused
+    os.makedirs(tmp_path / "lstm_seed1" / "checkpoints" / "5")
     cfg = json.loads(trials.resolve(trials.load_experiment(checks.EXPERIMENT), "", {"seed": 1}).to_json())
     cfg["model"]["cell"] = "gru"
     json.dump(cfg, open(tmp_path / "lstm_seed1" / "config.json", "w"))

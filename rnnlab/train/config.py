@@ -63,11 +63,12 @@ RESUMABLE_CHANGES = ("trainer", "train.num_epochs", "train.num_steps", "train.lo
                      "train.async_checkpoint", "generate.", "data.cache_dir", "eval.speaker_prior")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def flat(d: dict, prefix: str = "") -> dict:
+    """A nested config dict as {'section.key': value}."""
     out = {}
     for k, v in d.items():
         if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
+            out.update(flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
@@ -79,26 +80,30 @@ def has_checkpoint(workdir: str) -> bool:
     return os.path.isdir(d) and any(s.isdigit() for s in os.listdir(d))
 
 
-def check_and_write(config: ml_collections.ConfigDict, workdir: str) -> None:
-    """Write workdir/config.json and append the command line to command.txt. When the
-    workdir holds a checkpoint, refuse a config that would compute something else
-    than that run (``RESUMABLE_CHANGES`` may differ); a workdir without one (a run
-    that failed before its first save) takes the new config."""
-    os.makedirs(workdir, exist_ok=True)
+def resume_conflicts(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+    """How ``config`` differs from the run in ``workdir`` in keys a resume may not change
+    (all but ``RESUMABLE_CHANGES``), as 'key: old -> new'; [] when the workdir holds no
+    checkpoint (a run that failed before its first save takes a new config)."""
     path = os.path.join(workdir, "config.json")
-    new = json.loads(config.to_json())
-    if os.path.exists(path) and has_checkpoint(workdir):
-        with open(path) as f:
-            old = json.load(f)
-        a, b = _flat(old), _flat(new)
-        diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
-                and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)]
-        if diff:
-            shown = ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in diff[:6])
-            raise ValueError(
-                f"the config differs from the run in {workdir} ({shown}); resume with the same config, "
-                "use a new --workdir, or warm-start a new run with --config.init_from=" + workdir
-            )
-    writers.write_json_atomic(path, new)
+    if not (os.path.exists(path) and has_checkpoint(workdir)):
+        return []
+    with open(path) as f:
+        a = flat(json.load(f))
+    b = flat(json.loads(config.to_json()))
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
+            and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)]
+
+
+def check_and_write(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Write workdir/config.json and append the command line to command.txt; refuse a
+    config with ``resume_conflicts`` (one that would compute something else than the
+    run in this workdir)."""
+    os.makedirs(workdir, exist_ok=True)
+    if diff := resume_conflicts(config, workdir):
+        raise ValueError(
+            f"the config differs from the run in {workdir} ({', '.join(diff[:6])}); resume with the same config, "
+            "use a new --workdir, or warm-start a new run with --config.init_from=" + workdir
+        )
+    writers.write_json_atomic(os.path.join(workdir, "config.json"), json.loads(config.to_json()))
     with open(os.path.join(workdir, "command.txt"), "a") as f:
         f.write(" ".join(sys.argv) + "\n")
