@@ -250,10 +250,12 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
     loads: list[float] = []  # 1-minute load average at each logged step: how busy the machine was
     last_logged: dict = {}
 
-    def meta(step: int) -> dict:  # seconds over every session of this run
-        return {"step": step, "schedule": schedule.state, "divergence": divergence.state(),
-                "train_seconds": before["train_seconds"] + time.time() - t_start,
+    def seconds() -> dict:  # wall and CPU seconds over every session of this run
+        return {"train_seconds": before["train_seconds"] + time.time() - t_start,
                 "cpu_seconds": before["cpu_seconds"] + time.process_time() - cpu_start}
+
+    def meta(step: int) -> dict:
+        return {"step": step, "schedule": schedule.state, "divergence": divergence.state(), **seconds()}
 
     def save(step: int, **kind) -> None:
         ckpt.save(step, jax.tree.map(parallel.to_host, runner.whole()), meta(step), **kind)
@@ -323,7 +325,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
             if evaluating or snapping or saving:  # host sync now: nothing is saved before its check
                 log(step, check(step, pending[1]), units, force=last)
                 pending = None
-            if evaluating and preemption.requested is False:
+            if evaluating and not preemption.requested:
                 ev = evaluate(step)
             if snapping:
                 save(step, snapshot=True)
@@ -332,11 +334,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
             if last:
                 break
     ckpt.wait()
+    stop_message = f"stopped by {stopped_by} at step {step}; the same command resumes it"
     if stopped_by == "SIGTERM":
         writer.close()
         ckpt.close()
-        status.write(workdir, "stopped", step=step, message=f"stopped by {stopped_by} at step {step}; the same "
-                     "command resumes it")
+        status.write(workdir, "stopped", step=step, message=stop_message)
         return {"step": step, "finished": False}
 
     if ev is None:  # resumed at the end without a result: evaluate what is there
@@ -346,22 +348,19 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
     if task.keep_best:
         got = ckpt.restore_latest(runner.whole(), from_best=True)
         best = got[1] if got is not None else None
-    summary = {"step": step, "finished": finished, "parameters": n_params,
-               "train_seconds": before["train_seconds"] + time.time() - t_start,
-               "cpu_seconds": before["cpu_seconds"] + time.process_time() - cpu_start,
+    summary = {"step": step, "finished": finished, "parameters": n_params, **seconds(),
                "load_average_1min_mean": float(np.mean(loads)) if loads else None,
                **task.finish(runner.whole(), step, ev, best),
                "diverged": divergence.diverged}
     if divergence.message:  # diverged, or warned and recovered
         summary["divergence"] = divergence.message
-    summary["total_seconds"] = before["train_seconds"] + time.time() - t_start
+    summary["total_seconds"] = seconds()["train_seconds"]  # training, then the final evaluations
     writer.write(step, {k: v for k, v in summary.items() if isinstance(v, (int, float))}, kind="summary")
     writer.close()
     ckpt.close()
     print("summary: " + json.dumps(writers.jsonable(summary)), flush=True)
     state_name = ("diverged" if divergence.diverged else "finished") if finished else "stopped"
-    message = (divergence.message if divergence.diverged else None) or (
-        f"stopped by {stopped_by} at step {step}; the same command resumes it" if not finished else None)
+    message = (divergence.message if divergence.diverged else None) or (stop_message if not finished else None)
     if finished:
         writers.write_json_atomic(result_path, writers.jsonable(summary))
     status.write(workdir, state_name, step=step, message=message, diverged=divergence.diverged,
