@@ -1,7 +1,39 @@
 """float64 is on for the whole suite so parity tests can check 1e-10; every
 float32 test passes float32 arrays explicitly, and test_contract checks that
-float32 in gives float32 out (so no code silently upcasts)."""
+float32 in gives float32 out (so no code silently upcasts).
+
+One JAX persistent compilation cache serves the whole session: the xdist workers
+and every command-line run a test starts (they inherit JAX_COMPILATION_CACHE_DIR),
+so a program compiled once (the speech step, the LM smoke step) is read back, not
+recompiled, by the next process. An executable read back is the one XLA wrote:
+results are the same to the bit. The cache lives in a fresh temporary folder,
+removed at the end; set JAX_COMPILATION_CACHE_DIR yourself to keep one."""
+
+import os
+import shutil
+import tempfile
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+_OWN_CACHE = "RNNLAB_TEST_OWNS_JAX_CACHE"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput") and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="rnnlab-tests-jax-cache-")
+        os.environ[_OWN_CACHE] = "1"  # set before xdist starts its workers: they inherit both
+    # a size bound turns on JAX's file lock: a process never reads an entry another is half-way writing
+    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 << 30))
+    # the command-line runs tests start keep every program (each restart compiles the same ones again);
+    # in this process only the costly ones: writing each small test's programs costs more than it saves
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+    jax.config.update("jax_compilation_cache_max_size", int(os.environ["JAX_COMPILATION_CACHE_MAX_SIZE"]))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput") and os.environ.pop(_OWN_CACHE, None):
+        shutil.rmtree(os.environ.pop("JAX_COMPILATION_CACHE_DIR"), ignore_errors=True)
