@@ -3,35 +3,44 @@ Dataset: log-mel features -> conv subsampling -> bidirectional LSTM/GRU -> CTC.
 
 The question: trained on 4 FSDD speakers, how well does a small recurrent CTC model
 recognise connected digits (1-7 digits joined with random silences, gains and
-background noise) of the 5th, unseen speaker, for each speaker held out in turn,
-within about 30 minutes of 2 CPU cores per model? Results, with the artifacts they
-come from: docs/speech/README.md (and docs/speech_vote4, docs/speech_vote_gru).
+background noise) of the 5th, unseen speaker, for each speaker held out in turn?
+Each trained model is scored twice on the same test utterances (built from the
+held-out speaker's takes 25-49): inductive (the headline: nothing computed from the
+held-out speaker's audio before an utterance is decoded), and with test-time
+adaptation (speaker and rate statistics and, in recipes with eval.speaker_prior,
+prior matching, all from the speaker's takes 0-24). Results, with the per-run files
+they come from: docs/speech/README.md.
 
+The study (10 trials: 5 held-out speakers x seeds 0, 1; finished trials are reused, interrupted ones
+resume; each finished trial's result/config/metrics copied to docs/speech/runs/<trial>/, then the tables):
+  XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+  python experiments/speech_recognition.py --run --root=runs/speech_si --out=docs/speech --parallel=2
 One trial (from the repository root; the same command resumes it):
-  python -m rnnlab.main --config=experiments/speech_recognition.py:fsdd_vote4_gru,held_out=jackson \
-      --workdir=runs/speech/jackson
-Every held-out speaker (``sweep``, through ``launch.run_sweep``: finished trials are reused, interrupted
-ones resume), then the per-speaker table:
-  python experiments/speech_recognition.py --run --variant=fsdd_vote4_gru --root=runs/speech_vote4 \
-      --out=docs/speech_vote4 [--parallel=2]
-Report only (from the trials' result.json; --confusions adds which digit each held-out clip is heard as):
-  python experiments/speech_recognition.py --root=runs/speech --out=docs/speech [--confusions]
-Transcribe WAV files with a trained run, or re-score it:
-  python -m experiments.speech.transcribe --workdir=runs/speech/jackson a.wav b.wav
-  python -m experiments.speech.transcribe --workdir=runs/speech/jackson --evaluate
+  python -m rnnlab.main --config=experiments/speech_recognition.py:fsdd_si,held_out=jackson,seed=0 \
+      --workdir=runs/speech_si/jackson_seed0
+Tables only, from docs/speech/runs (after copying any finished trial of --root there); --confusions adds
+which digit each held-out test take is heard as:
+  python experiments/speech_recognition.py --root=runs/speech_si --out=docs/speech [--confusions]
+Transcribe WAV files with a trained run, or re-score it (inductive; --adapted: with test-time adaptation):
+  python -m experiments.speech.transcribe --workdir=runs/speech_si/jackson_seed0 a.wav b.wav
+  python -m experiments.speech.transcribe --workdir=runs/speech_si/jackson_seed0 --evaluate [--adapted]
 
 Variants:
   fsdd (= default)  40 log-mel + deltas (120), 25 ms / 10 ms at 8 kHz; speaking-rate and per-speaker
-                    mean/variance normalisation from each speaker's unlabelled clips, then per-utterance;
+                    mean/variance normalisation of each training speaker from its own clips (of the held-out
+                    speaker: in the adapted column only, from its adaptation takes), then per-utterance;
                     conv 5:2:128, 3:2:128 (x4 subsampling); 2x160 BiLSTM (dropout 0.2); Adam 2e-3, warmup
                     200, cosine; EMA of the weights (0.998) evaluated; batch 24; SpecAugment, per-digit
                     tempo +-30 % and mel warp +-10 %; 3000 steps, capped at 25 wall-minutes.
+  fsdd_si           the study's recipe: fsdd at 2000 steps, no wall-time cap (a result depends on the
+                    steps, not on the machine's load), eval.seed=1000 (both seeds of a speaker scored on
+                    the same test utterances).
   fsdd_vote         fsdd with model.members=3 (three networks trained side by side) and
                     eval.test_floors=(15, 20, 25) (each utterance decoded under white-noise floors 15, 20 and
                     25 dB below its own mean power; the 3 x 3 transcripts voted, ROVER); capped at 30 minutes.
   fsdd_vote_gru     fsdd_vote with bidirectional GRU layers (model.cell=gru).
   fsdd_vote4_gru    fsdd_vote_gru with model.members=4 and eval.speaker_prior=True (prior matching: per
-                    network, output biases under which the held-out speaker's unlabelled clips decode to
+                    network, output biases under which the held-out speaker's adaptation takes decode to
                     every digit equally often; no transcript read, no weight changed). On a slow host add
                     threads=4 (train.member_threads: each member's step on a thread of its own; equal to
                     one program to float rounding, not bitwise).
@@ -154,6 +163,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
             c.model.cell = "gru"  # bidirectional GRU layers: 2.61 M parameters against the LSTM's 3.35 M
         if variant == "fsdd_vote4_gru":  # prior matching on the held-out speaker's clips (docs/speech, 2026-12-06)
             c.eval.speaker_prior = True
+    elif variant == "fsdd_si":  # the speaker-independent study (docs/speech): fsdd at 2000 steps, no wall-time cap
+        c.train.update(num_steps=2000, max_minutes=0.0)  # (a run's result depends on its steps only, not the load)
+        c.eval.seed = EVAL_SEED
     elif variant == "smoke":
         c.data.update(speakers="george,jackson", test_speakers="jackson", takes_per_digit=3, batch_size=4,
                       max_words=3)
@@ -163,76 +175,150 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.train.update(num_steps=6, checkpoint_every=3, eval_every=3, log_every=2, max_minutes=0.0)
     else:
         raise ValueError(f"unknown variant {variant!r} of speech_recognition; choose fsdd (= default), "
-                         "fsdd_vote, fsdd_vote_gru, fsdd_vote4_gru or smoke")
+                         "fsdd_si, fsdd_vote, fsdd_vote_gru, fsdd_vote4_gru or smoke")
     for k, v in overrides.items():
         configs.set_dotted(c, SHORTHAND.get(k, k), v)
     c.lock()
     return c
 
 
+SEEDS = (0, 1)
+EVAL_SEED = 1000  # every trial of a speaker is scored on the same test utterances, whatever its training seed
+
+
 def sweep(add):
-    """The study: each FSDD speaker held out in turn."""
-    for speaker in SPEAKERS:
-        add(**{"data.test_speakers": speaker})
+    """The study: each FSDD speaker held out in turn, two training seeds each."""
+    for seed in SEEDS:
+        for speaker in SPEAKERS:
+            add(seed=seed, **{"data.test_speakers": speaker})
 
 
 def name(overrides: dict) -> str:
-    """A trial's workdir name under the sweep's root: the held-out speaker."""
-    return str(overrides["data.test_speakers"])
+    """A trial's workdir name under the sweep's root: the held-out speaker and the seed."""
+    return f"{overrides['data.test_speakers']}_seed{overrides.get('seed', 0)}"
 
 
-def run_study(root: str, variant: str = "fsdd", parallel: int = 1) -> list[dict]:
-    """Every trial of ``sweep`` (each held-out speaker) under root/<speaker> with
+def run_study(root: str, variant: str = "fsdd_si", parallel: int = 1, out_dir: str | None = None) -> list[dict]:
+    """Every trial of ``sweep`` (each held-out speaker, each seed) under root/<name> with
     ``launch.run_sweep``: configs checked first, finished trials reused, interrupted
-    ones resumed, ``parallel`` at a time."""
+    ones resumed, ``parallel`` at a time; with ``out_dir``, each finished trial's files
+    are copied there (``collect``) as soon as the sweep ends."""
     import launch
 
-    return launch.run_sweep(THIS_FILE, root, grid="sweep", variant=variant, parallel=parallel)
+    results = launch.run_sweep(THIS_FILE, root, grid="sweep", variant=variant, parallel=parallel)
+    if out_dir:
+        collect(root, out_dir)
+    return results
 
 
-def report(root: str, out_dir: str) -> dict:
-    """Per-speaker table (WER, CER, digit-string accuracy, greedy and beam, wall time)
-    and the average over the held-out speakers found, from each trial's result.json."""
+RUN_FILES = ("result.json", "config.json", "metrics.jsonl")
+
+
+def collect(root: str, out_dir: str) -> list[str]:
+    """Copy each finished trial's result.json, config.json and metrics.jsonl from
+    root/<trial>/ to out_dir/runs/<trial>/ (the committed artifacts ``report`` reads).
+    Returns the trials copied."""
+    import shutil
+
+    done = []
+    for trial in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        src = os.path.join(root, trial)
+        if not os.path.exists(os.path.join(src, "result.json")):
+            continue
+        dst = os.path.join(out_dir, "runs", trial)
+        os.makedirs(dst, exist_ok=True)
+        for f in RUN_FILES:
+            if os.path.exists(os.path.join(src, f)):
+                shutil.copyfile(os.path.join(src, f), os.path.join(dst, f))
+        done.append(trial)
+    return done
+
+
+COLUMNS = (("inductive", "eval_"), ("adapted", "eval_adapted_"))  # headline; test-time adaptation
+
+
+def report(out_dir: str) -> dict:
+    """The study's tables from the committed per-run files out_dir/runs/<trial>/result.json:
+    per trial, both columns (inductive: nothing from the held-out speaker's audio;
+    adapted: speaker and rate statistics and, where the recipe has it, prior matching
+    from the speaker's adaptation takes), per speaker the mean over seeds, and the
+    5-speaker average WER per seed with its mean, spread and 95% interval over seeds.
+    Writes report.json and table.md in out_dir; returns the report."""
+    from rnnlab.report import stats
+
     rows = []
-    for name in sorted(os.listdir(root)) if os.path.isdir(root) else []:
-        path = os.path.join(root, name, "result.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                r = json.load(f)
-            rows.append({"trial": name, "held_out": r["held_out"], "steps": r["step"],
-                         "train_minutes": r["train_seconds"] / 60, "wer": r["eval_wer"], "cer": r["eval_cer"],
-                         "string_accuracy": r["eval_string_accuracy"], "beam_wer": r.get("eval_beam_wer"),
-                         "beam_string_accuracy": r.get("eval_beam_string_accuracy"),
-                         "utterances": r["eval_utterances"],
-                         "cpu_minutes": r["cpu_seconds"] / 60 if r.get("cpu_seconds") is not None else None,
-                         "load_average": r.get("load_average_1min_mean"),
-                         "raw_wer": r.get("eval_raw_wer")})
-    missing = [s for s in SPEAKERS if s not in {r["held_out"] for r in rows}]
-    avg = {k: sum(r[k] for r in rows) / len(rows) for k in ("wer", "cer", "string_accuracy", "train_minutes")} \
-        if rows else {}
-    rep = {"rows": rows, "average": avg, "missing_speakers": missing,
-           "claim_wer_le_10pct": (avg["wer"] <= 0.10 and not missing) if rows else None}
+    runs = os.path.join(out_dir, "runs")
+    for trial in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
+        path = os.path.join(runs, trial, "result.json")
+        if not os.path.exists(path):
+            continue
+        with open(path) as f:
+            r = json.load(f)
+        with open(os.path.join(runs, trial, "config.json")) as f:
+            c = json.load(f)
+        row = {"trial": trial, "held_out": r["held_out"], "seed": c["seed"], "steps": r["step"],
+               "train_minutes": r["train_seconds"] / 60, "cpu_minutes": r["cpu_seconds"] / 60,
+               "utterances": r["eval_utterances"], "eval_seed": c["eval"]["seed"],
+               "speaker_prior": bool(r.get("eval_adapted_speaker_prior"))}
+        for col, prefix in COLUMNS:
+            for k in ("wer", "cer", "string_accuracy"):
+                row[f"{col}_{k}"] = r.get(prefix + k)
+        rows.append(row)
+    seeds = sorted({r["seed"] for r in rows})
+    per_seed = {}  # seed -> column -> the average WER over the held-out speakers of that seed's trials
+    for seed in seeds:
+        mine = [r for r in rows if r["seed"] == seed]
+        per_seed[seed] = {"speakers": sorted(r["held_out"] for r in mine), **{
+            col: sum(r[f"{col}_wer"] for r in mine) / len(mine) for col, _ in COLUMNS}}
+    complete = [s for s in seeds if per_seed[s]["speakers"] == sorted(SPEAKERS)]
+    summary = {col: stats.mean_ci([per_seed[s][col] for s in complete], nonnegative=True) for col, _ in COLUMNS}
+    speakers = {sp: {col: stats.mean_ci([r[f"{col}_wer"] for r in rows if r["held_out"] == sp], nonnegative=True)
+                     for col, _ in COLUMNS} for sp in SPEAKERS}
+    rep = {"rows": rows, "per_seed": {str(k): v for k, v in per_seed.items()}, "complete_seeds": complete,
+           "summary": summary, "speakers": speakers,
+           "missing": [f"{sp}_seed{s}" for s in SEEDS for sp in SPEAKERS
+                       if not any(r["held_out"] == sp and r["seed"] == s for r in rows)]}
     os.makedirs(out_dir, exist_ok=True)
-    writers_json = os.path.join(out_dir, "report.json")
-    with open(writers_json, "w") as f:
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(rep, f, indent=1)
-    lines = ["| held-out speaker | steps | train min | WER | CER | digit-string acc | beam-8 WER | beam-8 acc "
-             "| last-weights WER | CPU min | load avg |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    pct = (lambda v: "-" if v is None else f"{100 * v:.2f}%")
-    num = (lambda v: "-" if v is None else f"{v:.1f}")
-    for r in rows:
-        lines.append(f"| {r['held_out']} | {r['steps']} | {r['train_minutes']:.1f} | {pct(r['wer'])} | "
-                     f"{pct(r['cer'])} | {pct(r['string_accuracy'])} | {pct(r['beam_wer'])} | "
-                     f"{pct(r['beam_string_accuracy'])} | {pct(r['raw_wer'])} | {num(r['cpu_minutes'])} | "
-                     f"{num(r['load_average'])} |")
-    if rows:
-        lines.append(f"| **average ({len(rows)} of 5)** | | {avg['train_minutes']:.1f} | {pct(avg['wer'])} | "
-                     f"{pct(avg['cer'])} | {pct(avg['string_accuracy'])} | | | | | |")
-    table = "\n".join(lines)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
-        f.write(table + "\n" + (f"\nmissing held-out speakers: {', '.join(missing)}\n" if missing else ""))
-    print(table, flush=True)
+        f.write(render_table(rep) + "\n")
+    print(render_table(rep), flush=True)
     return rep
+
+
+def render_table(rep: dict) -> str:
+    """The study's markdown tables from ``report``'s dict (report.json)."""
+    from rnnlab.report import tables
+
+    pct = (lambda v: "-" if v is None else f"{100 * v:.2f}%")
+    lines = tables.markdown_table(
+        ["held-out speaker", "seed", "steps", "inductive WER", "inductive digit-string acc", "adapted WER",
+         "adapted digit-string acc", "train min", "CPU min"],
+        [[r["held_out"], r["seed"], r["steps"], pct(r["inductive_wer"]), pct(r["inductive_string_accuracy"]),
+          pct(r["adapted_wer"]), pct(r["adapted_string_accuracy"]), f"{r['train_minutes']:.1f}",
+          f"{r['cpu_minutes']:.1f}"] for r in sorted(rep["rows"], key=lambda r: (SPEAKERS.index(r["held_out"]),
+                                                                               r["seed"]))])
+    lines += [""] + tables.markdown_table(
+        ["held-out speaker", "seeds", "inductive WER (mean ± std)", "adapted WER (mean ± std)"],
+        [[sp, s["inductive"]["n"], _pm(s["inductive"]), _pm(s["adapted"])] for sp, s in rep["speakers"].items()
+         if s["inductive"]["n"]])
+    pcts = {col: {k: (100 * v if isinstance(v, float) else v) for k, v in s.items()}
+            for col, s in rep["summary"].items()}
+    lines += [""] + tables.markdown_table(
+        ["average over the 5 held-out speakers", "seeds", "WER: mean ± std over seeds [95% interval], %"],
+        [["inductive (headline)", pcts["inductive"]["n"], tables.ci_text(pcts["inductive"], ".2f")],
+         ["test-time adaptation", pcts["adapted"]["n"], tables.ci_text(pcts["adapted"], ".2f")]])
+    lines += tables.footnotes(list(rep["summary"].values()))
+    if rep["missing"]:
+        lines += ["", f"not yet run: {', '.join(rep['missing'])}"]
+    return "\n".join(lines)
+
+
+def _pm(s: dict) -> str:
+    if not s["n"]:
+        return "-"
+    return f"{100 * s['mean']:.2f}%" + (f" ± {100 * s['std']:.2f}" if s["n"] > 1 else "")
 
 
 def confusions(root: str, out_dir: str) -> dict:
@@ -307,7 +393,7 @@ def main(argv=None) -> None:
     p.add_argument("--run", action="store_true", help="train every held-out speaker first (resumes/reuses)")
     p.add_argument("--root", default=os.path.join(REPO_ROOT, "runs", "speech"))
     p.add_argument("--out", default=os.path.join(REPO_ROOT, "docs", "speech"))
-    p.add_argument("--variant", default="fsdd")
+    p.add_argument("--variant", default="fsdd_si")
     p.add_argument("--parallel", type=int, default=1, help="trials at a time")
     p.add_argument("--confusions", action="store_true",
                    help="also: which digit each held-out clip is heard as, per trial (confusions.{json,md,png})")
@@ -316,7 +402,9 @@ def main(argv=None) -> None:
         run_study(a.root, a.variant, a.parallel)
     elif not os.path.isdir(a.root):
         p.error(f"--root={a.root} does not exist: pass the folder of a study's trials, or add --run to train them")
-    report(a.root, a.out)
+    copied = collect(a.root, a.out)
+    print(f"{len(copied)} finished trials copied to {os.path.join(a.out, 'runs')}", flush=True)
+    report(a.out)
     if a.confusions:
         confusions(a.root, a.out)
 

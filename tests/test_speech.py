@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+import scipy.io.wavfile as scipy_wavfile
 
 from experiments.speech import recipe
 from experiments.speech import task as speech_study
@@ -173,13 +174,13 @@ def test_smoke_variant_trains_resumes_refuses_another_config_and_transcribes(tmp
     assert not np.allclose(jax.tree.leaves(params)[0], jax.tree.leaves(full["params"])[0])
     with pytest.raises(ValueError, match="has no 'momentum'"):
         ckpt_lib.load_params(wd, jax.eval_shape(model.init, jax.random.key(0)), item="momentum")
-    # which digit each held-out clip is heard as: every one of jackson's 3 x 10 clips counted once
+    # which digit each held-out test take is heard as: jackson's takes 1-2 (take 0 adapts), each counted once
     from experiments import speech_recognition as exp
 
     conf = exp.confusions(str(tmp_path), str(tmp_path / "out"))
-    assert list(conf) == ["jackson"] and conf["jackson"]["clips"] == 30
+    assert list(conf) == ["jackson"] and conf["jackson"]["clips"] == 20
     counts = np.asarray(conf["jackson"]["counts"])
-    assert counts.shape == (10, 11) and counts.sum(axis=1).tolist() == [3] * 10
+    assert counts.shape == (10, 11) and counts.sum(axis=1).tolist() == [2] * 10
     assert all(os.path.exists(tmp_path / "out" / f) for f in ("confusions.json", "confusions.md", "confusions.png"))
 
 
@@ -187,7 +188,7 @@ def test_non_finite_loss_stops_the_run_without_saving(tmp_path):
     from experiments.speech_recognition import get_config
     from rnnlab.train.loop import NonFiniteError
 
-    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=1)
+    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=2)
     config = get_config(f"smoke,data.root={root},optim.lr=1e30,optim.clip_norm=0,optim.warmup_steps=1")
     with pytest.raises(NonFiniteError, match="non-finite training loss at step"):
         speech_study.train_and_evaluate(config, str(tmp_path / "run"))
@@ -225,19 +226,44 @@ def test_config_variants_sweep_and_report_table(tmp_path):
         exp.get_config("fsdd").data.batchsize = 3  # locked
     import launch.trials
 
-    trials = launch.trials.expand(exp.THIS_FILE, str(tmp_path / "sweep"), "sweep", "fsdd_vote4_gru")
-    assert [t.overrides["data.test_speakers"] for t in trials] == [t.name for t in trials] == list(exp.SPEAKERS)
-    assert all(t.variant == "fsdd_vote4_gru" and t.workdir.endswith(t.name) for t in trials)
-    for speaker, wer in (("george", 0.04), ("lucas", 0.10)):
-        os.makedirs(tmp_path / "runs" / f"fsdd_{speaker}")
-        with open(tmp_path / "runs" / f"fsdd_{speaker}" / "result.json", "w") as f:
-            json.dump({"held_out": speaker, "step": 1500, "train_seconds": 600.0, "eval_wer": wer,
-                       "eval_cer": wer, "eval_string_accuracy": 1 - 3 * wer, "eval_utterances": 400}, f)
-    rep = exp.report(str(tmp_path / "runs"), str(tmp_path / "out"))
-    assert rep["average"]["wer"] == pytest.approx(0.07) and rep["average"]["train_minutes"] == pytest.approx(10)
-    assert rep["missing_speakers"] == ["jackson", "nicolas", "yweweler"] and rep["claim_wer_le_10pct"] is False
-    table = open(tmp_path / "out" / "table.md").read()
-    assert "| george | 1500 | 10.0 | 4.00% |" in table and "average (2 of 5)" in table
+    si = exp.get_config("fsdd_si,held_out=lucas").to_dict()
+    assert si["train"]["num_steps"] == 2000 and si["train"]["max_minutes"] == 0 and si["eval"]["seed"] == 1000
+    base = exp.get_config("fsdd,held_out=lucas").to_dict()
+    si["train"].update(num_steps=base["train"]["num_steps"], max_minutes=base["train"]["max_minutes"])
+    si["eval"]["seed"] = base["eval"]["seed"]
+    assert si == base  # fsdd with its steps, wall cap and evaluation seed set, nothing else
+    trials = launch.trials.expand(exp.THIS_FILE, str(tmp_path / "sweep"), "sweep", "fsdd_si")
+    assert [t.name for t in trials] == [f"{sp}_seed{s}" for s in (0, 1) for sp in exp.SPEAKERS]
+    assert [(t.overrides["data.test_speakers"], t.overrides["seed"]) for t in trials] == [
+        (sp, s) for s in (0, 1) for sp in exp.SPEAKERS]
+    assert all(t.variant == "fsdd_si" and t.workdir.endswith(t.name) for t in trials)
+    # the report reads the committed per-run copies (collect), never the run folders
+    wers = {("george", 0): (0.04, 0.03), ("lucas", 0): (0.10, 0.06), ("jackson", 0): (0.2, 0.1),
+            ("nicolas", 0): (0.05, 0.05), ("yweweler", 0): (0.01, 0.02), ("george", 1): (0.06, 0.05)}
+    for (speaker, seed), (ind, ada) in wers.items():
+        wd = tmp_path / "runs" / f"{speaker}_seed{seed}"
+        os.makedirs(wd)
+        json.dump({"seed": seed, "eval": {"seed": 1000}}, open(wd / "config.json", "w"))
+        json.dump({"held_out": speaker, "step": 1500, "train_seconds": 600.0, "cpu_seconds": 900.0,
+                   "eval_wer": ind, "eval_cer": ind, "eval_string_accuracy": 1 - 3 * ind, "eval_utterances": 400,
+                   "eval_adapted_wer": ada, "eval_adapted_cer": ada, "eval_adapted_string_accuracy": 1 - 3 * ada},
+                  open(wd / "result.json", "w"))
+    os.makedirs(tmp_path / "runs" / "unfinished_seed0")  # no result.json: not copied
+    out = str(tmp_path / "docs")
+    assert exp.collect(str(tmp_path / "runs"), out) == sorted(f"{sp}_seed{s}" for sp, s in wers)
+    shutil.rmtree(tmp_path / "runs")
+    rep = exp.report(out)
+    assert rep["complete_seeds"] == [0]  # seed 1 has one speaker of five: in the rows, not in the average
+    assert rep["summary"]["inductive"]["n"] == 1
+    assert rep["summary"]["inductive"]["mean"] == pytest.approx(np.mean([0.04, 0.10, 0.2, 0.05, 0.01]))
+    assert rep["summary"]["adapted"]["mean"] == pytest.approx(np.mean([0.03, 0.06, 0.1, 0.05, 0.02]))
+    assert rep["speakers"]["george"]["inductive"]["mean"] == pytest.approx(0.05)
+    assert rep["speakers"]["george"]["inductive"]["std"] == pytest.approx(np.std([0.04, 0.06], ddof=1))
+    assert len(rep["missing"]) == 4 and "lucas_seed1" in rep["missing"]
+    table = open(os.path.join(out, "table.md")).read()
+    assert "| george | 0 | 1500 | 4.00% | 88.00% | 3.00% | 91.00% | 10.0 | 15.0 |" in table, table
+    assert "| george | 2 | 5.00% ± 1.41 | 4.00% ± 1.41 |" in table, table
+    assert "| inductive (headline) | 1 | 8.00 (1 seed) |" in table, table
 
 
 @pytest.mark.slow
@@ -408,8 +434,8 @@ def test_speaker_prior_on_too_few_held_out_clips_is_refused_before_anything_is_w
 
     root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=3)
     wd = str(tmp_path / "run")
-    with pytest.raises(ValueError, match=r"eval.speaker_prior=True counts the digits heard in the held-out clips, "
-                                         r"and jackson has 30: too few .* \(at least 400\)"):
+    with pytest.raises(ValueError, match=r"eval.speaker_prior=True counts the digits heard in the held-out "
+                                         r"adaptation takes, and jackson has 10: too few .* \(at least 200\)"):
         speech_study.train_and_evaluate(get_config(f"smoke,data.root={root},eval.speaker_prior=True"), wd)
     assert not os.path.exists(os.path.join(wd, "config.json"))
 
@@ -491,10 +517,10 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path, capsys):
     m = _transcribe([f"--workdir={os.path.join(root, 'no_such_run')}", wav], capsys)
     assert m.returncode != 0 and "no_such_run has no config.json: pass the --workdir of a speech" in m.stderr
     assert "Traceback" not in m.stderr and "usage:" in m.stderr, m.stderr[-3000:]
-    # prior matching on a smoke run's 30 held-out clips, or on one file: too few digits to count, said so
-    for args in (["--evaluate"], [wav]):
+    # prior matching on a smoke run's 10 adaptation takes, or on one file: too few digits to count, said so
+    for args in (["--evaluate", "--adapted"], [wav]):
         p = _transcribe([f"--workdir={wd}", "--speaker_prior", *args], capsys)
-        assert p.returncode != 0 and "prior matching needs at least 400 decoded labels to count" in p.stderr
+        assert p.returncode != 0 and "prior matching needs at least 200 decoded labels to count" in p.stderr
         assert "Traceback" not in p.stderr and "usage:" in p.stderr, p.stderr[-3000:]
     # a run whose evaluations use prior matching (as fsdd_vote4_gru's) still transcribes a file or two: for
     # files it is asked for, not inherited
@@ -509,14 +535,26 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path, capsys):
     from unittest import mock
     config.eval.seed, config.eval.speaker_prior = -1, True
     with mock.patch.object(recipe, "PRIOR_MIN_LABELS", 0):
-        prior = transcribe.evaluate_run(wd, floors=(), config=config, subsets=1)
+        prior = transcribe.evaluate_run(wd, floors=(), config=config, subsets=1, adapted=True)
         bias = recipe.held_out_prior(model, params, config, data, ())
         alone = [recipe.evaluate(dataclasses.replace(model, members=1), jax.tree.map(lambda a, k=k: a[k], params),
-                                       config, data, floors=()) for k in range(2)]
+                                 config, data, floors=(), adapted=True) for k in range(2)]
+        inductive = transcribe.evaluate_run(wd, floors=(), config=config)  # eval.speaker_prior: adaptation only
+        # the prior is fitted on the adaptation takes: its bias is the one fitted there, not on the test takes
+        test_fit = recipe.prior_bias(model, [recipe.floor_logits(model, params, b, ())
+                                             for b in recipe.held_out_clips(config, data)])
+        adapt_fit = recipe.prior_bias(model, [recipe.floor_logits(model, params, b, ())
+                                              for b in recipe.held_out_clips(config, data, bank=data.adapt)])
     assert prior["speaker_prior"] and all(m["speaker_prior"] for m in prior["members"] + prior["subsets"])
     assert [m["wer"] for m in prior["members"]] == [m["wer"] for m in alone]  # the row of each member = its own fit
-    assert prior == {**recipe.evaluate(model, params, config, data, floors=(), bias_ExV=bias),
+    assert prior == {**recipe.evaluate(model, params, config, data, floors=(), bias_ExV=bias, adapted=True),
                      "members": prior["members"], "subsets": prior["subsets"], "subsets_mean": prior["subsets_mean"]}
+    assert "speaker_prior" not in inductive and inductive == {
+        **recipe.evaluate(model, params, config, data, floors=()), "members": inductive["members"]}
+    with pytest.raises(ValueError, match="a prior bias is test-time adaptation"):
+        recipe.evaluate(model, params, config, data, floors=(), bias_ExV=bias)
+    np.testing.assert_array_equal(bias, adapt_fit)
+    assert not np.allclose(bias, test_fit)
 
 
 @pytest.mark.slow
@@ -692,3 +730,35 @@ def test_speech_step_benchmark_times_member_threads_beside_one_program(tmp_path,
     assert native.current().thread_share == 1 and "| 3:2:16 member_threads=2 | x2 |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="train.member_threads=3 must divide model.members=2"):
         speech_step.main(["--quick", "--root", root, "--members", "2", "--member_threads", "3"])
+
+
+def test_held_out_takes_split_into_disjoint_adaptation_and_test_halves_and_the_inductive_view_reads_neither(tmp_path):
+    """The evaluation protocol (issue 35): a held-out speaker's takes 0..n/2-1 adapt, the rest are tested; the
+    inductive test features are the recorded ones (no statistic of the held-out speaker: changing its adaptation
+    audio changes nothing), the adapted ones are normalised with statistics of the adaptation takes only
+    (recomputed here from numpy means over the frames, not through the code's own normalisation)."""
+    from experiments.speech_recognition import get_config
+    from rnnlab.data import audio
+
+    root = _fake_fsdd(tmp_path / "rec", speakers=("george", "jackson"), takes=4)
+    config = get_config(f"smoke,data.root={root},data.takes_per_digit=0,data.rate_norm=0,data.speaker_norm=meanvar")
+    data = speech_task.load_data(config, str(tmp_path / "a"))
+    assert sorted({c.index for c in data.adapt.clips}) == [0, 1] and sorted({c.index for c in data.test.clips}) == [2, 3]
+    assert {c.speaker for c in data.adapt.clips + data.test.clips} == {"jackson"}
+    assert {c.speaker for c in data.train.clips} == {"george"} and len(data.train.clips) == 40
+    spec = speech_task.feature_spec(config)
+    raw = audio.build_bank(data.test.clips, spec, trim_db=config.data.trim_db)
+    np.testing.assert_array_equal(data.test.logmel_FxM, raw.logmel_FxM)  # inductive: as recorded
+    adapt_raw = audio.build_bank(data.adapt.clips, spec, trim_db=config.data.trim_db).logmel_FxM.astype(np.float64)
+    mean, std = adapt_raw.mean(axis=0), adapt_raw.std(axis=0)  # the adaptation takes' statistics, by hand
+    want = (raw.logmel_FxM - mean) * (std.mean() / np.maximum(std, 1e-3)) + mean.mean()
+    np.testing.assert_allclose(data.adapted_test.logmel_FxM, want, rtol=1e-5, atol=1e-5)
+    # louder adaptation takes: the adapted view moves, the inductive one does not
+    for c in data.adapt.clips:
+        rate, w = scipy_wavfile.read(c.path)
+        scipy_wavfile.write(c.path, rate, (w.astype(np.float64) * 0.25).astype(np.int16))
+    other = speech_task.load_data(config, str(tmp_path / "b"))
+    np.testing.assert_array_equal(other.test.logmel_FxM, data.test.logmel_FxM)
+    assert not np.allclose(other.adapted_test.logmel_FxM, data.adapted_test.logmel_FxM, atol=1e-3)
+    with pytest.raises(ValueError, match="held-out speaker jackson has one take per word"):
+        speech_task.load_data(get_config(f"smoke,data.root={root},data.takes_per_digit=1"), str(tmp_path / "c"))

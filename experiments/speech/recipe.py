@@ -4,7 +4,14 @@ speaker's unlabelled speech (eval.speaker_prior), which digit each held-out clip
 heard as (``digit_confusions``), and member threads (train.member_threads: an
 ensemble's members trained in groups, each on a thread of its own).
 
-    recipe.evaluate(model, params, config, data)      # the study's held-out rates
+Two evaluations of one trained model: ``evaluate(..., adapted=False)`` is inductive
+(nothing computed from a held-out speaker's audio before an utterance is decoded:
+the headline), ``adapted=True`` is test-time adaptation (speaker and rate statistics
+and, with eval.speaker_prior, prior matching, all from the speaker's adaptation
+takes, disjoint from the takes the test utterances are built from).
+
+    recipe.evaluate(model, params, config, data)      # the study's held-out rates (inductive)
+    recipe.evaluate(model, params, config, data, adapted=True)
     recipe.decode(model, params, batch, vocab, 0, (15.0, 20.0, 25.0))
 
 Imports no training loop: ``experiments/speech/transcribe.py`` decodes with it.
@@ -27,7 +34,8 @@ from rnnlab.models import speech as speech_lib
 from rnnlab.tasks import speech as speech_task
 from rnnlab.tasks.speech import SpeechData
 
-PRIOR_MIN_LABELS = 400  # prior matching: decoded labels needed per (floor, member) pass, ~40 of each digit
+PRIOR_MIN_LABELS = 200  # prior matching: decoded labels needed per (floor, member) pass, ~20 of each digit
+# (a held-out FSDD speaker's adaptation half: 250 clips)
 CONFUSION_STEP0 = 2 * 10**9  # isolated-clip utterances for confusions: seeds apart from training and evaluation
 
 
@@ -116,39 +124,50 @@ def prior_bias(model: speech_lib.SpeechModel, outputs) -> np.ndarray:
     return np.stack([ctc.fit_label_bias(ls, min_labels=PRIOR_MIN_LABELS * passes) for ls in per_member])
 
 
-def held_out_clips(config: ml_collections.ConfigDict, data: SpeechData, batch_size: int = 100):
-    """Every clip of the held-out speakers as a one-digit utterance made the way the
-    evaluation utterances are (silences, gain, background noise drawn with the
-    evaluation seed; no tempo or warps), in batches of ``batch_size``."""
+def held_out_clips(config: ml_collections.ConfigDict, data: SpeechData, batch_size: int = 100,
+                   bank: audio.FeatureBank | None = None):
+    """Every clip of ``bank`` (default: the held-out test takes, ``data.test``) as a
+    one-digit utterance made the way the evaluation utterances are (silences, gain,
+    background noise drawn with the evaluation seed; no tempo or warps), in batches
+    of ``batch_size``."""
     spec, seed = speech_task.eval_utterance_spec(data.utterances), speech_task.eval_seed(config)
-    n = len(data.test.clips)
+    bank = data.test if bank is None else bank
+    n = len(bank.clips)
     for start in range(0, n, batch_size):
         utts, labels, texts = [], [], []
         for i in range(start, min(start + batch_size, n)):
             rng = np.random.default_rng([seed, CONFUSION_STEP0 + i])
-            u, _ = audio.connected_utterance(data.test, data.noise_FxM, rng, spec, clip_ids=[i])
+            u, _ = audio.connected_utterance(bank, data.noise_FxM, rng, spec, clip_ids=[i])
             utts.append(u)
-            texts.append(data.test.clips[i].text)
+            texts.append(bank.clips[i].text)
             labels.append(data.vocab.encode(texts[-1]))
         yield audio.pad_batch(utts, labels, texts, spec.bucket, max(len(x) for x in labels))
 
 
 def held_out_prior(model: speech_lib.SpeechModel, params, config: ml_collections.ConfigDict, data: SpeechData,
                    floors: tuple[float, ...]) -> np.ndarray:
-    """``prior_bias`` on the held-out speakers' clips (``held_out_clips``) under ``floors``."""
-    return prior_bias(model, (floor_logits(model, params, b, floors) for b in held_out_clips(config, data)))
+    """``prior_bias`` on the held-out speakers' adaptation takes (``data.adapt``, as
+    ``held_out_clips``) under ``floors``: never on the takes the test utterances use."""
+    return prior_bias(model, (floor_logits(model, params, b, floors)
+                              for b in held_out_clips(config, data, bank=data.adapt)))
 
 
 def evaluate(model: speech_lib.SpeechModel, params, config: ml_collections.ConfigDict, data: SpeechData,
              beam_width: int = 0, floors: tuple[float, ...] | None = None,
-             bias_ExV: np.ndarray | None = None) -> dict:
+             bias_ExV: np.ndarray | None = None, adapted: bool = False) -> dict:
     """``rnnlab.tasks.speech.evaluate`` decoded as ``decode`` with ``floors`` (None: the
-    config's eval.test_floors). ``bias_ExV``: as ``decode``'s; None: with
-    eval.speaker_prior, ``prior_bias`` on the held-out clips (``held_out_prior``),
-    otherwise none. With a bias the result says ``speaker_prior: True``."""
+    config's eval.test_floors). ``adapted=False``: inductive, the test takes as
+    recorded, no bias. ``adapted=True``: test-time adaptation, the test takes
+    normalised with the adaptation takes' statistics (``speech_task.adapted``) and,
+    with eval.speaker_prior, decoded with ``bias_ExV`` (None: ``held_out_prior``, fitted
+    on the adaptation takes). With a bias the result says ``speaker_prior: True``."""
     floors = eval_floors(config) if floors is None else floors
-    if bias_ExV is None and speaker_prior(config):
-        bias_ExV = held_out_prior(model, params, config, data, floors)
+    if not adapted and bias_ExV is not None:
+        raise ValueError("a prior bias is test-time adaptation: pass adapted=True with bias_ExV")
+    if adapted:
+        if bias_ExV is None and speaker_prior(config):
+            bias_ExV = held_out_prior(model, params, config, data, floors)
+        data = speech_task.adapted(data)
     out = speech_task.evaluate(model, params, config, data, beam_width,
                                lambda b: decode(model, params, b, data.vocab, beam_width, floors, bias_ExV))
     return out | ({"speaker_prior": True} if bias_ExV is not None else {})
@@ -171,15 +190,14 @@ def confusion_counts(refs, hyps, words) -> np.ndarray:
 
 def digit_confusions(model: speech_lib.SpeechModel, params, config: ml_collections.ConfigDict, data: SpeechData,
                      batch_size: int = 100) -> np.ndarray:
-    """Which digit each held-out clip is heard as (``held_out_clips``), decoded greedily
-    as ``evaluate`` decodes (floors, eval.speaker_prior); counts as in
+    """Which digit each held-out test take is heard as (``held_out_clips``), decoded
+    greedily as the inductive ``evaluate`` decodes (floors, no bias); counts as in
     ``confusion_counts`` with the words '0'..'9'."""
     floors, refs, outputs = eval_floors(config), [], []
-    for b in held_out_clips(config, data, batch_size):  # the model runs once: the prior's fit reads these too
+    for b in held_out_clips(config, data, batch_size):
         refs += b.texts
         outputs.append(floor_logits(model, params, b, floors))
-    bias = prior_bias(model, outputs) if speaker_prior(config) else None
-    hyps = [h for out in outputs for h in vote(model, out, data.vocab, 0, bias)]
+    hyps = [h for out in outputs for h in vote(model, out, data.vocab, 0, None)]
     return confusion_counts(refs, hyps, [str(d) for d in range(10)])
 
 

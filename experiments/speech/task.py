@@ -8,11 +8,14 @@ Config: ``experiments/speech_recognition.py`` (its trainer is this module's
     state      params, opt_state, step; ema (train.ema_decay > 0)
     batch(i)   connected utterances of the training speakers and the step's
                SpecAugment/dropout key, pure in (seed, i)
-    evaluate   the held-out rates of the evaluated weights (the EMA when kept);
-               'loss' is the WER (lower is better); with an EMA the last weights'
-               rates beside them, prefixed raw_
-    finish     held_out, eval_* (the last evaluation), eval_raw_*, eval_beam_*
-               (eval.beam_width > 0), examples
+    evaluate   the held-out rates of the evaluated weights (the EMA when kept),
+               inductive (``recipe.evaluate``); 'loss' is the WER (lower is
+               better); with an EMA the last weights' rates beside them, prefixed raw_
+    finish     held_out, eval_* (the last evaluation: inductive, the headline),
+               eval_raw_*, eval_beam_* (eval.beam_width > 0), eval_adapted_* (the
+               same weights with test-time adaptation from the held-out speaker's
+               adaptation takes: speaker and rate statistics, eval.speaker_prior),
+               examples
     runner     train.member_threads > 1: ``recipe.MemberThreads``
 
 Evaluations are logged and never pick a checkpoint: the result is the model at the
@@ -28,6 +31,7 @@ import ml_collections
 import numpy as np
 
 from experiments.speech import recipe
+from rnnlab.data import audio
 from rnnlab.tasks import speech as speech_task
 from rnnlab.train import loop
 from rnnlab.train.optim import make_optimizer
@@ -39,9 +43,10 @@ def check(config: ml_collections.ConfigDict) -> int:
     Returns the member thread count."""
     recipe.eval_floors(config), speech_task.eval_seed(config), recipe.speaker_prior(config)
     groups = recipe.check_member_threads(config)
-    if recipe.speaker_prior(config) and len(held_out := speech_task.split_clips(config)[1]) < recipe.PRIOR_MIN_LABELS:
-        raise ValueError(f"eval.speaker_prior=True counts the digits heard in the held-out clips, and "
-                         f"{config.data.test_speakers} has {len(held_out)}: too few for counts that mean "
+    adapt = audio.split_adaptation(speech_task.split_clips(config)[1])[0] if recipe.speaker_prior(config) else []
+    if recipe.speaker_prior(config) and len(adapt) < recipe.PRIOR_MIN_LABELS:
+        raise ValueError(f"eval.speaker_prior=True counts the digits heard in the held-out adaptation takes, and "
+                         f"{config.data.test_speakers} has {len(adapt)}: too few for counts that mean "
                          f"something (at least {recipe.PRIOR_MIN_LABELS}); hold out a speaker with more clips, or "
                          "set eval.speaker_prior=False")
     return groups
@@ -88,14 +93,18 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> loop.Task:
             evb = evaluate(state, step, config.eval.beam_width)
             print(f"eval at step {step} (beam {config.eval.beam_width}): {_rates(evb)}", flush=True)
             out.update({f"eval_beam_{k}": v for k, v in evb.items() if k not in ("loss", "examples")})
+        eva = recipe.evaluate(model, speech_task.evaluated_params(state, step, config), config, data, adapted=True)
+        print(f"eval at step {step} (test-time adaptation from {len(data.adapt.clips)} held-out adaptation takes"
+              f"{', prior matching' if eva.get('speaker_prior') else ''}): {_rates(eva)}", flush=True)
+        out.update({f"eval_adapted_{k}": v for k, v in eva.items() if k != "examples"})
         return out
 
     def make_runner(state: dict) -> recipe.MemberThreads:
         return recipe.MemberThreads(model, tx, groups, state, tr.ema_decay)
 
-    n_train, n_test = len(data.train.clips), len(data.test.clips)
+    n_train, n_test, n_adapt = len(data.train.clips), len(data.test.clips), len(data.adapt.clips)
     banner = (f"train speakers {sorted({c.speaker for c in data.train.clips})} ({n_train} clips), held out "
-              f"{sorted({c.speaker for c in data.test.clips})} ({n_test} clips); model: conv "
+              f"{sorted({c.speaker for c in data.test.clips})} ({n_test} test + {n_adapt} adaptation clips); model: conv "
               f"{config.model.conv or 'none'} (x{model.subsampling}) -> {model.stack.num_layers}x{model.stack.d_h} "
               f"bi-{model.stack.cell.name}, {model.features.dim} {model.features.kind} features"
               f"{f', {model.members} ensemble members' if model.members > 1 else ''}"

@@ -13,7 +13,10 @@ the same speaker.
     python -m experiments.speech.transcribe --workdir=DIR --evaluate [--beam=8] [--utterances=2000 --eval_seed=1000]
 
 re-scores the run on its own held-out evaluation utterances (those its training
-reported on) with today's decoding and prints WER / CER / digit-string accuracy;
+reported on: built from the held-out speaker's test takes) with today's decoding and
+prints WER / CER / digit-string accuracy, inductive (no statistic of the held-out
+speaker; ``--adapted``: with test-time adaptation from its adaptation takes, as the
+run's eval_adapted_* columns);
 for an ensemble (model.members > 1) each member's too, then their vote.
 ``--subsets=K`` adds the vote of every K-member sub-ensemble and their mean: what
 the ensemble's size buys, paired (the same networks, the same utterances).
@@ -25,9 +28,9 @@ a white-noise floor F dB below each utterance's mean power is added before the
 model (features.floor_db), once per F, and the transcripts of every floor (and
 member) are voted on with ROVER; one value gives that floor alone.
 Prior matching: per member, output biases under which it hears every digit equally
-often in the speaker's unlabelled speech, added before decoding. ``--evaluate``: the
-run's eval.speaker_prior (``--[no-]speaker_prior`` to choose), fitted on the held-out
-speakers' clips. Files: only with ``--speaker_prior``, fitted on the given files as one
+often in the speaker's unlabelled speech, added before decoding. ``--evaluate
+--adapted``: the run's eval.speaker_prior (``--[no-]speaker_prior`` to choose), fitted
+on the held-out speakers' adaptation takes. Files: only with ``--speaker_prior``, fitted on the given files as one
 speaker's speech (several hundred digits at least), since a few files cannot be fitted.
 """
 
@@ -112,7 +115,7 @@ def _check_subsets(subsets: int, members: int) -> None:
 
 
 def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | None = None,
-                 config: ml_collections.ConfigDict | None = None, subsets: int = 0) -> dict:
+                 config: ml_collections.ConfigDict | None = None, subsets: int = 0, adapted: bool = False) -> dict:
     """The run's held-out error rates with its evaluated weights (as ``--evaluate``
     prints them); an ensemble adds ``members``: each member's alone. ``floors``: the
     test-time noise floors voted over (None: the run's eval.test_floors). ``config``:
@@ -120,15 +123,16 @@ def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | 
     (utterances, seed); None: read it. ``subsets=K`` (1 <= K <= members) adds
     ``subsets``: the vote of every K-member sub-ensemble (``members``: which), and
     ``subsets_mean``: their mean rates, the paired answer to "what does the ensemble's
-    size buy" on the same networks and utterances."""
+    size buy" on the same networks and utterances. ``adapted``: with test-time
+    adaptation (``recipe.evaluate``'s), else inductive."""
     config = read_config(workdir) if config is None else config
     model, params, _ = load_run(workdir, config)
     _check_subsets(subsets, model.members)
     data = speech_task.load_data(config, workdir)
     floors = recipe.eval_floors(config) if floors is None else floors
     bias = (recipe.held_out_prior(model, params, config, data, floors)
-            if recipe.speaker_prior(config) else None)  # per member: a sub-ensemble takes its members' rows
-    out = recipe.evaluate(model, params, config, data, beam_width, floors, bias)
+            if adapted and recipe.speaker_prior(config) else None)  # per member: a sub-ensemble takes its rows
+    out = recipe.evaluate(model, params, config, data, beam_width, floors, bias, adapted)
 
     scored: dict[tuple[int, ...], dict] = {}  # each sub-ensemble scored once (subsets=1: the members again)
 
@@ -138,7 +142,7 @@ def evaluate_run(workdir: str, beam_width: int = 0, floors: tuple[float, ...] | 
             scored[members] = recipe.evaluate(dataclasses.replace(model, members=len(members)),
                                                     jax.tree.map(lambda a: a[take], params), config, data,
                                                     beam_width, floors,
-                                                    None if bias is None else bias[np.asarray(members)])
+                                                    None if bias is None else bias[np.asarray(members)], adapted)
         return scored[members]
 
     if model.members > 1:
@@ -180,10 +184,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "in the speaker's unlabelled speech; with --evaluate fitted on the held-out clips (default: "
                         "the run's eval.speaker_prior), with files on the given files as one speaker (several "
                         "hundred digits at least; default: off)")
+    p.add_argument("--adapted", action="store_true",
+                   help="with --evaluate: test-time adaptation from the held-out speaker's adaptation takes (speaker "
+                        "and rate statistics, prior matching with eval.speaker_prior) instead of the inductive score")
     p.add_argument("wavs", nargs="*")
     a = p.parse_args(argv)
     if not a.evaluate and (a.utterances is not None or a.eval_seed is not None):
         p.error("--utterances and --eval_seed choose evaluation utterances: use them with --evaluate")
+    if a.adapted and not a.evaluate:
+        p.error("--adapted scores the run with test-time adaptation: use it with --evaluate")
+    if a.evaluate and a.speaker_prior and not a.adapted:
+        p.error("--speaker_prior with --evaluate fits biases on the held-out speaker's audio: that is test-time "
+                "adaptation; add --adapted (the inductive score uses none)")
     if a.subsets and not a.evaluate:
         p.error("--subsets scores sub-ensembles: use it with --evaluate")
     if a.utterances is not None and a.utterances < 1:
@@ -207,9 +219,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"scoring {config.eval.utterances} held-out utterances of {config.data.test_speakers} drawn with seed "
               f"{seed}{' (the run seed)' if seed == config.seed else ''}; test-time floors: "
               f"{', '.join(f'{f:g}' for f in floors) or 'none'}"
-              f"{'; prior matching on the held-out clips' if recipe.speaker_prior(config) else ''}", flush=True)
+              + ("; test-time adaptation from the held-out adaptation takes"
+                 + ("; prior matching" if recipe.speaker_prior(config) else "") if a.adapted else "; inductive"),
+              flush=True)
         try:  # --speaker_prior on too few held-out clips: prior_bias's error says so
-            r = evaluate_run(a.workdir, a.beam, floors, config, a.subsets)
+            r = evaluate_run(a.workdir, a.beam, floors, config, a.subsets, a.adapted)
         except ValueError as e:
             p.error(str(e))
         for k, m in enumerate(r.get("members", [])):

@@ -167,6 +167,24 @@ def split_by_speaker(clips: Sequence[Clip], test_speakers: Sequence[str]) -> tup
     return train, test
 
 
+def split_adaptation(clips: Sequence[Clip]) -> tuple[list[Clip], list[Clip]]:
+    """(adaptation, test) of held-out speakers' clips, disjoint: per speaker, the first
+    half of its takes (``index`` < n // 2, n = its number of takes; FSDD: takes 0-24
+    of 50) are the unlabelled audio a test-time adaptation may read (speaker and rate
+    statistics, prior matching); the test utterances are built from the rest (25-49),
+    which no statistic reads."""
+    adapt, test = [], []
+    for speaker in sorted({c.speaker for c in clips}):
+        mine = [c for c in clips if c.speaker == speaker]
+        n = max(c.index for c in mine) + 1
+        if n < 2:
+            raise ValueError(f"held-out speaker {speaker} has one take per word: adaptation and test need two "
+                             "disjoint halves of its takes (use more takes: data.takes_per_digit >= 2 or 0)")
+        adapt += [c for c in mine if c.index < n // 2]
+        test += [c for c in mine if c.index >= n // 2]
+    return adapt, test
+
+
 # ----------------------------------------------------------------------------- feature cache
 
 
@@ -297,20 +315,23 @@ def speaker_transform(frames_TxM: np.ndarray, mean_M: np.ndarray, std_M: np.ndar
     return (x + mean_M.mean()).astype(np.float32)
 
 
-def normalise_speakers(bank: FeatureBank, mode: str = "mean") -> FeatureBank:
+def normalise_speakers(bank: FeatureBank, mode: str = "mean",
+                       stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> FeatureBank:
     """Speaker-level cepstral-style mean (and variance) normalisation in the log-mel
-    domain, from each speaker's own unlabelled clips (test speakers included: the
-    statistics need no transcript). ``mean``: subtract the speaker's per-channel mean
+    domain, from each speaker's own unlabelled clips (the statistics need no
+    transcript). ``mean``: subtract the speaker's per-channel mean
     and add back its mean over channels, i.e. a per-channel gain that flattens the
     speaker's average spectrum (microphone, vocal tract tilt) and keeps its level,
     so gains and noise power addition stay exact. ``meanvar``: additionally scale
     each channel's deviations to the speaker's mean standard deviation over channels.
-    ``level`` (mean log power per clip) is recomputed."""
+    ``level`` (mean log power per clip) is recomputed. ``stats``: ``speaker_stats`` of
+    other clips of the same speakers (a held-out speaker's adaptation takes), applied
+    to these; None: of ``bank`` itself."""
     if mode not in SPEAKER_NORMS:
         raise ValueError(f"data.speaker_norm must be one of {SPEAKER_NORMS}, got {mode!r}")
     if mode == "none":
         return bank
-    stats = speaker_stats(bank)
+    stats = speaker_stats(bank) if stats is None else stats
     parts = [speaker_transform(bank.frames(i), *stats[c.speaker], mode) for i, c in enumerate(bank.clips)]
     return FeatureBank.from_parts(parts, bank.clips)
 
@@ -337,8 +358,8 @@ def rate_transform(frames_TxM: np.ndarray, median_span: float, target: float) ->
 
 
 def normalise_rate(bank: FeatureBank, target: float, rates: dict[str, float] | None = None) -> FeatureBank:
-    """Speaking-rate normalisation, from each speaker's own unlabelled clips (test
-    speakers included, as ``normalise_speakers``): every clip of a speaker is
+    """Speaking-rate normalisation, from each speaker's own unlabelled clips (a held-out
+    speaker's adaptation takes, as ``normalise_speakers``): every clip of a speaker is
     stretched in time by ``target`` / (that speaker's median active span), so each
     speaker's words last about ``target`` frames at the median. A held-out slow
     speaker (FSDD's jackson: median 41 frames against 26-36 for the others) then

@@ -68,11 +68,19 @@ def connected_spec(d: ml_collections.ConfigDict) -> audio.ConnectedSpec:
 
 
 class SpeechData(NamedTuple):
+    """The features of a config. ``test``: the held-out speakers' test takes as
+    recorded (no statistic of a held-out speaker applied: the inductive evaluation);
+    ``adapt``: their adaptation takes (``audio.split_adaptation``, disjoint from
+    ``test``), normalised by their own statistics; ``adapted_test``: the test takes
+    normalised by the adaptation takes' statistics (the test-time adaptation column).
+    ``train``: the training speakers, each normalised by its own statistics."""
     train: audio.FeatureBank
     test: audio.FeatureBank
     noise_FxM: np.ndarray
     vocab: audio.Vocab
     utterances: audio.ConnectedSpec
+    adapt: audio.FeatureBank
+    adapted_test: audio.FeatureBank
 
 
 def split_clips(config: ml_collections.ConfigDict) -> tuple[list[audio.Clip], list[audio.Clip]]:
@@ -87,24 +95,47 @@ def split_clips(config: ml_collections.ConfigDict) -> tuple[list[audio.Clip], li
     return audio.split_by_speaker(clips, [s.strip() for s in d.test_speakers.split(",")])
 
 
+def _normalised(bank: audio.FeatureBank, d: ml_collections.ConfigDict, source: audio.FeatureBank,
+                what: str) -> audio.FeatureBank:
+    """``bank`` rate- and speaker-normalised (data.rate_norm, data.speaker_norm) with the
+    statistics of ``source`` (the same speakers' clips: ``bank`` itself, or a held-out
+    speaker's adaptation takes)."""
+    if d.rate_norm > 0:  # per speaker, from its unlabelled clips
+        rates = audio.speaker_rates(source)
+        spans = ", ".join(f"{s} {v:g}" for s, v in rates.items())
+        print(f"speaking-rate normalisation ({what}): median spoken span per speaker ({spans}) frames -> "
+              f"{d.rate_norm:g}", flush=True)
+        own = source is bank
+        bank = audio.normalise_rate(bank, d.rate_norm, rates)
+        source = bank if own else audio.normalise_rate(source, d.rate_norm, rates)
+    if d.speaker_norm == "none":
+        return bank
+    return audio.normalise_speakers(bank, d.speaker_norm, audio.speaker_stats(source))
+
+
 def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
     """Clip features of the training and held-out speakers (cached in data.cache_dir,
-    default workdir/feature_cache), speaking-rate and speaker normalised from each
-    speaker's own unlabelled clips; the noise template."""
+    default workdir/feature_cache) and the noise template. The training speakers are
+    speaking-rate and speaker normalised from their own unlabelled clips; the
+    held-out speakers' takes are split into adaptation and test halves
+    (``audio.split_adaptation``): ``test`` is left as recorded, ``adapted_test`` is
+    normalised with statistics of the adaptation half only (``SpeechData``)."""
     d, spec = config.data, feature_spec(config)
-    train, test = split_clips(config)
-    bank = audio.cached_bank(train + test, spec, d.cache_dir or os.path.join(workdir, "feature_cache"),
+    train, held_out = split_clips(config)
+    adapt, test = audio.split_adaptation(held_out)
+    bank = audio.cached_bank(train + adapt + test, spec, d.cache_dir or os.path.join(workdir, "feature_cache"),
                              trim_db=d.trim_db)
-    if d.rate_norm > 0:  # per speaker, from its own clips: no labels
-        rates = audio.speaker_rates(bank)
-        spans = ", ".join(f"{s} {v:g}" for s, v in rates.items())
-        print(f"speaking-rate normalisation: median spoken span per speaker ({spans}) frames -> {d.rate_norm:g}",
-              flush=True)
-        bank = audio.normalise_rate(bank, d.rate_norm, rates)
-    bank = audio.normalise_speakers(bank, d.speaker_norm)  # per speaker, from its own clips: no labels
-    n = len(train)
-    return SpeechData(bank.subset(range(n)), bank.subset(range(n, n + len(test))), audio.noise_template(spec),
-                      audio.DIGITS, connected_spec(d))
+    n, k = len(train), len(adapt)
+    tr, ad, te = bank.subset(range(n)), bank.subset(range(n, n + k)), bank.subset(range(n + k, len(bank.clips)))
+    return SpeechData(_normalised(tr, d, tr, "training speakers"), te, audio.noise_template(spec), audio.DIGITS,
+                      connected_spec(d), adapt=_normalised(ad, d, ad, "held-out adaptation takes"),
+                      adapted_test=_normalised(te, d, ad, "held-out test takes, from the adaptation takes"))
+
+
+def adapted(data: SpeechData) -> SpeechData:
+    """``data`` with the test-time adaptation's view of the held-out test takes as
+    ``test`` (evaluate it for the adapted column)."""
+    return data._replace(test=data.adapted_test)
 
 
 def device_batch(b: audio.Batch) -> dict:
