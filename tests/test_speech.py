@@ -227,9 +227,9 @@ def test_config_variants_sweep_and_report_table(tmp_path):
     import launch.trials
 
     si = exp.get_config("fsdd_si,held_out=lucas").to_dict()
-    assert si["train"]["num_steps"] == 2000 and si["train"]["max_minutes"] == 0 and si["eval"]["seed"] == 1000
+    assert si["train"]["num_steps"] == 3000 and si["train"]["max_minutes"] == 0 and si["eval"]["seed"] == 1000
     base = exp.get_config("fsdd,held_out=lucas").to_dict()
-    si["train"].update(num_steps=base["train"]["num_steps"], max_minutes=base["train"]["max_minutes"])
+    si["train"]["max_minutes"] = base["train"]["max_minutes"]
     si["eval"]["seed"] = base["eval"]["seed"]
     assert si == base  # fsdd with its steps, wall cap and evaluation seed set, nothing else
     trials = launch.trials.expand(exp.THIS_FILE, str(tmp_path / "sweep"), "sweep", "fsdd_si")
