@@ -88,6 +88,101 @@ def lm_vs_pytorch(root: str) -> str:
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- LSTM vs GRU
+
+
+def _module(root: str, rel: str, name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, rel))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def lstm_vs_gru(root: str) -> str:
+    """The README's summary of the LSTM-vs-GRU study: its size and the study's own
+    comparison paragraph, from docs/lstm_vs_gru/report.json."""
+    rel = "docs/lstm_vs_gru/report.json"
+    r = _json(root, rel)
+    study = _module(root, "experiments/lstm_vs_gru.py", "_lstm_vs_gru")
+    summary = {t: study._summary_from_json(s) for t, s in r["summary"].items()}
+    trials = sum(x["seeds"] for s in summary.values() for c in s["cells"].values() for x in c["by_lr"].values())
+    zoo = r.get("zoo_table", [])
+    below = [z["cell"] for z in zoo if z.get("adding", {}).get("below_baseline")]
+    at = [z["cell"] for z in zoo if z.get("adding") and not z["adding"].get("below_baseline")]
+    return "\n".join([
+        f"{trials} trials over {len(summary)} tasks ({', '.join(summary)}). "
+        + study.comparison_paragraph(summary),
+        "",
+        f"The `zoo` grid ({len(zoo)} cells on the adding task at T = 100 and the char-LM smoke): {len(below)} end "
+        f"below the adding baseline, {len(at)} at or above it ({', '.join(at) or 'none'}).",
+        "",
+        f"Rendered from `{rel}`.",
+    ])
+
+
+LVG_CELLS = ("tanh", "lstm", "lstm_fb0", "gru")
+LVG_ZOO_CELLS = ("peephole", "lstmp", "minlstm", "mingru", "lru", "indrnn", "tanh")
+
+
+def lstm_vs_gru_widths(root: str) -> str:
+    """docs/lstm_vs_gru/notes.md: the width matched_width gave each cell, per task
+    (docs/lstm_vs_gru/report.json summary)."""
+    rel = "docs/lstm_vs_gru/report.json"
+    summary = _json(root, rel)["summary"]
+    lines = ["| task | " + " | ".join(LVG_CELLS) + " |", "|---|" + "---:|" * len(LVG_CELLS)]
+    for task, s in summary.items():
+        cols = []
+        for cell in LVG_CELLS:
+            b = (s["cells"].get(cell) or {}).get("best")
+            cols.append(f"{b['d_hidden']} ({b['parameters']:,})" if b else "-")
+        lines.append(f"| {task} | " + " | ".join(cols) + " |")
+    lines += ["", f"Width (parameters) per cell. Rendered from `{rel}` (`summary.TASK.cells.CELL.best`; the file records no "
+              "date)."]
+    return "\n".join(lines)
+
+
+def lstm_vs_gru_runs(root: str) -> str:
+    """docs/lstm_vs_gru/notes.md: the study's and the zoo's trials and training time
+    (docs/lstm_vs_gru/trials.csv)."""
+    import csv
+
+    rel = "docs/lstm_vs_gru/trials.csv"
+    with open(os.path.join(root, rel), newline="") as f:
+        rows = list(csv.DictReader(f))
+    lines = ["| grid | trials | finished | training minutes (sum of `train_seconds`) |", "|---|---:|---:|---:|"]
+    for grid, keep in (("study", lambda r: not r["task"].startswith(("zoo_", "smoke_"))),
+                       ("zoo", lambda r: r["task"].startswith(("zoo_", "smoke_")))):
+        rs = [r for r in rows if keep(r)]
+        secs = sum(float(r["train_seconds"]) for r in rs if r["train_seconds"])
+        lines.append(f"| {grid} | {len(rs)} | {sum(r['finished'] == 'True' for r in rs)} | {secs / 60:.1f} |")
+    lines += ["", f"Rendered from `{rel}` (2-core machine shared with other jobs; the file records neither the load "
+              "nor a date)."]
+    return "\n".join(lines)
+
+
+def lstm_vs_gru_zoo_trials(root: str) -> str:
+    """docs/lstm_vs_gru/notes.md: the zoo's adding T=100 trials of the cells the notes discuss,
+    at every lr (docs/lstm_vs_gru/report.json zoo)."""
+    rel = "docs/lstm_vs_gru/report.json"
+    zoo = [z for z in _json(root, rel)["zoo"] if z["task"] == "zoo_adding100" and z["cell"] in LVG_ZOO_CELLS]
+    zoo.sort(key=lambda z: (LVG_ZOO_CELLS.index(z["cell"]), z["lr"]))
+
+    def f(v):
+        return "-" if v is None else f"{v:.4g}"
+
+    lines = ["| cell | layers x width | lr | eval MSE, last | eval MSE, best | test MSE | first solved step |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for z in zoo:
+        r = z["result"] or {}
+        lines.append(f"| {z['cell']} | {z['layers']}x{z['d_hidden']} | {z['lr']:g} | {f(r.get('eval_loss'))} | "
+                     f"{f(r.get('best_eval_loss'))} | {f(r.get('test_loss'))} | "
+                     f"{r.get('first_solved_step') or '-'} |")
+    steps = sorted({(z["result"] or {}).get("step") for z in zoo} - {None})
+    lines += ["", f"One seed, {' / '.join(map(str, steps))} steps. Rendered from `{rel}` (`zoo[].result`; the file "
+              "records no date)."]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- gradient flow
 
 
@@ -122,6 +217,69 @@ def gradient_flow(root: str) -> str:
         f"Rendered from `{rel}`; every number per trial is in "
         "[docs/gradient_flow/README.md](docs/gradient_flow/README.md).",
     ])
+
+
+GF_RADII = ("elman_rho0.5_T200_clip", "elman_rho0.9_T200_clip", "elman_T200_clip", "elman_rho1.1_T200_clip")
+GF_RATES = ("elman_T200_clip", "lstm_fb0_T200_clip", "lstm_fb1_T200_clip", "lstm_chrono200_T200_clip", "gru_T200_clip",
+            "elman_T400_clip", "lstm_fb1_T400_clip")
+
+
+def gradient_flow_radii(root: str) -> str:
+    """docs/gradient_flow/notes.md: the tanh RNN's decay at initialisation against its step
+    Jacobians, per spectral radius (docs/gradient_flow/report.json)."""
+    rel = "docs/gradient_flow/report.json"
+    t = _json(root, rel)["trials"]
+    lines = ["| trial | fitted rate, lags 1-100, the Jacobians' examples | rms prediction | fit vs prediction | "
+             "mean spectral norm | fitted rate, whole probe batch, lags 1 to T-1 |", "|---|---:|---:|---:|---:|---:|"]
+    for name in GF_RADII:
+        s = t[name]["snapshots"]["0"]
+        j = s["jacobian"]
+        fit = j["fit_same_examples"]["rate"]
+        lines.append(f"| `{name}` | {fit:.4f} | {j['rms']:.4f} | {100 * (fit / j['rms'] - 1):+.1f}% | "
+                     f"{j['spectral']:.4f} | {s['fit_all']['rate']:.4f} |")
+    lines += ["", f"Step 0 of each trial; rms prediction exp(mean_t log(||J_t||_F / sqrt(H))), mean spectral norm "
+              f"exp(mean_t log ||J_t||_2). Rendered from `{rel}` (`trials.NAME.snapshots.0`: `jacobian.fit_same_"
+              "examples.rate`, `jacobian.rms`, `jacobian.spectral`, `fit_all.rate`; the file records no date)."]
+    return "\n".join(lines)
+
+
+def gradient_flow_init_rates(root: str) -> str:
+    """docs/gradient_flow/notes.md: per-step decay of ||dL/dh_t|| at initialisation and the
+    memory gate, per cell (docs/gradient_flow/report.json)."""
+    rel = "docs/gradient_flow/report.json"
+    t = _json(root, rel)["trials"]
+    lines = ["| trial | cell | T | rate, lags 1-100 | rate, lags 1 to T-1 | mean memory gate | memory time (steps) |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name in GF_RATES:
+        x = t[name]
+        s = x["snapshots"]["0"]
+        gates = s.get("gates") or {}
+        gate, mem = gates.get("layer_0/memory_gate_mean"), gates.get("layer_0/memory_time")
+        lines.append(f"| `{name}` | {x['label']} | {x['T']} | {s['fit_window']['rate']:.4f} | "
+                     f"{s['fit_all']['rate']:.4f} | {'-' if gate is None else f'{gate:.3f}'} | "
+                     f"{'-' if mem is None else f'{mem:.2f}'} |")
+    lines += ["", f"Step 0 of each trial (the T = 400 trials are probed at initialisation only). Rendered from `{rel}` "
+              "(`trials.NAME.snapshots.0`: `fit_window.rate`, `fit_all.rate`, `gates[\"layer_0/memory_gate_mean\"]`, "
+              "`gates[\"layer_0/memory_time\"]` = -1/log(gate); the file records no date)."]
+    return "\n".join(lines)
+
+
+def gradient_flow_run_time(root: str) -> str:
+    """docs/gradient_flow/notes.md: how long the study's trials and report took
+    (docs/gradient_flow/report.json)."""
+    rel = "docs/gradient_flow/report.json"
+    r = _json(root, rel)
+    runs = {x["name"]: x for x in r["study"]["runs"]}
+    one = r["trials"]["lstm_fb1_T200_clip"]
+    return "\n".join([
+        "| what | seconds |", "|---|---:|",
+        f"| one trial of the default variant (`lstm_fb1_T200_clip`, {one['num_steps']} steps): training "
+        f"(`result.train_seconds`) | {one['result']['train_seconds']:.1f} |",
+        f"| the same trial's whole process (`study.runs`) | {runs['lstm_fb1_T200_clip']['seconds']:.1f} |",
+        f"| grid `{r['study']['grid']}`: {len(runs)} trials one after the other (sum of `study.runs`) | "
+        f"{sum(x['seconds'] for x in runs.values()):.1f} |",
+        f"| its report, regenerated from the trials' snapshots (`report_seconds`) | {r['report_seconds']:.1f} |",
+        "", f"Rendered from `{rel}` (2-core machine; the file records neither the load nor a date)."])
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -191,6 +349,100 @@ def generation(root: str) -> str:
     return "\n".join(lines)
 
 
+def layers_detail(root: str) -> str:
+    """benchmarks/README.md's layer table: rnnlab's speed ratio against every implementation
+    timed (both cells, both modes), GFLOP/s and the ceilings (benchmarks/results/layers.json)."""
+    rel = "benchmarks/results/layers.json"
+    b = _json(root, rel)
+    env, cfg = b["environment"], b["config"]
+    peak = env["peak"]
+    peers = [i for i in cfg["impl_list"] if i != "rnnlab"]
+    summ = {(x["shape"], x["cell"], x["mode"]): x for x in b["summary"]}
+    res = {(x["shape"], x["cell"], x["mode"], x["impl"]): x for x in b["results"]}
+
+    def ratio(s, key):
+        return f"{s[key]:.2f}" if key in s else "-"
+
+    lines = ["| B x T x D x H | mode | cell | " + " | ".join(f"vs {p}" for p in peers)
+             + " | GFLOP/s rnnlab / torch (rnnlab % of peak) | most anything could beat torch / Flax by |",
+             "|---|---|---|" + "---:|" * (len(peers) + 2)]
+    for mode in [m for m in ("fwdbwd", "fwd") if m in cfg["mode_list"]]:
+        for shape in cfg["shape_list"]:
+            for cell in cfg["cell_list"]:
+                s = summ[(shape, cell, mode)]
+                g, t = res[(shape, cell, mode, "rnnlab")]["gflops"], res.get((shape, cell, mode, "torch"), {})
+                lines.append(f"| {shape} | {'fwd+bwd' if mode == 'fwdbwd' else mode} | {cell.upper()} | "
+                             + " | ".join(ratio(s, f"rnnlab_speed_ratio_vs_{p}") for p in peers)
+                             + f" | {g:.0f} / {t['gflops']:.0f} ({100 * g / peak['gflops']:.0f}%) | "
+                             f"{ratio(s, 'max_possible_speed_ratio_vs_torch')} / "
+                             f"{ratio(s, 'max_possible_speed_ratio_vs_flax')} |")
+    lines += ["", f"rnnlab's speed ratio = the peer's median time / rnnlab's over {cfg['repeats']} rounds (above 1: "
+              "rnnlab faster); `rnnlab_xla` is the same layer with the native code off (the XLA fused layer). The "
+              "last column is the peer's time over the time the layer's FLOPs take at the machine's GEMM peak, "
+              f"{peak['gflops']:.0f} GFLOP/s (2048^3: torch.mm {peak['torch.mm_gflops']:.0f}, jax.dot "
+              f"{peak['jax.dot_gflops']:.0f}): no implementation can beat that peer by more. Rendered from `{rel}` "
+              f"({env['cpu_count']} cores, torch {env['torch']} on {env['torch_threads']} threads, jax {env['jax']}, "
+              f"flax {env['flax']}, keras {env.get('keras', 'absent')}; 1-minute load {env['loadavg_at_start'][0]:.2f} "
+              "at the start; the file records no date)."]
+    return "\n".join(lines)
+
+
+def _speech_step(root: str, rel: str, what: str, label) -> str:
+    """One benchmarks/speech_step.py JSON as a table: a row per front end / implementation /
+    member_threads setting, ``label(row)`` naming it; the first row is the peer."""
+    b = _json(root, rel)
+    rows = b["results"]
+    lines = [f"| {what} | frames into the stack | parameters | step ms | speed ratio vs {label(rows[0])} | "
+             "3000 steps (min) |", "|---|---|---:|---:|---:|---:|"]
+    for x in rows:
+        lines.append(f"| {label(x)} | x{x['subsampling']} | {x['parameters']:,} | {x['step_ms']:.0f} | "
+                     f"{x['speed_ratio_vs_peer']:.2f} | {x['minutes_for_3000_steps']:.1f} |")
+    frames, busy = b["real_frames_per_batch"], b["busy_cpus_before_after"]
+    lines += ["", f"`{b['variant']}`, held-out speaker {b['held_out']}: {b['batches']} training batches "
+              f"({sum(frames) / len(frames):,.0f} real frames per batch on average), {b['repeats']} rounds, median "
+              f"per batch. CPUs kept busy by other processes: {busy[0]:.2f} before, {busy[1]:.2f} after "
+              f"({b['cpus']} cores). Rendered from `{rel}` (the file records neither the machine's GEMM peak nor a "
+              "date)."]
+    return "\n".join(lines)
+
+
+def speech_step(root: str) -> str:
+    """Front ends of the speech step (benchmarks/results/speech_step.json)."""
+    return _speech_step(root, "benchmarks/results/speech_step.json", "front end (`model.conv`)",
+                        lambda x: f"`{x['conv']}`")
+
+
+def speech_step_native(root: str) -> str:
+    """The native layer's implementations in the speech step (benchmarks/results/speech_step_native.json)."""
+    return _speech_step(root, "benchmarks/results/speech_step_native.json", "implementation",
+                        lambda x: f"`{x['implementation']}`")
+
+
+def speech_member_threads(root: str) -> str:
+    """The ensemble's members on threads of their own (benchmarks/results/speech_member_threads.json)."""
+    return _speech_step(root, "benchmarks/results/speech_member_threads.json", "`train.member_threads`",
+                        lambda x: str(x["member_threads"]))
+
+
+def parallel_scan(root: str) -> str:
+    """Parallel against sequential scan of the linear-recurrence cells
+    (benchmarks/results/parallel_scan.json)."""
+    rel = "benchmarks/results/parallel_scan.json"
+    b = _json(root, rel)
+    m = b["meta"]
+    lines = ["| cell | T | mode | sequential ms | parallel ms | speed-up (sequential / parallel) |",
+             "|---|---:|---|---:|---:|---:|"]
+    for x in b["rows"]:
+        lines.append(f"| {x['cell']} | {x['T']:,} | {'fwd+bwd' if x['mode'] == 'fwdbwd' else x['mode']} | "
+                     f"{x['median_ms']['sequential']:.1f} | {x['median_ms']['parallel']:.1f} | "
+                     f"{x['seq_over_par']:.2f} |")
+    lines += ["", f"B = {m['batch']}, D = H = {m['hidden']}, float32, median of {m['repeats']} interleaved repeats "
+              f"(above 1: parallel faster). Rendered from `{rel}` ({m['cpu_count']} cores, jax {m['jax']}; 1-minute "
+              f"load {m['load_avg'][0]:.1f} at the start and {m['load_avg_end'][0]:.1f} at the end, a shared machine; "
+              "the file records no date)."]
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- speech
 
 
@@ -236,7 +488,19 @@ RENDERERS = {
     "speech": speech,
     "speech_headline": speech_headline,
     "gradient_flow": gradient_flow,
+    "lstm_vs_gru": lstm_vs_gru,
     "layers": layers,
     "memory_and_compile": memory_and_compile,
     "generation": generation,
+    "layers_detail": layers_detail,
+    "parallel_scan": parallel_scan,
+    "speech_step": speech_step,
+    "speech_step_native": speech_step_native,
+    "speech_member_threads": speech_member_threads,
+    "gradient_flow_radii": gradient_flow_radii,
+    "gradient_flow_init_rates": gradient_flow_init_rates,
+    "gradient_flow_run_time": gradient_flow_run_time,
+    "lstm_vs_gru_widths": lstm_vs_gru_widths,
+    "lstm_vs_gru_runs": lstm_vs_gru_runs,
+    "lstm_vs_gru_zoo_trials": lstm_vs_gru_zoo_trials,
 }

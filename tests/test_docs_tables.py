@@ -14,7 +14,7 @@ ROOT = docs.REPO_ROOT
 def test_every_rendered_block_equals_its_artifacts():
     blocks = [m.group("name") for f in docs.doc_files() for m in docs.BLOCK.finditer(open(f).read())]
     # the README's results: language modelling, against PyTorch, gradient flow, speech, performance
-    assert {"lm_results", "lm_vs_pytorch", "gradient_flow", "speech_headline", "speech", "layers",
+    assert {"lm_results", "lm_vs_pytorch", "gradient_flow", "lstm_vs_gru", "speech_headline", "speech", "layers",
             "memory_and_compile", "generation"} <= set(blocks), blocks
     assert docs.run(check=True) == {}, "a rendered table differs from its artifacts: run python -m rnnlab.report.docs"
 

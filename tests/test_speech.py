@@ -522,6 +522,9 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path, capsys):
         p = _transcribe([f"--workdir={wd}", "--speaker_prior", *args], capsys)
         assert p.returncode != 0 and "prior matching needs at least 200 decoded labels to count" in p.stderr
         assert "Traceback" not in p.stderr and "usage:" in p.stderr, p.stderr[-3000:]
+    # prior matching reads the held-out speaker's audio: asked for without --adapted it is refused
+    p = _transcribe([f"--workdir={wd}", "--speaker_prior", "--evaluate"], capsys)
+    assert p.returncode != 0 and "that is test-time adaptation; add --adapted" in p.stderr, p.stderr[-3000:]
     # a run whose evaluations use prior matching (as fsdd_vote4_gru's) still transcribes a file or two: for
     # files it is asked for, not inherited
     with open(os.path.join(wd, "config.json")) as f:
