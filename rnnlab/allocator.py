@@ -3,10 +3,8 @@
 XLA:CPU allocates every step's temporaries and outputs afresh: the logits of the
 word LM alone are 700 x 33,278 floats (93 MB) per step. glibc's malloc serves a block
 that large with mmap and gives it back with munmap, so the next step takes a page
-fault for every 4 KB again and the kernel zeroes each page: on a 2-core machine that
-was a third of the `pytorch_example` LM's step (2,900 training tokens/s with glibc's
-defaults, 4,360 with the policy below). ``configure`` asks glibc to keep freed memory
-for reuse instead:
+fault for every 4 KB again and the kernel zeroes each page. ``configure`` asks glibc
+to keep freed memory for reuse instead:
 
   M_ARENA_MAX=1      one heap for all threads, so a block freed by one XLA thread serves the
                      next step's allocation on another (a thread's own arena, 64 MB at most,
