@@ -3,7 +3,7 @@
 defaults: 2x200 LSTM, dropout 0.2, SGD lr 20, clip 0.25, bptt 35, batch 20, lr / 4
 on a validation plateau).
 
-    python benchmarks/lm_vs_pytorch.py                    # 40 epochs each: hours on 2 CPU cores
+    python benchmarks/lm_vs_pytorch.py                    # 40 epochs each (no stored run of it)
     python benchmarks/lm_vs_pytorch.py --epochs 1         # a quick look
     python benchmarks/lm_vs_pytorch.py --skip_torch       # reuse the torch run in --workdir
 

@@ -5,7 +5,8 @@ Run (from the repository root; the same command on the same workdir resumes):
   python -m rnnlab.main --config=experiments/language_modelling.py[:VARIANT] --workdir=DIR
 Keys after the variant or as flags: ':shakespeare_char,cell=gru', --config.optim.lr=1e-3.
 
-Variants (results, curves and run times: docs/lm/README.md):
+Variants (results and curves: docs/lm/README.md; the run times below are the runs'
+train_seconds in docs/lm/VARIANT.result.json):
   default           char-level 1x256 LSTM on the embedded corpus (Python's documentation
                     topics; no download), Adam 3e-3 cosine, 1200 steps of 32x100.
   smoke             a tiny model for seconds, for tests.

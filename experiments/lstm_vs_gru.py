@@ -44,7 +44,7 @@ after delays 5 and 20, 8 symbols: 800 steps of 50; digits pixel by pixel, T=64: 
 epochs). Adam, clipping 1.0, lrs {3e-3, 1e-2}, seeds {0, 1, 2}.
 
 Results, with every number beside its artifact: docs/lstm_vs_gru/ (README.md is the generated
-report; notes.md what it does not say: the zoo's diagnostics and the runs' history).
+report; notes.md what it does not say: the matched widths, the runs' size, the zoo's diagnostics).
 """
 
 from __future__ import annotations
@@ -704,7 +704,7 @@ def zoo_markdown(table: list[dict], run_info: dict) -> list[str]:
     lines += ["", f"Below the baseline on adding T=100: {len(below)} of {len(table)} cells"
               + (f"; not: {', '.join(not_below)}." if not_below else ".")
               + f" LM smoke finished: {len(lm_ok)} of {len(table)}. Why each cell passes or fails (steps, depth, "
-              "width), with the single-trial checks: notes.md#zoo.", ""]
+              "width), with the single-trial checks: [notes.md](notes.md#zoo).", ""]
     return lines
 
 

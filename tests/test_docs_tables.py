@@ -21,7 +21,8 @@ def test_every_rendered_block_equals_its_artifacts():
 
 def _copy(tmp_path):
     root = tmp_path / "repo"
-    for rel in ("README.md", os.path.join("experiments", "speech_recognition.py")):
+    for rel in ("README.md", os.path.join("experiments", "speech_recognition.py"),
+                os.path.join("experiments", "lstm_vs_gru.py")):
         os.makedirs(root / os.path.dirname(rel), exist_ok=True)
         shutil.copy(os.path.join(ROOT, rel), root / rel)
     shutil.copytree(os.path.join(ROOT, "docs"), root / "docs", ignore=shutil.ignore_patterns("*.png", "*.svg"))
@@ -53,3 +54,16 @@ def test_a_changed_artifact_changes_its_table_and_an_unknown_renderer_is_refused
     readme.write_text(readme.read_text() + "\n<!-- rendered: no_such_table -->\n<!-- /rendered -->\n")
     with pytest.raises(KeyError, match="no_such_table --> names no renderer"):
         docs.run(str(root), check=True)
+
+
+def test_the_lstm_vs_gru_page_is_its_report_json_rendered_by_the_study():
+    """docs/lstm_vs_gru/README.md is written whole by the study; it must be what the study's markdown()
+    makes of the committed report.json (no trial folders needed)."""
+    import json
+
+    from experiments import lstm_vs_gru as study
+
+    rep = json.load(open(os.path.join(ROOT, "docs", "lstm_vs_gru", "report.json")))
+    summary = {t: study._summary_from_json(s) for t, s in rep["summary"].items()}
+    want = study.markdown([], summary, rep["figures"], rep["zoo"])
+    assert open(os.path.join(ROOT, "docs", "lstm_vs_gru", "README.md")).read() == want
