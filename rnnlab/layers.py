@@ -147,6 +147,13 @@ class Stack:
         x = xs_TxBxD
         if dropping:
             x = _dropout(key("input"), self.input_dropout, x, (1, batch, x.shape[-1]))
+        if scan.choose_stack(self, params, x, reset_TxB=reset_TxB, dropping=dropping).path == "cudnn":
+            from rnnlab import cudnn
+
+            x, finals = cudnn.apply(self, params, x, lengths_B=lengths_B, carries=carries)
+            if dropping:
+                x = _dropout(key("output"), self.output_dropout, x, (1,) + x.shape[1:])
+            return x, finals
         finals = {}
         for i in range(self.num_layers):
             name = f"layer_{i}"

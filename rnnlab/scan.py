@@ -236,6 +236,47 @@ def choose_path(cell: cells_lib.Cell | str, params: Params, carry0: Carry, xs_Tx
     return Choice("native", f"{fused_why}, as {where} (float32, one device, library built)", chunk)
 
 
+GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+
+
+def choose_stack(stack, params: Params, xs_TxBxD: Array, *, reset_TxB: Array | None = None,
+                 dropping: bool = False, platform: str | None = None) -> Choice:
+    """How ``layers.Stack.apply`` runs a whole stack, and why: 'cudnn' (one
+    ``jax.experimental.rnn.lstm`` call for every layer and direction, ``rnnlab.cudnn``)
+    or 'layers' (each layer and direction through ``run``, which picks its own path
+    with ``choose_path``). ``platform``: the backend to decide for (default
+    ``jax.default_backend()``). Arrays may be abstract: only shapes and dtypes are read.
+    cuDNN takes an LSTM stack on a GPU backend with float32 parameters, inputs and
+    carries, no compute_dtype, no resets inside the sequence, no dropout inside the
+    stack while training (between layers or recurrent), 'concat' merge and no remat;
+    lengths are right-padding and a length of 0 is masked (``rnnlab.cudnn.apply``)."""
+    platform = platform or jax.default_backend()
+    cell = stack.cell
+    blockers = []
+    if platform not in GPU_PLATFORMS:
+        blockers.append(f"platform {platform} (cuDNN runs on a GPU)")
+    if cell.name != "lstm" or cell.spec.precompute is not dense_precompute:
+        blockers.append(f"cell {cell.name} (cuDNN runs the plain LSTM with its dense input projection)")
+    dtypes = {jnp.dtype(a.dtype).name for a in jax.tree.leaves((params, xs_TxBxD))}
+    if dtypes != {"float32"}:
+        blockers.append(f"dtype {'/'.join(sorted(dtypes))} (the cuDNN path is float32)")
+    if stack.compute_dtype is not None:
+        blockers.append(f"compute_dtype={jnp.dtype(stack.compute_dtype).name}")
+    if reset_TxB is not None:
+        blockers.append("resets inside the sequence (reset_TxB)")
+    if dropping and (stack.recurrent_dropout or (stack.dropout and stack.num_layers > 1)):
+        blockers.append("dropout inside the stack while training (recurrent or between layers)")
+    if stack.bidirectional and stack.merge != "concat":
+        blockers.append(f"merge={stack.merge!r} (cuDNN concatenates the directions)")
+    if stack.remat:
+        blockers.append("remat (cuDNN keeps its own workspace)")
+    if blockers:
+        return Choice("layers", "each layer and direction through scan.run: " + "; ".join(blockers))
+    return Choice("cudnn", f"one cuDNN LSTM call for {stack.num_layers} layer(s)"
+                           f"{', both directions' if stack.bidirectional else ''} on {platform} (float32, no "
+                           "resets, no dropout inside the stack): rnnlab.cudnn")
+
+
 def _native_blocker(cell: cells_lib.Cell, fused_store: str, arrays) -> str:
     """Why the fused layer does not run as native code ('' when it does)."""
     native = fused_lib.native_lib
