@@ -27,7 +27,7 @@ def _inputs(stack, t=9, b=4, seed=0):
     return params, xs, carries
 
 
-@pytest.mark.parametrize("layers,bi,d,h", CASES)
+@pytest.mark.parametrize("layers,bi,d,h", CASES[:2])
 def test_flat_weights_are_jax_experimental_rnns_layout(layers, bi, d, h):
     stack = _stack(layers, bi, d, h)
     params, _, _ = _inputs(stack)
