@@ -61,6 +61,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     m.num_layers = 1
     m.recurrent_radius = 0.0  # >0: rescale the recurrent blocks to this spectral radius after init
     m.unroll = 1
+    m.compute_dtype = ""  # 'bfloat16': matmuls and gates in bfloat16 (accelerators); weights, optimizer, carries float32
 
     c.optim = train_config.optim_config()
     c.optim.update(name="adam", lr=3e-3, clip_norm=1.0, schedule="cosine")

@@ -91,6 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.num_layers = 1
     m.recurrent_radius = 0.0  # >0: rescale each recurrent gate block to this spectral radius after init
     m.unroll = 1  # scan unroll factor
+    m.compute_dtype = ""  # 'bfloat16': matmuls and gates in bfloat16 (accelerators); weights, optimizer, carries float32
 
     c.optim = train_config.optim_config()
     c.optim.lr = 1e-2

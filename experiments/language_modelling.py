@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.weight_drop = 0.0  # DropConnect on W_h (AWD-LSTM)
     m.init_scale = 0.0  # >0: every weight U(-s, s) (Zaremba et al. 2014)
     m.unroll = 1  # scan unroll factor
+    m.compute_dtype = ""  # 'bfloat16': matmuls and gates in bfloat16 (accelerators); weights, optimizer, carries float32
     m.remat = False  # recompute activations in the backward pass (long T)
 
     c.optim = train_config.optim_config()

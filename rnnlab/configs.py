@@ -163,3 +163,18 @@ def parse_options(spec: str) -> dict[str, Any]:
         except (ValueError, SyntaxError):
             out[k] = v
     return out
+
+
+COMPUTE_DTYPES = ("", "float32", "bfloat16")
+
+
+def compute_dtype(name: str):
+    """model.compute_dtype: '' or 'float32' -> None (float32 throughout), 'bfloat16' ->
+    jnp.bfloat16 (matmuls and gates in bfloat16; parameters, optimizer state, carries and
+    the loss stay float32)."""
+    import jax.numpy as jnp
+
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"model.compute_dtype={name!r}: expected one of {COMPUTE_DTYPES} "
+                         "('' = float32 compute)")
+    return jnp.bfloat16 if name == "bfloat16" else None

@@ -139,3 +139,28 @@ def test_main_reports_a_bad_value_in_one_line(tmp_path, args, message):
     r = _main(tmp_path, *args)
     assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) <= 2, r.stderr  # absl adds 'Pass --helpshort ...'
+
+
+def test_compute_dtype_switch_reaches_the_lm_and_the_sequence_models():
+    """model.compute_dtype in the LM and synthetic-task configs: the stack computes in bfloat16, the
+    readout comes back float32 (the loss's dtype); '' keeps float32 throughout."""
+    import importlib
+
+    import jax
+    import jax.numpy as jnp
+
+    from rnnlab.models import lm as lm_model
+    from rnnlab.models import seq as seq_model
+
+    lm_exp = importlib.import_module("experiments.language_modelling")
+    gf_exp = importlib.import_module("experiments.gradient_flow")
+    cfg = lm_exp.get_config("smoke,model.compute_dtype=bfloat16")
+    model = lm_model.build(cfg.model, 11)
+    params = model.init(jax.random.key(0))
+    logits, _ = model.apply(params, jnp.zeros((2, 5), jnp.int32), model.initial_carries(2))
+    assert model.stack.compute_dtype == jnp.bfloat16 and logits.dtype == jnp.float32
+    assert lm_model.build(lm_exp.get_config("smoke").model, 11).stack.compute_dtype is None
+    gcfg = gf_exp.get_config("smoke,model.compute_dtype=bfloat16")
+    seq = seq_model.build(gcfg.model, 2, 1, loss="mse", readout="all")
+    ys = seq.apply(seq.init(jax.random.key(0)), jnp.zeros((5, 3, 2), jnp.float32))
+    assert seq.stack.compute_dtype == jnp.bfloat16 and ys.dtype == jnp.float32

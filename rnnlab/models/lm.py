@@ -108,11 +108,19 @@ class LM:
         return x_TxBxD * keep.astype(x_TxBxD.dtype) / (1 - rate)
 
     def logits(self, params: Params, ys_BxTxO: Array) -> Array:
+        """float32 logits; with the stack's compute_dtype (bfloat16) the projections are
+        computed in it from the float32 weights."""
+        cd = self.stack.compute_dtype
+        w = (lambda a: a) if cd is None else (lambda a: a.astype(cd))  # noqa: E731
+        if cd is not None:
+            ys_BxTxO = ys_BxTxO.astype(cd)
         if self.tie:
             if self.needs_projection:
-                ys_BxTxO = ys_BxTxO @ params["proj_OxE"]
-            return ys_BxTxO @ params["embed_VxE"].T + params["out_b_V"]
-        return ys_BxTxO @ params["out_w_OxV"] + params["out_b_V"]
+                ys_BxTxO = ys_BxTxO @ w(params["proj_OxE"])
+            out = ys_BxTxO @ w(params["embed_VxE"]).T
+        else:
+            out = ys_BxTxO @ w(params["out_w_OxV"])
+        return (out if cd is None else out.astype(jnp.float32)) + params["out_b_V"]
 
 
 def _weight_drop(stack_params: Params, rate: float, key: Array) -> Params:
@@ -135,6 +143,7 @@ def build(model_cfg: Any, vocab_size: int) -> LM:
         cell, model_cfg.d_embed, model_cfg.d_hidden, num_layers=model_cfg.num_layers,
         dropout=model_cfg.dropout, dropout_kind=model_cfg.dropout_kind,
         recurrent_dropout=model_cfg.recurrent_dropout, unroll=model_cfg.unroll, remat=model_cfg.remat,
+        compute_dtype=configs.compute_dtype(model_cfg.get("compute_dtype", "")),
     )
     return LM(
         vocab_size, model_cfg.d_embed, stack, tie=model_cfg.tie, input_dropout=model_cfg.input_dropout,

@@ -96,7 +96,8 @@ class SeqModel:
         hs_TxBxH, _ = self.stack.apply(params["stack"], xs_TxBxD)
         if self.readout == "last":
             hs_TxBxH = hs_TxBxH[-1:]
-        return hs_TxBxH @ params["out_w_HxO"].astype(hs_TxBxH.dtype) + params["out_b_O"]
+        ys = hs_TxBxH @ params["out_w_HxO"].astype(hs_TxBxH.dtype)
+        return (ys if self.stack.compute_dtype is None else ys.astype(jnp.float32)) + params["out_b_O"]
 
     def per_step_loss(self, ys_TxBxO: Array, targets_TxB: Array) -> Array:
         if self.loss == "mse":
@@ -123,5 +124,6 @@ class SeqModel:
 def build(model_cfg: Any, d_in: int, d_out: int, *, loss: str, readout: str) -> SeqModel:
     """A SeqModel from a config's ``model`` section (see experiments/gradient_flow.py)."""
     cell = cells_lib.get(model_cfg.cell, **configs.parse_options(model_cfg.cell_options))
-    stack = Stack(cell, d_in, model_cfg.d_hidden, num_layers=model_cfg.num_layers, unroll=model_cfg.unroll)
+    stack = Stack(cell, d_in, model_cfg.d_hidden, num_layers=model_cfg.num_layers, unroll=model_cfg.unroll,
+                  compute_dtype=configs.compute_dtype(model_cfg.get("compute_dtype", "")))
     return SeqModel(stack, d_out, loss=loss, readout=readout, recurrent_radius=model_cfg.recurrent_radius)
