@@ -145,3 +145,23 @@ def test_schedules_equal_their_closed_forms():
     assert seen == [True, True, False, True, False] and p.lr(99) == 20.0 / 4 / 4
     with pytest.raises(ValueError, match="optim.schedule must be one of"):
         Schedule(_optim(schedule="linear"), 10)
+
+
+def test_a_workdir_from_before_an_added_key_resumes_at_the_keys_old_value(tmp_path):
+    """config.ADDED_KEYS: a run's config.json written before model.compute_dtype existed is the same
+    computation as '' (float32), so it resumes; another value is a conflict, named."""
+    import json
+    import os
+
+    from experiments import language_modelling
+    from rnnlab.train import config as config_lib
+
+    wd = tmp_path / "old"
+    os.makedirs(wd / "checkpoints" / "10")
+    old = json.loads(language_modelling.get_config("smoke").to_json())
+    del old["model"]["compute_dtype"]
+    json.dump(old, open(wd / "config.json", "w"))
+    assert config_lib.resume_conflicts(language_modelling.get_config("smoke"), str(wd)) == []
+    assert config_lib.resume_conflicts(language_modelling.get_config("smoke,model.compute_dtype=bfloat16"),
+                                       str(wd)) == ["model.compute_dtype: '' -> 'bfloat16'"]
+    assert config_lib.resume_conflicts(language_modelling.get_config("smoke,model.d_hidden=7"), str(wd))

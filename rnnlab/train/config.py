@@ -62,6 +62,10 @@ RESUMABLE_CHANGES = ("trainer", "train.num_epochs", "train.num_steps", "train.lo
                      "train.checkpoint_every", "train.data_parallel", "train.member_threads", "train.tensorboard",
                      "train.async_checkpoint", "generate.", "data.cache_dir", "eval.speaker_prior")
 
+# Keys added to the configs after runs were made, with the value that computes what those runs
+# computed: a workdir whose config.json predates a key resumes when the key keeps that value.
+ADDED_KEYS = {"model.compute_dtype": ""}
+
 
 def flat(d: dict, prefix: str = "") -> dict:
     """A nested config dict as {'section.key': value}."""
@@ -90,6 +94,9 @@ def resume_conflicts(config: ml_collections.ConfigDict, workdir: str) -> list[st
     with open(path) as f:
         a = flat(json.load(f))
     b = flat(json.loads(config.to_json()))
+    for k, v in ADDED_KEYS.items():
+        if k in b and k not in a:
+            a[k] = v
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)
             and not any(k == p or (p.endswith(".") and k.startswith(p)) for p in RESUMABLE_CHANGES)]
 
