@@ -195,16 +195,17 @@ def make_rnnlab(cell: str, stack, params, x, r, mode: str, variant: str = "rnnla
                           x, fused=False)[1]
         return jnp.sum(ys * r)
 
-    saved = os.environ.get("RNNLAB_NATIVE")
-    if variant == "rnnlab_xla":  # read when the layer is traced, i.e. inside _compile_jax
-        os.environ["RNNLAB_NATIVE"] = "0"
+    saved = {k: os.environ.get(k) for k in ("RNNLAB_NATIVE", "RNNLAB_CUDNN")}
+    if variant == "rnnlab_xla":  # the XLA fused layer: read when the layer is traced, i.e. inside _compile_jax
+        os.environ.update(RNNLAB_NATIVE="0", RNNLAB_CUDNN="0")
     try:
         return _compile_jax(variant, loss_fn, (params, x, r), mode)
     finally:
-        if saved is None:
-            os.environ.pop("RNNLAB_NATIVE", None)
-        else:
-            os.environ["RNNLAB_NATIVE"] = saved
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def make_flax(cell: str, layer_params, x, r, d_h: int, mode: str) -> Impl:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any
 
 import jax
@@ -249,7 +250,8 @@ def choose_stack(stack, params: Params, xs_TxBxD: Array, *, reset_TxB: Array | N
     cuDNN takes an LSTM stack on a GPU backend with float32 parameters, inputs and
     carries, no compute_dtype, no resets inside the sequence, no dropout inside the
     stack while training (between layers or recurrent), 'concat' merge and no remat;
-    lengths are right-padding and a length of 0 is masked (``rnnlab.cudnn.apply``)."""
+    lengths are right-padding and a length of 0 is masked (``rnnlab.cudnn.apply``).
+    ``RNNLAB_CUDNN=0`` (environment) switches the cuDNN path off."""
     platform = platform or jax.default_backend()
     cell = stack.cell
     blockers = []
@@ -270,6 +272,8 @@ def choose_stack(stack, params: Params, xs_TxBxD: Array, *, reset_TxB: Array | N
         blockers.append(f"merge={stack.merge!r} (cuDNN concatenates the directions)")
     if stack.remat:
         blockers.append("remat (cuDNN keeps its own workspace)")
+    if os.environ.get("RNNLAB_CUDNN", "1") == "0":
+        blockers.append("RNNLAB_CUDNN=0 (environment)")
     if blockers:
         return Choice("layers", "each layer and direction through scan.run: " + "; ".join(blockers))
     return Choice("cudnn", f"one cuDNN LSTM call for {stack.num_layers} layer(s)"

@@ -80,3 +80,23 @@ def test_generation_benchmark_quick(tmp_path):
     for r in rows:
         assert r["rnnlab_tokens_per_s"] > 0 and r["torch_tokens_per_s"] > 0
         assert len(r["times_s"]["rnnlab"]) == len(r["times_s"]["torch"]) == 1
+
+
+@pytest.mark.slow
+def test_accelerator_benchmark_smoke(tmp_path, capsys):
+    """benchmarks/accelerator.py --smoke on this CPU: every section runs and is written, ratios are
+    timings of computations checked equal (float32 layers: layers.py's agreement check)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import accelerator
+
+    assert accelerator.main(["--smoke", "--out", str(tmp_path)]) == 0
+    rep = json.loads((tmp_path / "accelerator.json").read_text())
+    assert rep["smoke"] and rep["device"]["platform"] == "cpu"
+    kinds = {(s["dtype"], s["cell"]) for s in rep["layer_summaries"]}
+    assert kinds == {("float32", "lstm"), ("float32", "gru"), ("bfloat16", "lstm")}
+    assert {"torch", "flax", "rnnlab_xla"} <= set(rep["layer_peers"])
+    assert all(s["rnnlab_speed_ratio_vs_torch"] > 0 for s in rep["layer_summaries"])
+    assert {r["cell"] for r in rep["scans"]} == {"mingru", "lru", "rglru"} and rep["copy_gb_s"] > 0
+    assert all(r["bytes_moved"] == 2 * r["T"] * r["B"] * r["H"] * 4 for r in rep["scans"])
+    assert rep["lm"]["rnnlab_tokens_per_s"] > 0 and rep["lm"]["torch_tokens_per_s"] > 0
+    assert "## pytorch_example LM training step" in (tmp_path / "accelerator.md").read_text()

@@ -129,6 +129,12 @@ def test_the_stack_chooser_decides_each_case_with_its_reason():
         (Stack(cells.get("lstm", forget_bias=0.0), 6, 4), None, {"platform": "gpu"}, "cudnn",
          "one cuDNN LSTM call"),  # any forget bias: it lives in the bias
     ]
+    import os
+    os.environ["RNNLAB_CUDNN"] = "0"
+    try:
+        assert "RNNLAB_CUDNN=0 (environment)" in scan.choose_stack(lstm, p32, x32, platform="gpu").reason
+    finally:
+        del os.environ["RNNLAB_CUDNN"]
     for stack, params, kw, path, words in table:
         params = params if params is not None else jax.eval_shape(stack.init, jax.random.key(0))
         choice = scan.choose_stack(stack, params, x32, **kw)
