@@ -463,9 +463,11 @@ def speech(root: str) -> str:
     cpu = sum(r["cpu_minutes"] for r in rows)
     dates = sorted(_date(root, f"docs/speech/runs/{r['trial']}/metrics.jsonl") for r in rows)
     when = (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}") if dates else "no runs yet"
+    loads = [r["load_average"] for r in rows if r.get("load_average") is not None]
+    load = f", mean 1-minute load {sum(loads) / len(loads):.1f} (two runs side by side)" if loads else ""
     return (_speech_module(root).render_table(rep) + f"\n\nRendered from `{rel}` (the per-run files under "
-            f"`docs/speech/runs/`; {len(rows)} runs, {cpu:.0f} CPU-minutes of training in all, 2-core machine, "
-            f"{when}).")
+            f"`docs/speech/runs/`; {len(rows)} runs, {cpu:.0f} CPU-minutes of training in all, 2-core machine"
+            f"{load}, {when}).")
 
 
 def speech_headline(root: str) -> str:

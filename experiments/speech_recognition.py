@@ -259,6 +259,7 @@ def report(out_dir: str) -> dict:
         row = {"trial": trial, "held_out": r["held_out"], "seed": c["seed"], "steps": r["step"],
                "train_minutes": r["train_seconds"] / 60, "cpu_minutes": r["cpu_seconds"] / 60,
                "utterances": r["eval_utterances"], "eval_seed": c["eval"]["seed"],
+               "load_average": r.get("load_average_1min_mean"),
                "speaker_prior": bool(r.get("eval_adapted_speaker_prior"))}
         for col, prefix in COLUMNS:
             for k in ("wer", "cer", "string_accuracy"):
