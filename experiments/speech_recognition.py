@@ -12,7 +12,7 @@ prior matching, all from the speaker's takes 0-24). Results, with the per-run fi
 they come from: docs/speech/README.md.
 
 The study (10 trials: 5 held-out speakers x seeds 0, 1; finished trials are reused, interrupted ones
-resume; each finished trial's result/config/metrics copied to docs/speech/runs/<trial>/, then the tables):
+resume; each finished trial's result/config/metrics/log copied to docs/speech/runs/<trial>/, then the tables):
   XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
   python experiments/speech_recognition.py --run --root=runs/speech_si --out=docs/speech --parallel=2
 One trial (from the repository root; the same command resumes it):
@@ -211,11 +211,11 @@ def run_study(root: str, variant: str = "fsdd_si", parallel: int = 1, out_dir: s
     return results
 
 
-RUN_FILES = ("result.json", "config.json", "metrics.jsonl")
+RUN_FILES = ("result.json", "config.json", "metrics.jsonl", "train.log")
 
 
 def collect(root: str, out_dir: str) -> list[str]:
-    """Copy each finished trial's result.json, config.json and metrics.jsonl from
+    """Copy each finished trial's result.json, config.json, metrics.jsonl and train.log from
     root/<trial>/ to out_dir/runs/<trial>/ (the committed artifacts ``report`` reads).
     Returns the trials copied."""
     import shutil
