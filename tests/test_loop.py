@@ -165,3 +165,26 @@ def test_a_workdir_from_before_an_added_key_resumes_at_the_keys_old_value(tmp_pa
     assert config_lib.resume_conflicts(language_modelling.get_config("smoke,model.compute_dtype=bfloat16"),
                                        str(wd)) == ["model.compute_dtype: '' -> 'bfloat16'"]
     assert config_lib.resume_conflicts(language_modelling.get_config("smoke,model.d_hidden=7"), str(wd))
+
+
+def test_a_fresh_and_a_resumed_runs_train_step_are_one_program(tmp_path):
+    """The step-0 state is committed to the device as restored checkpoints are, so a resumed run's
+    train step lowers to the program a fresh run compiled (one compile, one persistent-cache entry;
+    before, Orbax's committed arrays added sharding annotations and a second compile)."""
+    import jax
+
+    from rnnlab.train import checkpoint as ckpt_lib
+    from rnnlab.train import loop
+
+    config = _seq()
+    task = sequence.make_task(config, str(tmp_path))
+    fresh = loop._place(None, task)
+    assert all(a.committed for a in jax.tree.leaves(fresh))
+    ck = ckpt_lib.Checkpointer(str(tmp_path / "ck"), async_save=False)
+    ck.save(3, fresh, {"schedule": {}})
+    ck.wait()
+    _, restored, _ = ck.restore_latest(fresh)
+    ck.close()
+    step = jax.jit(task.train_step)
+    batch = task.batch(0)
+    assert step.lower(restored, batch, 0.01).as_text() == step.lower(fresh, batch, 0.01).as_text()

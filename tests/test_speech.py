@@ -552,8 +552,7 @@ def test_an_ensemble_run_trains_and_transcribes(tmp_path, capsys):
     assert [m["wer"] for m in prior["members"]] == [m["wer"] for m in alone]  # the row of each member = its own fit
     assert prior == {**recipe.evaluate(model, params, config, data, floors=(), bias_ExV=bias, adapted=True),
                      "members": prior["members"], "subsets": prior["subsets"], "subsets_mean": prior["subsets_mean"]}
-    assert "speaker_prior" not in inductive and inductive == {
-        **recipe.evaluate(model, params, config, data, floors=()), "members": inductive["members"]}
+    assert "speaker_prior" not in inductive and "speaker_prior" not in inductive["members"][0]
     with pytest.raises(ValueError, match="a prior bias is test-time adaptation"):
         recipe.evaluate(model, params, config, data, floors=(), bias_ExV=bias)
     np.testing.assert_array_equal(bias, adapt_fit)
@@ -657,6 +656,8 @@ def test_member_threads_train_each_member_as_the_whole_program_does(groups, monk
     for a, b in zip(m_split, m_whole, strict=True):
         assert set(a) == set(b)
         jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5), a, b)
+    if groups != 2:
+        return  # below: the members' own draws, whatever the grouping (checked once)
     # the members' own draws matter here: members 2 and 3 trained as if they were 0 and 1 end elsewhere
 
     def last_two(ids):

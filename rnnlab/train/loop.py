@@ -374,5 +374,7 @@ def _place(mesh, task: Task) -> dict:
     """The task's step-0 state on the mesh: entries of ``sharded_state`` split on
     axis 0, the rest replicated; every buffer owned (train steps donate them)."""
     state = jax.tree.map(lambda a: jax.numpy.array(a), task.state)
+    if mesh is None:  # committed to the device, as restored checkpoints are: a fresh run's step and a resumed
+        return jax.device_put(state, jax.devices()[0])  # run's lower to one program (one compile, one cache entry)
     sharded = {k: parallel.shard_batch(mesh, state.pop(k), 0) for k in task.sharded_state}
     return {**parallel.replicate(mesh, state), **sharded}
