@@ -198,7 +198,7 @@ def gradient_flow(root: str) -> str:
     return "\n".join([
         f"{len(runs)} trials (grid `{r['study']['grid']}`: tanh RNN at several spectral radii, IRNN, LSTM with "
         f"forget bias 0 and 1 and chrono initialisation, GRU; adding task at T = 100, 200, 400; with and without "
-        f"clipping), {sum(x['seconds'] for x in runs) / 60:.1f} minutes of training one after the other on 2 cores, "
+        f"clipping), {sum(x['seconds'] for x in runs) / 60:.1f} minutes of trial processes one after the other on 2 cores, "
         f"then {r['report_seconds'] / 60:.1f} minutes of report, regenerated from the trials' Orbax snapshots.",
         "",
         f"- At initialisation the tanh RNN's gradient decays exponentially at {dec['fitted_rate']:.3f} per step, "

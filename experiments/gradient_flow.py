@@ -721,10 +721,15 @@ def markdown(rep: dict) -> str:
              "snapshots (probes recomputed here); every number below and behind every figure is in "
              "`report.json` (curves also in `curves.csv`, `eval.csv`, `summary.csv`).", ""]
     study = rep.get("study")
+    if study and "runs" in study:  # a report of the older form: each run's process seconds, no train_seconds
+        study = {"trials": len(study["runs"]), "wall_seconds": sum(r["seconds"] for r in study["runs"]),
+                 "not_finished": {n: t["status"] for n, t in trials_.items() if t["status"] != "finished"}}
     if study:
         bad = study["not_finished"]
-        lines += [f"{study['trials']} trials, {study['train_seconds'] / 60:.1f} min of training (result.json's "
-                  f"train_seconds), report {rep.get('report_seconds', 0) / 60:.1f} min."
+        took = (f"{study['train_seconds'] / 60:.1f} min of training (result.json's train_seconds)"
+                if "train_seconds" in study else f"{study['wall_seconds'] / 60:.1f} min of trial processes, "
+                "one after the other")
+        lines += [f"{study['trials']} trials, {took}, report {rep.get('report_seconds', 0) / 60:.1f} min."
                   + (" Not finished (status.json): " + ", ".join(f"{n} ({st})" for n, st in bad.items()) + "."
                      if bad else ""), ""]
     lines += ["## Claims", ""]

@@ -67,3 +67,20 @@ def test_the_lstm_vs_gru_page_is_its_report_json_rendered_by_the_study():
     summary = {t: study._summary_from_json(s) for t, s in rep["summary"].items()}
     want = study.markdown([], summary, rep["figures"], rep["zoo"])
     assert open(os.path.join(ROOT, "docs", "lstm_vs_gru", "README.md")).read() == want
+
+
+def test_the_generated_gradient_flow_and_zoo_pages_are_their_json_rendered():
+    """docs/gradient_flow/README.md (experiments/gradient_flow.py's markdown) and docs/zoo/README.md
+    (benchmarks/zoo_adding.py's readme) are written whole from report.json / adding_T100.json."""
+    import json
+    import sys
+
+    from experiments import gradient_flow
+
+    rep = json.load(open(os.path.join(ROOT, "docs", "gradient_flow", "report.json")))
+    assert open(os.path.join(ROOT, "docs", "gradient_flow", "README.md")).read() == gradient_flow.markdown(rep)
+    sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    import zoo_adding
+
+    z = json.load(open(os.path.join(ROOT, "docs", "zoo", "adding_T100.json")))
+    assert open(os.path.join(ROOT, "docs", "zoo", "README.md")).read() == zoo_adding.readme(z["rows"], z["meta"])
