@@ -76,9 +76,8 @@ def _bf16_impls(cell: str, shape, mode: str, gpu: bool, seed: int) -> list:
     """rnnlab with compute_dtype=bfloat16 and torch under bfloat16 autocast, same weights and inputs."""
     import jax
     import jax.numpy as jnp
-    import torch
 
-    from rnnlab import Stack, convert
+    from rnnlab import Stack
 
     b, t, d, h = shape
     rng = np.random.default_rng(seed)
@@ -86,35 +85,8 @@ def _bf16_impls(cell: str, shape, mode: str, gpu: bool, seed: int) -> list:
     r_np = rng.standard_normal((t, b, h), dtype=np.float32)
     stack = Stack(cell, d, h, compute_dtype=jnp.bfloat16)
     params = stack.init(jax.random.key(seed))
-    x, r = jnp.asarray(x_np), jnp.asarray(r_np)
-
-    def loss_fn(params, x, r):
-        return jnp.sum(stack.apply(params, x)[0].astype(jnp.float32) * r)
-
-    out = [layers_bench._compile_jax("rnnlab", loss_fn, (params, x, r), mode)]
-    device = "cuda" if gpu else "cpu"
-    module = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(d, h)
-    module.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in
-                            convert.to_torch(params, cell).items()})
-    module.to(device)
-    weights = list(module.parameters())
-    xt = torch.from_numpy(x_np).to(device).requires_grad_(mode == "fwdbwd")
-    rt = torch.from_numpy(r_np).to(device)
-    sync = torch.cuda.synchronize if gpu else (lambda: None)
-
-    def run():
-        with torch.autocast(device_type=device, dtype=torch.bfloat16):
-            if mode == "fwd":
-                with torch.no_grad():
-                    loss = (module(xt)[0].float() * rt).sum()
-                sync()
-                return loss
-            loss = (module(xt)[0].float() * rt).sum()
-        torch.autograd.grad(loss, [xt, *weights])
-        sync()
-        return loss
-
-    out.append(layers_bench.Impl("torch", run, lambda: (float(run().detach().cpu()), None)))
+    out = [layers_bench.make_rnnlab(cell, stack, params, jnp.asarray(x_np), jnp.asarray(r_np), mode),
+           layers_bench.make_torch(cell, params, x_np, r_np, d, h, mode, "cuda" if gpu else "cpu", bfloat16=True)]
     for impl in out:
         impl.call()
     return out
@@ -307,7 +279,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     import jax
 
-    gpu = jax.default_backend() in ("gpu", "cuda")
+    from rnnlab import scan
+
+    gpu = jax.default_backend() in scan.GPU_PLATFORMS
     repeats = a.repeats or (2 if a.smoke else 5)
     t_start = time.time()
     rep = {"smoke": a.smoke, "device": device_info(), "environment": layers_bench.environment()}

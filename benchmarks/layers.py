@@ -329,7 +329,11 @@ def peak_rss_growth(call: Callable[[], Any]) -> int | None:
     return max(peak[0], _rss_bytes()) - base
 
 
-def make_torch(cell: str, params, x_np, r_np, d_in: int, d_h: int, mode: str, device: str = "cpu") -> Impl:
+def make_torch(cell: str, params, x_np, r_np, d_in: int, d_h: int, mode: str, device: str = "cpu",
+               bfloat16: bool = False) -> Impl:
+    """torch.nn.LSTM/GRU with rnnlab's weights; ``bfloat16``: under torch.autocast(bfloat16)."""
+    import contextlib
+
     import torch
 
     from rnnlab import convert
@@ -343,14 +347,17 @@ def make_torch(cell: str, params, x_np, r_np, d_in: int, d_h: int, mode: str, de
     r = torch.from_numpy(r_np.copy()).to(device)
     sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
 
+    def forward():
+        with torch.autocast(device_type=device, dtype=torch.bfloat16) if bfloat16 else contextlib.nullcontext():
+            return (module(x)[0].float() * r).sum()
+
     def run():
         if mode == "fwd":
             with torch.no_grad():
-                loss = (module(x)[0] * r).sum()
+                loss = forward()
             sync()
             return loss, None
-        ys, _ = module(x)
-        loss = (ys * r).sum()
+        loss = forward()
         grads = torch.autograd.grad(loss, [x, *weights])
         sync()
         return loss, grads

@@ -446,14 +446,6 @@ def parallel_scan(root: str) -> str:
 # ----------------------------------------------------------------------------- speech
 
 
-def _speech_module(root: str):
-    spec = importlib.util.spec_from_file_location("_speech_recognition",
-                                                  os.path.join(root, "experiments", "speech_recognition.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def speech(root: str) -> str:
     """The speaker-independent speech study from docs/speech/report.json (written by
     ``experiments/speech_recognition.py`` from docs/speech/runs/*/result.json)."""
@@ -465,7 +457,7 @@ def speech(root: str) -> str:
     when = (dates[0] if dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}") if dates else "no runs yet"
     loads = [r["load_average"] for r in rows if r.get("load_average") is not None]
     load = f", mean 1-minute load {sum(loads) / len(loads):.1f} (two runs side by side)" if loads else ""
-    return (_speech_module(root).render_table(rep) + f"\n\nRendered from `{rel}` (the per-run files under "
+    return (_module(root, "experiments/speech_recognition.py", "_speech_recognition").render_table(rep) + f"\n\nRendered from `{rel}` (the per-run files under "
             f"`docs/speech/runs/`; {len(rows)} runs, {cpu:.0f} CPU-minutes of training in all, 2-core machine"
             f"{load}, {when}).")
 
