@@ -43,8 +43,8 @@ def check(config: ml_collections.ConfigDict) -> int:
     Returns the member thread count."""
     recipe.eval_floors(config), speech_task.eval_seed(config), recipe.speaker_prior(config)
     groups = recipe.check_member_threads(config)
-    adapt = audio.split_adaptation(speech_task.split_clips(config)[1])[0] if recipe.speaker_prior(config) else []
-    if recipe.speaker_prior(config) and len(adapt) < recipe.PRIOR_MIN_LABELS:
+    adapt = audio.split_adaptation(speech_task.split_clips(config)[1])[0] if recipe.speaker_prior(config) else None
+    if adapt is not None and len(adapt) < recipe.PRIOR_MIN_LABELS:
         raise ValueError(f"eval.speaker_prior=True counts the digits heard in the held-out adaptation takes, and "
                          f"{config.data.test_speakers} has {len(adapt)}: too few for counts that mean "
                          f"something (at least {recipe.PRIOR_MIN_LABELS}); hold out a speaker with more clips, or "

@@ -181,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "members, then their mean (what the ensemble's size buys, on the same networks)")
     p.add_argument("--speaker_prior", action=argparse.BooleanOptionalAction, default=None,
                    help="prior matching: per member, output biases under which it hears every digit equally often "
-                        "in the speaker's unlabelled speech; with --evaluate fitted on the held-out clips (default: "
+                        "in the speaker's unlabelled speech; with --evaluate --adapted fitted on the held-out adaptation takes (default: "
                         "the run's eval.speaker_prior), with files on the given files as one speaker (several "
                         "hundred digits at least; default: off)")
     p.add_argument("--adapted", action="store_true",

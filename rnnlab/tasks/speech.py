@@ -95,22 +95,34 @@ def split_clips(config: ml_collections.ConfigDict) -> tuple[list[audio.Clip], li
     return audio.split_by_speaker(clips, [s.strip() for s in d.test_speakers.split(",")])
 
 
-def _normalised(bank: audio.FeatureBank, d: ml_collections.ConfigDict, source: audio.FeatureBank,
-                what: str) -> audio.FeatureBank:
-    """``bank`` rate- and speaker-normalised (data.rate_norm, data.speaker_norm) with the
-    statistics of ``source`` (the same speakers' clips: ``bank`` itself, or a held-out
-    speaker's adaptation takes)."""
+class _Statistics(NamedTuple):
+    """One group of speakers' normalisation, from their own unlabelled clips: median
+    spoken spans (None: data.rate_norm off) and per-speaker log-mel statistics of the
+    rate-normalised clips."""
+    rates: dict | None
+    stats: dict
+
+
+def _statistics(source: audio.FeatureBank, d: ml_collections.ConfigDict, what: str
+                ) -> tuple[_Statistics, audio.FeatureBank]:
+    """The statistics of ``source`` and ``source`` normalised with them."""
+    rates = None
     if d.rate_norm > 0:  # per speaker, from its unlabelled clips
         rates = audio.speaker_rates(source)
         spans = ", ".join(f"{s} {v:g}" for s, v in rates.items())
         print(f"speaking-rate normalisation ({what}): median spoken span per speaker ({spans}) frames -> "
               f"{d.rate_norm:g}", flush=True)
-        own = source is bank
-        bank = audio.normalise_rate(bank, d.rate_norm, rates)
-        source = bank if own else audio.normalise_rate(source, d.rate_norm, rates)
-    if d.speaker_norm == "none":
-        return bank
-    return audio.normalise_speakers(bank, d.speaker_norm, audio.speaker_stats(source))
+        source = audio.normalise_rate(source, d.rate_norm, rates)
+    stats = _Statistics(rates, audio.speaker_stats(source) if d.speaker_norm != "none" else {})
+    return stats, audio.normalise_speakers(source, d.speaker_norm, stats.stats)
+
+
+def _apply(bank: audio.FeatureBank, d: ml_collections.ConfigDict, st: _Statistics) -> audio.FeatureBank:
+    """``bank`` rate- and speaker-normalised with another bank's ``_statistics`` (the
+    same speakers: a held-out speaker's adaptation takes)."""
+    if st.rates is not None:
+        bank = audio.normalise_rate(bank, d.rate_norm, st.rates)
+    return audio.normalise_speakers(bank, d.speaker_norm, st.stats)
 
 
 def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
@@ -127,9 +139,10 @@ def load_data(config: ml_collections.ConfigDict, workdir: str) -> SpeechData:
                              trim_db=d.trim_db)
     n, k = len(train), len(adapt)
     tr, ad, te = bank.subset(range(n)), bank.subset(range(n, n + k)), bank.subset(range(n + k, len(bank.clips)))
-    return SpeechData(_normalised(tr, d, tr, "training speakers"), te, audio.noise_template(spec), audio.DIGITS,
-                      connected_spec(d), adapt=_normalised(ad, d, ad, "held-out adaptation takes"),
-                      adapted_test=_normalised(te, d, ad, "held-out test takes, from the adaptation takes"))
+    _, train_bank = _statistics(tr, d, "training speakers")
+    adapt_stats, adapt_bank = _statistics(ad, d, "held-out adaptation takes")
+    return SpeechData(train_bank, te, audio.noise_template(spec), audio.DIGITS, connected_spec(d),
+                      adapt=adapt_bank, adapted_test=_apply(te, d, adapt_stats))
 
 
 def adapted(data: SpeechData) -> SpeechData:
