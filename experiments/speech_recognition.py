@@ -282,9 +282,10 @@ def report(out_dir: str) -> dict:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(rep, f, indent=1)
+    table = render_table(rep)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
-        f.write(render_table(rep) + "\n")
-    print(render_table(rep), flush=True)
+        f.write(table + "\n")
+    print(table, flush=True)
     return rep
 
 
