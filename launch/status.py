@@ -118,7 +118,11 @@ def split_todo(trials: list[Trial]) -> list[Trial]:
     return todo
 
 
-def table(trials: list[Trial], metric: str | None = None, slurm: bool = True) -> list[dict]:
+def table(trials: list[Trial], metric: str | None = None, slurm: bool | None = None) -> list[dict]:
+    """One status row per trial. squeue is asked (``slurm=None``) only when a trial holds a
+    SLURM job id in its launch record: a local sweep never waits on a controller that is down."""
+    if slurm is None:
+        slurm = any(read_status(t.workdir).get("job_id") for t in trials)
     queue = squeue_states() if slurm else None
     return [trial_status(t, queue, metric) for t in trials]
 

@@ -102,7 +102,8 @@ SCRIPT = textwrap.dedent(r'''
 
 
 def _run_on_4_devices(tmp_path) -> dict:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=4"  # keeps conftest's level
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu",
            "PYTHONPATH": ROOT}
     proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -217,7 +218,8 @@ def test_multihost_through_slurm_environment_equals_one_device(tmp_path):
     base.update(JAX_PLATFORMS="cpu", PYTHONPATH=ROOT, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
     procs, logs = [], []
     for rank in (0, 1):
-        env = {**base, "XLA_FLAGS": "--xla_force_host_platform_device_count=2", "SLURM_JOB_ID": job_id,
+        flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2"
+        env = {**base, "XLA_FLAGS": flags, "SLURM_JOB_ID": job_id,
                "SLURM_STEP_NODELIST": "localhost", "SLURM_NTASKS": "2", "SLURM_PROCID": str(rank),
                "SLURM_LOCALID": str(rank)}
         logs.append(log := open(tmp_path / f"rank{rank}.log", "w"))  # a file, not a pipe: a full pipe stalls a rank

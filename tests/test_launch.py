@@ -28,7 +28,7 @@ def test_local_sweep_interrupt_resume_failure_and_report(tmp_path):
     stopped_at = checks.wait_mid_run(wd)
     os.kill(status.read_status(wd)["pid"], signal.SIGKILL)  # no chance to save anything more
     assert first.wait(timeout=300) == 1, open(tmp_path / "first.log").read()
-    rows = {r["name"]: r for r in status.table(trials.expand(checks.EXPERIMENT, root), slurm=False)}
+    rows = {r["name"]: r for r in status.table(trials.expand(checks.EXPERIMENT, root))}
     assert rows["lstm_seed0"]["state"] == "interrupted"
     assert rows["lstm_seed1"]["state"] == rows["lstm_seed2"]["state"] == "finished"
 
@@ -159,3 +159,20 @@ def test_status_reads_each_runs_status_json(tmp_path):
     open(os.path.join(ts[1].workdir, "metrics.jsonl"), "w").write('{"kind": "train", "step": 3, "loss": 1.0}\n')
     rows = {r["name"]: r for r in status.table(ts, slurm=False)}
     assert rows["lstm_seed0"]["state"] == "finished" and rows["lstm_seed1"]["state"] == "unknown"
+
+
+def test_status_asks_squeue_only_when_a_trial_was_submitted_to_slurm(tmp_path, monkeypatch):
+    """A local sweep's table never calls squeue (a down controller made `launch run` hang 30 s);
+    a trial with a SLURM job id does, and the queue decides its state."""
+    calls = tmp_path / "squeue_calls"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "squeue"
+    fake.write_text(f"#!/bin/sh\necho called >> {calls}\necho '77 RUNNING'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    ts = trials.expand(checks.EXPERIMENT, str(tmp_path / "root"))
+    assert [r["state"] for r in status.table(ts)] == ["pending"] * 4 and not calls.exists()
+    os.makedirs(ts[0].workdir)
+    json.dump({"state": "queued", "job_id": "77"}, open(os.path.join(ts[0].workdir, trials.STATUS_FILE), "w"))
+    assert status.table(ts)[0]["state"] == "running" and calls.read_text() == "called\n"
