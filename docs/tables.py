@@ -476,6 +476,73 @@ def speech_headline(root: str) -> str:
             f"\n| with test-time adaptation | {one(s['adapted'])} |\n\nRendered from `{rel}`.")
 
 
+# ----------------------------------------------------------------------------- gradient-flow gallery
+
+GALLERY = "docs/gradient_flow/gallery"
+
+
+def _cell(text: str) -> str:
+    """Text for a markdown table cell: its pipes (||grad L||) escaped."""
+    return text.replace("|", "\\|")
+
+
+def _g(v) -> str:
+    if isinstance(v, str):
+        return v
+    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:.2e}"
+
+
+def gallery_figure(name: str):
+    """One figure's block of docs/gradient_flow/gallery/README.md: the picture, its command and
+    time, and each check (the claim as a number) from NAME/NAME.json."""
+
+    def render(root: str) -> str:
+        rel = f"{GALLERY}/{name}/{name}.json"
+        r = _json(root, rel)
+        lines = [f"![{name}]({name}/{name}.png)", "",
+                 f"`{r['command']}`: {_minutes(r['wall_seconds'])} wall, {_minutes(r['cpu_seconds'])} CPU "
+                 f"({r['machine']}).", "", "| check | measured | claim | holds |", "|---|---|---|---|"]
+        for c in r["checks"]:
+            lines.append(f"| {_cell(c['quantity'])} | {_g(c['value'])} | {c['op']} {_g(c['threshold'])} | "
+                         f"{'yes' if c['holds'] else '**no**'} |")
+        settings = "; ".join(f"{k}: {v}" for k, v in r["settings"].items())
+        lines += ["", f"Settings: {settings}.", "", f"Rendered from `{rel}` (numbers behind the plot: "
+                  f"`{name}/{name}.csv`)."]
+        return "\n".join(lines)
+
+    return render
+
+
+def _gallery_figures(root: str) -> tuple[str, ...]:
+    """experiments/gradient_gallery's FIGURES (its __init__ alone: no JAX import)."""
+    spec = importlib.util.spec_from_file_location("_gallery", os.path.join(root, "experiments", "gradient_gallery",
+                                                                           "__init__.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.FIGURES
+
+
+def gallery_summary(link_prefix: str):
+    """The gallery's table of figures (claim reproduced or not, time) from every NAME.json;
+    each figure links to ``link_prefix#NAME``."""
+
+    def render(root: str) -> str:
+        rows, total = ["| figure | claim reproduced | wall time |", "|---|---|---|"], 0.0
+        for name in _gallery_figures(root):
+            path = os.path.join(root, GALLERY, name, f"{name}.json")
+            if not os.path.exists(path):
+                rows.append(f"| {name} | not run yet | - |")
+                continue
+            r = _json(root, f"{GALLERY}/{name}/{name}.json")
+            total += r["wall_seconds"]
+            rows.append(f"| [{_cell(r['title'])}]({link_prefix}#{name}) | {'yes' if r['all_hold'] else '**no**'} | "
+                        f"{_minutes(r['wall_seconds'])} |")
+        return "\n".join(rows + ["", f"All figures: {_minutes(total)} on the machine each JSON names. "
+                                  f"Rendered from `{GALLERY}/*/*.json`."])
+
+    return render
+
+
 RENDERERS = {
     "lm_results": lm_results,
     "lm_vs_pytorch": lm_vs_pytorch,
@@ -497,4 +564,8 @@ RENDERERS = {
     "lstm_vs_gru_widths": lstm_vs_gru_widths,
     "lstm_vs_gru_runs": lstm_vs_gru_runs,
     "lstm_vs_gru_zoo_trials": lstm_vs_gru_zoo_trials,
+    "gallery_summary": gallery_summary(""),
+    "gallery_headline": gallery_summary(f"{GALLERY}/README.md"),
+    **{f"gallery_{name}": gallery_figure(name) for name in _gallery_figures(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))},
 }

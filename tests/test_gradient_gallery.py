@@ -1,0 +1,106 @@
+"""experiments/gradient_gallery: every figure's --smoke runs and writes its artifacts with
+its claims checked; the closed forms behind the figures are checked against autodiff
+and Monte Carlo, never against the figures' own output."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.gradient_gallery import FIGURES, cliff, curse_of_memory, mean_field, radius
+from experiments.gradient_gallery import __main__ as gallery
+
+
+@pytest.mark.parametrize("name", FIGURES)
+def test_smoke_writes_the_figure_its_data_and_checks_that_hold(name, tmp_path, capsys):
+    assert gallery.main(["--figure", name, "--smoke", "--out", str(tmp_path)]) == 0
+    out = tmp_path / name
+    for ext in ("png", "svg", "csv", "json"):
+        assert (out / f"{name}.{ext}").stat().st_size > 0, ext
+    record = json.loads((out / f"{name}.json").read_text())
+    assert record["smoke"] and record["command"].endswith(f"--figure {name} --smoke")
+    assert record["checks"] and record["all_hold"], record["checks"]
+    assert record["wall_seconds"] > 0 and record["claim"]
+    printed = capsys.readouterr().out
+    assert all(f"holds: {c['quantity']}" in printed for c in record["checks"])
+
+
+def test_an_unknown_figure_is_refused_with_the_list(capsys):
+    with pytest.raises(SystemExit):
+        gallery.main(["--figure", "clif"])
+    err = capsys.readouterr().err
+    assert "--figure 'clif': no such figure; choose from cliff, radius" in err
+
+
+def test_the_cliff_sits_where_the_closed_form_says_and_its_gradient_is_the_geometric_sum():
+    """On the wall x_0 is the map's unstable fixed point, so x_t = x_0 for every t and
+    dx_T/db = sum_{k<T} (w sech^2 x_0)^k; either side of it the state ends on opposite branches.
+    (Over 12 steps: on the unstable fixed point rounding errors grow by w sech^2 x_0 a step.)"""
+    n = 12
+    for w in (1.5, 2.0, 3.5):
+        b = cliff.wall_bias(w)
+        assert float(cliff.final_state(w, b, n)) == pytest.approx(cliff.X0, abs=1e-9)
+        slope = w / np.cosh(cliff.X0) ** 2
+        want = sum(slope**k for k in range(n))
+        got = jax.grad(lambda bb, w=w: cliff.final_state(w, bb, n))(b)
+        assert float(got) == pytest.approx(want, rel=1e-6)
+        assert float(cliff.final_state(w, b + 1e-3)) > 0 > float(cliff.final_state(w, b - 1e-3))
+    # clipping (Pascanu et al.'s Algorithm 1): no step longer than lr * clip
+    path = cliff.descend(np.array([3.5, 0.5]), 0.02, 40, clip=5.0)
+    assert np.max(np.linalg.norm(np.diff(path, axis=0), axis=1)) <= 0.1 + 1e-12
+
+
+@pytest.mark.parametrize("kind", curse_of_memory.PARAMETRISATIONS)
+def test_the_sensitivity_closed_form_equals_autodiff_of_the_recurrence(kind):
+    """dh_T/dtheta is linear in the inputs, sum_t c_t x_t, so over white noise its second moment is
+    sum_t c_t^2: the squared norm of the gradient's Jacobian w.r.t. the inputs (jax.jacrev)."""
+    lam, n_steps = 0.9, 60
+    theta = math.log(-math.log(lam)) if kind == "normalised_exp" else lam
+    dtheta = jax.grad(curse_of_memory._h_last)
+    c_t = jax.jacrev(lambda xs: dtheta(theta, xs, kind))(jnp.zeros((n_steps,), jnp.float64))
+    assert float(jnp.sum(c_t**2)) == pytest.approx(float(curse_of_memory.closed_form(lam, kind, n_steps)), rel=1e-10)
+    # and the limit is the T -> infinity sum
+    assert float(curse_of_memory.closed_form(lam, kind, 4000)) == pytest.approx(
+        float(curse_of_memory.closed_form(lam, kind)), rel=1e-9)
+
+
+def test_the_limits_of_the_sensitivity_as_memory_grows():
+    lam = 1 - np.array([1e-3, 1e-4])
+    raw = curse_of_memory.closed_form(lam, "raw")
+    assert raw[1] / raw[0] == pytest.approx(1e3, rel=1e-2)  # (1 - lambda)^-3
+    np.testing.assert_allclose(curse_of_memory.closed_form(lam, "normalised_exp"), 0.25, rtol=1e-3)
+
+
+def test_mean_field_quantities_against_monte_carlo_and_closed_forms():
+    # without input or bias, q* = 0 below sigma_w = 1, where chi = sigma_w^2
+    assert float(mean_field.fixed_point_q(0.8, 0.0, 0.0)) < 1e-6
+    assert float(mean_field.chi(0.8, 0.0, 0.0)) == pytest.approx(0.64, rel=1e-6)
+    # q* is the fixed point of its map, with the Gaussian expectation taken by sampling
+    sw, sb, su = 1.7, 0.4, 0.5
+    q = float(mean_field.fixed_point_q(sw, sb, su))
+    z = np.random.default_rng(0).standard_normal(2_000_000)
+    assert q == pytest.approx(sw**2 * np.mean(np.tanh(np.sqrt(q) * z) ** 2) + sb**2 + su**2, rel=2e-3)
+    assert float(mean_field.chi(sw, sb, su)) == pytest.approx(sw**2 * np.mean(1 / np.cosh(np.sqrt(q) * z) ** 4),
+                                                              rel=2e-3)
+    # vectorised over a grid it gives the scalar values
+    grid = mean_field.chi(np.array([0.8, 1.7]), np.array([0.0, 0.4]), np.array([0.0, 0.5]))
+    np.testing.assert_allclose(grid, [0.64, mean_field.chi(sw, sb, su)], rtol=1e-9)
+
+
+def test_radius_matrices_have_the_asked_spectral_radius_and_the_pascanu_bound_holds():
+    params = radius.tanh_rnn(jax.random.key(3), 2, 24, 0.7)
+    assert np.max(np.abs(np.linalg.eigvals(np.asarray(params["w_h_HxG"])))) == pytest.approx(0.7, rel=1e-10)
+
+
+def test_the_published_gallery_records_are_full_size_and_their_claims_are_reported(tmp_path):
+    """docs/gradient_flow/gallery holds each figure's full-size run (not a smoke one)."""
+    for name in FIGURES:
+        record = json.load(open(os.path.join(gallery.PUBLISHED, name, f"{name}.json")))
+        assert not record["smoke"] and record["command"] == f"python -m experiments.gradient_gallery --figure {name}"
+        assert os.path.exists(os.path.join(gallery.PUBLISHED, name, f"{name}.png"))
