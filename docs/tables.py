@@ -505,6 +505,12 @@ def gallery_figure(name: str):
         for c in r["checks"]:
             lines.append(f"| {_cell(c['quantity'])} | {_g(c['value'])} | {c['op']} {_g(c['threshold'])} | "
                          f"{'yes' if c['holds'] else '**no**'} |")
+        rates = r["numbers"].get("success_rate")  # success rate per model and length, where the figure has one
+        if rates:
+            lengths = list(next(iter(rates.values())))
+            lines += ["", "| success rate | " + " | ".join(f"T = {t}" for t in lengths) + " |",
+                      "|---|" + "---|" * len(lengths)]
+            lines += [f"| {label} | " + " | ".join(f"{v[t]:.2f}" for t in lengths) + " |" for label, v in rates.items()]
         settings = "; ".join(f"{k}: {v}" for k, v in r["settings"].items())
         lines += ["", f"Settings: {settings}.", "", f"Rendered from `{rel}` (numbers behind the plot: "
                   f"`{name}/{name}.csv`)."]

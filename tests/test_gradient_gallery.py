@@ -13,11 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.gradient_gallery import FIGURES, cliff, curse_of_memory, mean_field, radius
+from experiments.gradient_gallery import FIGURES, cliff, curse_of_memory, latching, mean_field, radius
 from experiments.gradient_gallery import __main__ as gallery
 
+SLOW_SMOKE = ("latching",)  # trains (about 10 s on 2 cores): full suite only
 
-@pytest.mark.parametrize("name", FIGURES)
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SMOKE else n for n in FIGURES])
 def test_smoke_writes_the_figure_its_data_and_checks_that_hold(name, tmp_path, capsys):
     assert gallery.main(["--figure", name, "--smoke", "--out", str(tmp_path)]) == 0
     out = tmp_path / name
@@ -104,3 +106,12 @@ def test_the_published_gallery_records_are_full_size_and_their_claims_are_report
         record = json.load(open(os.path.join(gallery.PUBLISHED, name, f"{name}.json")))
         assert not record["smoke"] and record["command"] == f"python -m experiments.gradient_gallery --figure {name}"
         assert os.path.exists(os.path.join(gallery.PUBLISHED, name, f"{name}.png"))
+
+
+def test_latching_batches_carry_the_class_only_in_their_first_steps():
+    xs, y = latching.batch(jax.random.key(0), 4000, 30)
+    sign = 2 * np.asarray(y) - 1
+    early, late = np.asarray(xs[: latching.L_INFO, :, 0]), np.asarray(xs[latching.L_INFO :, :, 0])
+    np.testing.assert_allclose(np.mean(early * sign, axis=1), 1.0, atol=0.02)  # +-1 plus noise
+    assert abs(np.mean(late * sign)) < 0.01 and np.std(late) == pytest.approx(latching.NOISE, rel=0.02)
+    assert 0.45 < float(np.mean(y)) < 0.55

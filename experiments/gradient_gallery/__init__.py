@@ -14,7 +14,8 @@ those JSONs.
 Figures (``FIGURES``): cliff (Pascanu et al. 2013, the one-unit loss surface and
 clipping), radius (vanishing and exploding over recurrent scales with Pascanu's
 conditions), mean_field (Chen et al. 2018, the signal-propagation time scale),
-curse_of_memory (Zucchet & Orvieto 2024). Each module's docstring says its model.
+curse_of_memory (Zucchet & Orvieto 2024), latching (Bengio et al. 1994, success rate
+against length). Each module's docstring says its model.
 """
 
-FIGURES = ("cliff", "radius", "mean_field", "curse_of_memory")
+FIGURES = ("cliff", "radius", "mean_field", "curse_of_memory", "latching")
