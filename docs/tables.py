@@ -499,8 +499,11 @@ def gallery_figure(name: str):
     def render(root: str) -> str:
         rel = f"{GALLERY}/{name}/{name}.json"
         r = _json(root, rel)
+        trials = r["numbers"].get("trial_process_seconds")
+        took = (f" this time; its trials' processes ran {_minutes(trials)} in all, two at a time (their result.json)"
+                if trials else "")
         lines = [f"![{name}]({name}/{name}.png)", "",
-                 f"`{r['command']}`: {_minutes(r['wall_seconds'])} wall, {_minutes(r['cpu_seconds'])} CPU "
+                 f"`{r['command']}`: {_minutes(r['wall_seconds'])} wall, {_minutes(r['cpu_seconds'])} CPU{took} "
                  f"({r['machine']}).", "", "| check | measured | claim | holds |", "|---|---|---|---|"]
         for c in r["checks"]:
             lines.append(f"| {_cell(c['quantity'])} | {_g(c['value'])} | {c['op']} {_g(c['threshold'])} | "
@@ -511,6 +514,13 @@ def gallery_figure(name: str):
             lines += ["", "| success rate | " + " | ".join(f"T = {t}" for t in lengths) + " |",
                       "|---|" + "---|" * len(lengths)]
             lines += [f"| {label} | " + " | ".join(f"{v[t]:.2f}" for t in lengths) + " |" for label, v in rates.items()]
+        pilot = r["numbers"].get("pilot_final_loss_over_baseline")
+        if pilot:
+            lines += ["", "Pilot (a longer budget, other seeds), final loss / baseline: "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in pilot.items()) + "."]
+        if "chosen_lr" in r["numbers"]:
+            chosen = ", ".join(f"{k}: {v:g}" for k, v in r["numbers"]["chosen_lr"].items())
+            lines += ["", f"Learning rates chosen by the pilot (its runs are in the JSON): {chosen}."]
         settings = "; ".join(f"{k}: {v}" for k, v in r["settings"].items())
         lines += ["", f"Settings: {settings}.", "", f"Rendered from `{rel}` (numbers behind the plot: "
                   f"`{name}/{name}.csv`)."]
@@ -540,10 +550,12 @@ def gallery_summary(link_prefix: str):
                 rows.append(f"| {name} | not run yet | - |")
                 continue
             r = _json(root, f"{GALLERY}/{name}/{name}.json")
-            total += r["wall_seconds"]
+            trials = r["numbers"].get("trial_process_seconds")  # trials reused from an earlier run: their own time
+            total += max(r["wall_seconds"], trials / 2) if trials else r["wall_seconds"]
             rows.append(f"| [{_cell(r['title'])}]({link_prefix}#{name}) | {'yes' if r['all_hold'] else '**no**'} | "
-                        f"{_minutes(r['wall_seconds'])} |")
-        return "\n".join(rows + ["", f"All figures: {_minutes(total)} on the machine each JSON names. "
+                        f"{_minutes(max(r['wall_seconds'], trials / 2) if trials else r['wall_seconds'])} |")
+        return "\n".join(rows + ["", f"All figures: {_minutes(total)} on the machine each JSON names (a figure "
+                                  "whose trials ran earlier counts their processes' time, two at a time). "
                                   f"Rendered from `{GALLERY}/*/*.json`."])
 
     return render

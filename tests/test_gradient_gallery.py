@@ -13,24 +13,37 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.gradient_gallery import FIGURES, cliff, curse_of_memory, latching, mean_field, radius
+from experiments.gradient_gallery import (
+    FIGURES,
+    chrono_copy,
+    cliff,
+    curse_of_memory,
+    latching,
+    mean_field,
+    radius,
+    temporal_order,
+)
 from experiments.gradient_gallery import __main__ as gallery
 
-SLOW_SMOKE = ("latching",)  # trains (about 10 s on 2 cores): full suite only
+SLOW_SMOKE = ("latching", "temporal_order", "chrono_copy")  # they train (10-40 s on 2 cores): full suite only
+# chrono's advantage needs a long lag: at smoke size the figure's pipeline runs (trials through launch,
+# curves, record) but its check is not expected to hold; the chrono initialisation's mechanism is tested
+# at a tiny size in test_gradient_flow (the gradient it keeps at initialisation)
+CHECKED_AT_FULL_SIZE_ONLY = ("chrono_copy",)
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_SMOKE else n for n in FIGURES])
 def test_smoke_writes_the_figure_its_data_and_checks_that_hold(name, tmp_path, capsys):
-    assert gallery.main(["--figure", name, "--smoke", "--out", str(tmp_path)]) == 0
+    assert gallery.main(["--figure", name, "--smoke", "--out", str(tmp_path), "--work", str(tmp_path / "work")]) == 0
     out = tmp_path / name
     for ext in ("png", "svg", "csv", "json"):
         assert (out / f"{name}.{ext}").stat().st_size > 0, ext
     record = json.loads((out / f"{name}.json").read_text())
     assert record["smoke"] and record["command"].endswith(f"--figure {name} --smoke")
-    assert record["checks"] and record["all_hold"], record["checks"]
+    assert record["checks"] and (record["all_hold"] or name in CHECKED_AT_FULL_SIZE_ONLY), record["checks"]
     assert record["wall_seconds"] > 0 and record["claim"]
     printed = capsys.readouterr().out
-    assert all(f"holds: {c['quantity']}" in printed for c in record["checks"])
+    assert all(f"{'holds' if c['holds'] else 'FAILS'}: {c['quantity']}" in printed for c in record["checks"])
 
 
 def test_an_unknown_figure_is_refused_with_the_list(capsys):
@@ -115,3 +128,35 @@ def test_latching_batches_carry_the_class_only_in_their_first_steps():
     np.testing.assert_allclose(np.mean(early * sign, axis=1), 1.0, atol=0.02)  # +-1 plus noise
     assert abs(np.mean(late * sign)) < 0.01 and np.std(late) == pytest.approx(latching.NOISE, rel=0.02)
     assert 0.45 < float(np.mean(y)) < 0.55
+
+
+def test_temporal_order_batches_follow_the_library_generators_rules():
+    """The JAX generator inside the training program makes the sequences of
+    rnnlab.data.synthetic.temporal_order: E first, B last, X/Y in the two windows, the class their order."""
+    from rnnlab.data import synthetic
+
+    length, n = 50, 500
+    xs, cls = temporal_order.batch(jax.random.key(1), n, length)
+    ref = synthetic.temporal_order(0, 0, batch_size=n, length=length)
+    assert xs.shape == ref.xs_TxBxD.shape and np.all(np.asarray(xs).sum(-1) == 1)
+    tokens = np.argmax(np.asarray(xs), -1)
+    names = synthetic.TEMPORAL_ORDER_SYMBOLS
+    assert {names[i] for i in tokens[0]} == {"E"} and {names[i] for i in tokens[-1]} == {"B"}
+    for b in range(n):
+        (marks,) = np.nonzero(tokens[:, b] >= 6)  # X or Y
+        assert len(marks) == 2
+        assert round(0.1 * length) <= marks[0] <= round(0.2 * length) <= round(0.5 * length) <= marks[1] <= round(
+            0.6 * length)
+        order = "".join(names[tokens[m, b]] for m in marks)
+        assert synthetic.TEMPORAL_ORDER_CLASSES[int(cls[b])] == order
+    assert np.bincount(np.asarray(cls), minlength=4).min() > n / 8  # every class drawn
+
+
+def test_chrono_copy_trials_are_a_launch_grid_of_both_initialisations(tmp_path):
+    from launch import trials
+
+    ts = trials.expand(os.path.join(os.path.dirname(chrono_copy.__file__), "chrono_copy.py"), str(tmp_path), "figure")
+    assert sorted(t.name for t in ts) == sorted(f"{i}_seed{s}" for i in ("chrono", "fb1") for s in chrono_copy.SEEDS)
+    chrono = next(t for t in ts if t.name == "chrono_seed0").overrides
+    delay = chrono_copy.FULL["delay"]
+    assert chrono["model.cell_options"] == f"chrono={delay + 20}" and chrono["task.length"] == delay

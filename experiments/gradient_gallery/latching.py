@@ -12,8 +12,9 @@ Every (cell, length) trains all its seeds at once (vmap), one compiled program.
 Four models: the tanh RNN initialised as torch.nn.RNN is (uniform +-1/sqrt(H): a
 contracting recurrence, as the networks the paper analyses) and as rnnlab's default
 (orthogonal: near-isometric at the start); the LSTM with chrono initialisation
-(Tallec & Ollivier 2018, T_max = T) and with forget-gate bias 1. The learning rate,
-steps and sizes were chosen on pilot seeds 100-107; the figure's seeds are 0-19."""
+(Tallec & Ollivier 2018, T_max = T) and with forget-gate bias 1. Each model's learning
+rate is chosen by a pilot on seeds 100-107 (recorded in the JSON); the figure's seeds
+are 0-19."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.gradient_gallery import trainer
 from experiments.gradient_gallery.common import Check, Progress, Result
-from rnnlab import cells, scan
 
 NAME = "latching"
 TITLE = "Bengio et al. 1994: information latching against sequence length"
@@ -38,6 +39,8 @@ CELLS = {  # label -> (cell, options); chrono "T": the run's sequence length
     "LSTM (forget bias 1)": ("lstm", {"forget_bias": 1.0}),
 }
 TANH, LSTM = "tanh RNN (PyTorch init)", "LSTM (chrono init)"  # the claim's pair
+CANDIDATE_RATES, PILOT_LENGTHS = (0.1, 0.5), (20, 80)  # each model's rate is chosen among these on the pilot seeds
+PILOT_SEEDS = np.arange(100, 108)  # never the figure's seeds (0..)
 
 
 def batch(key, n: int, length: int):
@@ -50,49 +53,32 @@ def batch(key, n: int, length: int):
     return xs, y.astype(jnp.float32)
 
 
-def _logit(cell, params, xs):
-    carry, _ = scan.run(cell, params["rnn"], cell.initial_carry(xs.shape[1], D_H), xs, path="sequential")
-    h = carry if not isinstance(carry, tuple) else carry[-1]  # lstm carry (c, h)
-    return h @ params["w_out"] + params["b_out"]
-
-
 def train_seeds(cell_name: str, options: dict, length: int, seeds, steps: int, lr: float):
     """Trains one model per seed (vmapped) with SGD; returns the test accuracy of each."""
-    cell = cells.get(cell_name, **options)
-    tx = optax.sgd(lr)
-
-    def one(seed):
-        key = jax.random.key(seed)
-        k_p, k_o, k_train, k_test = jax.random.split(key, 4)
-        params = {"rnn": cell.init(k_p, 1, D_H), "w_out": jax.random.normal(k_o, (D_H,)) / np.sqrt(D_H),
-                  "b_out": jnp.zeros(())}
-
-        def loss(p, xs, y):
-            return jnp.mean(optax.sigmoid_binary_cross_entropy(_logit(cell, p, xs), y))
-
-        def step(state, k):
-            p, o = state
-            g = jax.grad(loss)(p, *batch(k, BATCH, length))
-            u, o = tx.update(g, o, p)
-            return (optax.apply_updates(p, u), o), None
-
-        (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), jax.random.split(k_train, steps))
-        xs, y = batch(k_test, 2000, length)
-        return jnp.mean((_logit(cell, params, xs) > 0) == (y > 0.5))
-
-    return np.asarray(jax.jit(jax.vmap(one))(jnp.asarray(seeds)))
+    return trainer.train_seeds(
+        cell_name, options, batch=lambda k, n: batch(k, n, length), d_in=1, d_h=D_H, n_out=1,
+        loss=lambda lo, y: jnp.mean(optax.sigmoid_binary_cross_entropy(lo[:, 0], y)),
+        accuracy=lambda lo, y: jnp.mean((lo[:, 0] > 0) == (y > 0.5)), seeds=seeds, steps=steps, lr=lr,
+        batch_size=BATCH)
 
 
 def run(smoke: bool) -> Result:
     lengths = (5, 60) if smoke else (5, 10, 20, 40, 80, 160)
-    n_seeds, steps, lr = (4, 300, 0.5) if smoke else (20, 800, 0.5)
+    n_seeds, steps = (4, 300) if smoke else (20, 800)
     models = {k: CELLS[k] for k in (TANH, LSTM)} if smoke else CELLS  # smoke: the claim's pair only
+    chosen, pilot = {}, []
+    for label, (cell_name, options) in models.items():
+        chosen[label], p = trainer.choose_rate(
+            label, (0.5,) if smoke else CANDIDATE_RATES, (20,) if smoke else PILOT_LENGTHS,
+            PILOT_SEEDS[: 2 if smoke else None], lambda lr, t, s, c=cell_name, o=options:
+            train_seeds(c, {k: (t if v == "T" else v) for k, v in o.items()}, t, s, steps, lr), SUCCESS)
+        pilot += p
     seeds = np.arange(n_seeds)
     rows, rates, progress = [], {}, Progress(NAME, len(lengths) * len(models))
     for i, (label, (cell_name, options)) in enumerate(models.items()):
         for j, length in enumerate(lengths):
             opts = {k: (length if v == "T" else v) for k, v in options.items()}
-            acc = train_seeds(cell_name, opts, length, seeds, steps, lr)
+            acc = train_seeds(cell_name, opts, length, seeds, steps, chosen[label])
             rates[(label, length)] = float(np.mean(acc >= SUCCESS))
             rows += [{"cell": label, "T": length, "seed": int(s), "test_accuracy": float(a)}
                      for s, a in zip(seeds, acc, strict=True)]
@@ -101,10 +87,13 @@ def run(smoke: bool) -> Result:
     checks = [Check(f"{TANH}: success rate at T = {longest}", rates[(TANH, longest)], "<", 0.2),
               Check(f"{LSTM}: success rate at T = {longest}", rates[(LSTM, longest)], ">", 0.8),
               Check(f"{TANH}: success rate at T = {lengths[0]}", rates[(TANH, lengths[0])], ">", 0.8)]
-    numbers = {"success_rate": {label: {str(t): rates[(label, t)] for t in lengths} for label in models}}
+    numbers = {"success_rate": {label: {str(t): rates[(label, t)] for t in lengths} for label in models},
+               "chosen_lr": chosen, "pilot": pilot}
     return Result(settings={"task": f"class +-1 in the first {L_INFO} steps, noise N(0, {NOISE}^2) throughout, "
                                     "class asked at the end", "units": D_H, "lengths": list(lengths),
-                            "seeds": n_seeds, "optimizer": f"SGD lr {lr}, no clipping, batch {BATCH}, {steps} steps",
+                            "seeds": n_seeds, "optimizer": f"SGD, no clipping, batch {BATCH}, {steps} steps; each "
+                            f"model's learning rate the best of {list(CANDIDATE_RATES)} on pilot seeds "
+                            f"{PILOT_SEEDS[0]}+ at T = {list(PILOT_LENGTHS)}",
                             "success": f"test accuracy >= {SUCCESS} on 2000 fresh sequences",
                             "cells": {k: f"{v[0]} {v[1] or ''}".strip() for k, v in models.items()}},
                   checks=checks, numbers=numbers, rows=rows, figure=_figure(rates, models, lengths, n_seeds))
