@@ -18,7 +18,10 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from scipy import stats as scipy_stats
 
+from experiments.gradient_gallery import latching, trainer
 from experiments.gradient_gallery.common import Check, Progress, Result
 
 NAME = "mean_field"
@@ -81,6 +84,39 @@ def measured_time_scale(sigma_w, sigma_b, sigma_u, n_units: int, n_steps: int, s
     return (-1.0 / slope if slope < 0 else float("inf")), d.tolist()
 
 
+TRAIN_LENGTH, TRAIN_UNITS, TRAIN_STEPS = 30, 32, 800  # the trainability overlay: latching at T = 30
+PILOT_SEEDS = np.arange(100, 104)  # the overlay's learning rate is chosen on these, never the figure's seeds
+
+
+def _train(sw: float, sb: float, sigma_u: float, seeds, lr: float, length: int = TRAIN_LENGTH):
+    """Latching (experiments/gradient_gallery/latching.py) by SGD from a tanh RNN initialised at
+    (sigma_w, sigma_b, sigma_u) as the mean-field model; the test accuracy of each seed."""
+    options = {"recurrent_init": f"normal:{sw / math.sqrt(TRAIN_UNITS)}", "bias_init": f"normal:{sb}",
+               "input_init": f"normal:{sigma_u}"}
+    return trainer.train_seeds(
+        "elman", options, batch=lambda k, n: latching.batch(k, n, length), d_in=1, d_h=TRAIN_UNITS, n_out=1,
+        loss=lambda lo, y: jnp.mean(optax.sigmoid_binary_cross_entropy(lo[:, 0], y)),
+        accuracy=lambda lo, y: jnp.mean((lo[:, 0] > 0) == (y > 0.5)), seeds=seeds, steps=TRAIN_STEPS, lr=lr)
+
+
+def trainability(sws, sbs, sigma_u: float, n_seeds: int, smoke: bool) -> tuple[list[dict], float, list[dict]]:
+    """Success rate of latching at T = TRAIN_LENGTH over the (sigma_w, sigma_b) grid; the learning rate
+    is the pilot's best (on PILOT_SEEDS at two points near the phase boundary)."""
+    lr, pilot = trainer.choose_rate(
+        "tanh RNN at (1.25, 0.05) and (1.5, 0.05)", (0.5,) if smoke else (0.1, 0.5), (TRAIN_LENGTH,),
+        PILOT_SEEDS[:2] if smoke else PILOT_SEEDS,
+        lambda lr, t, seeds: np.concatenate([_train(sw, 0.05, sigma_u, seeds, lr, t) for sw in (1.25, 1.5)]),
+        latching.SUCCESS)
+    rows, progress = [], Progress(f"{NAME} trainability", len(sws) * len(sbs))
+    for i, (sw, sb) in enumerate([(a, c) for a in sws for c in sbs]):
+        acc = _train(sw, sb, sigma_u, np.arange(n_seeds), lr)
+        c_mf = float(chi(sw, sb, sigma_u))
+        rows.append({"sigma_w": sw, "sigma_b": sb, "chi": c_mf, "xi_mean_field": time_scale(c_mf),
+                     "success_rate": float(np.mean(acc >= latching.SUCCESS))})
+        progress(i + 1, f"sigma_w {sw} sigma_b {sb}: success {rows[-1]['success_rate']:.2f}")
+    return rows, lr, pilot
+
+
 def run(smoke: bool) -> Result:
     sigma_u = 0.5
     sws = (0.5, 1.0, 1.5) if smoke else (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
@@ -109,14 +145,26 @@ def run(smoke: bool) -> Result:
     if chaotic:  # in chaos the two copies never merge: no finite decay time
         checks.append(Check("chaotic grid points (chi > 1) whose copies still merge (finite measured xi)",
                             sum(math.isfinite(r["xi_measured"]) for r in chaotic), "<=", 0))
-    numbers = {"rows": rows, "worst_relative_error": worst, "n_checked": len(checked)}
+    train_sws = (1.5,) if smoke else (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
+    train_sbs = (0.05,) if smoke else (0.05, 0.5, 1.0)
+    trained, lr, pilot = trainability(train_sws, train_sbs, sigma_u, 2 if smoke else 8, smoke)
+    ordered = [r for r in trained if r["chi"] < 1]
+    if not smoke:  # a rank correlation needs more than the smoke's one point
+        rho = scipy_stats.spearmanr([r["xi_mean_field"] for r in ordered], [r["success_rate"] for r in ordered])[0]
+        checks.append(Check(f"ordered phase: rank correlation of latching success (T = {TRAIN_LENGTH}) with the "
+                            "mean-field xi", float(rho), ">", 0.5))
+    numbers = {"rows": rows, "worst_relative_error": worst, "n_checked": len(checked),
+               "trainability": trained, "trainability_lr": lr, "trainability_pilot": pilot}
     return Result(settings={"model": "h_t = tanh(W h_{t-1} + U x_t + b)", "N": n_units, "T": n_steps,
                             "weight_draws": f"{seeds} per ordered-phase point, 1 in chaos", "sigma_u": sigma_u, "sigma_w": list(sws), "sigma_b": list(sbs),
-                            "xi_checked_up_to": xi_max},
-                  checks=checks, numbers=numbers, rows=rows, figure=_figure(rows, curves, sigma_u, xi_max))
+                            "xi_checked_up_to": xi_max,
+                            "trainability": f"latching (class in the first 3 steps) at T = {TRAIN_LENGTH}, "
+                                            f"{TRAIN_UNITS} units, SGD {TRAIN_STEPS} steps, {2 if smoke else 8} "
+                                            "seeds per point; rate chosen by a pilot on seeds 100+"},
+                  checks=checks, numbers=numbers, rows=rows, figure=_figure(rows, curves, sigma_u, xi_max, trained))
 
 
-def _figure(rows, curves, sigma_u, xi_max):
+def _figure(rows, curves, sigma_u, xi_max, trained):
     from rnnlab.report import style
 
     plt = style.pyplot()
@@ -129,7 +177,11 @@ def _figure(rows, curves, sigma_u, xi_max):
     im = a.pcolormesh(sw, sb, np.log10(np.minimum(xi, 1e3)), cmap="viridis", shading="auto")
     fig.colorbar(im, ax=a, label="log10 xi (mean field; chaos capped)")
     a.contour(sw, sb, ch, levels=[1.0], colors="w", linewidths=1.5)
-    a.scatter([r["sigma_w"] for r in rows], [r["sigma_b"] for r in rows], c="r", s=12, label="measured points")
+    a.scatter([r["sigma_w"] for r in rows], [r["sigma_b"] for r in rows], c="r", s=6, label="time scale measured")
+    sc = a.scatter([r["sigma_w"] for r in trained], [r["sigma_b"] for r in trained], c=[r["success_rate"] for r in trained],
+                   cmap="Greys", vmin=0, vmax=1, s=90, marker="s", edgecolors="orange",
+                   label=f"latching at T = {TRAIN_LENGTH}: success (white 0, black 1)")
+    del sc
     a.set_xlabel("sigma_w"), a.set_ylabel("sigma_b"), a.set_title(f"time scale (white: chi = 1), sigma_u = {sigma_u}")
     a.legend(loc="upper left")
     ok = [r for r in rows if math.isfinite(r["xi_mean_field"]) and math.isfinite(r["xi_measured"])]
