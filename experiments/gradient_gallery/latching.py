@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from experiments.gradient_gallery import trainer
-from experiments.gradient_gallery.common import Check, Progress, Result
+from experiments.gradient_gallery.common import Check, Result
 
 NAME = "latching"
 TITLE = "Bengio et al. 1994: information latching against sequence length"
@@ -53,6 +53,11 @@ def batch(key, n: int, length: int):
     return xs, y.astype(jnp.float32)
 
 
+def _at_length(options: dict, length: int) -> dict:
+    """A model's options with "T" (chrono's T_max) set to the run's length."""
+    return {k: (length if v == "T" else v) for k, v in options.items()}
+
+
 def train_seeds(cell_name: str, options: dict, length: int, seeds, steps: int, lr: float):
     """Trains one model per seed (vmapped) with SGD; returns the test accuracy of each."""
     return trainer.train_seeds(
@@ -71,18 +76,12 @@ def run(smoke: bool) -> Result:
         chosen[label], p = trainer.choose_rate(
             label, (0.5,) if smoke else CANDIDATE_RATES, (20,) if smoke else PILOT_LENGTHS,
             PILOT_SEEDS[: 2 if smoke else None], lambda lr, t, s, c=cell_name, o=options:
-            train_seeds(c, {k: (t if v == "T" else v) for k, v in o.items()}, t, s, steps, lr), SUCCESS)
+            train_seeds(c, _at_length(o, t), t, s, steps, lr), SUCCESS)
         pilot += p
     seeds = np.arange(n_seeds)
-    rows, rates, progress = [], {}, Progress(NAME, len(lengths) * len(models))
-    for i, (label, (cell_name, options)) in enumerate(models.items()):
-        for j, length in enumerate(lengths):
-            opts = {k: (length if v == "T" else v) for k, v in options.items()}
-            acc = train_seeds(cell_name, opts, length, seeds, steps, chosen[label])
-            rates[(label, length)] = float(np.mean(acc >= SUCCESS))
-            rows += [{"cell": label, "T": length, "seed": int(s), "test_accuracy": float(a)}
-                     for s, a in zip(seeds, acc, strict=True)]
-            progress(i * len(lengths) + j + 1, f"{label} T={length}: success {rates[(label, length)]:.2f}")
+    rates, rows = trainer.success_grid(
+        NAME, list(models), lengths, seeds, lambda label, t, s: train_seeds(
+            models[label][0], _at_length(models[label][1], t), t, s, steps, chosen[label]), SUCCESS, "cell")
     longest = lengths[-1]
     checks = [Check(f"{TANH}: success rate at T = {longest}", rates[(TANH, longest)], "<", 0.2),
               Check(f"{LSTM}: success rate at T = {longest}", rates[(LSTM, longest)], ">", 0.8),
@@ -96,20 +95,6 @@ def run(smoke: bool) -> Result:
                             f"{PILOT_SEEDS[0]}+ at T = {list(PILOT_LENGTHS)}",
                             "success": f"test accuracy >= {SUCCESS} on 2000 fresh sequences",
                             "cells": {k: f"{v[0]} {v[1] or ''}".strip() for k, v in models.items()}},
-                  checks=checks, numbers=numbers, rows=rows, figure=_figure(rates, models, lengths, n_seeds))
-
-
-def _figure(rates, models, lengths, n_seeds):
-    from rnnlab.report import style
-
-    plt = style.pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label in models:
-        p = np.array([rates[(label, t)] for t in lengths])
-        se = np.sqrt(p * (1 - p) / n_seeds)
-        ax.errorbar(lengths, p, yerr=1.96 * se, fmt="o-", capsize=3, label=label)
-    ax.set_xscale("log"), ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("sequence length T"), ax.set_ylabel(f"fraction of {n_seeds} runs that succeed")
-    ax.set_title("latching one bit by gradient descent")
-    ax.legend()
-    return fig
+                  checks=checks, numbers=numbers, rows=rows,
+                  figure=trainer.success_figure(rates, models, lengths, n_seeds, "latching one bit by gradient descent",
+                                                log_x=True))

@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from experiments.gradient_gallery import trainer
-from experiments.gradient_gallery.common import Check, Progress, Result
+from experiments.gradient_gallery.common import Check, Result
 
 NAME = "temporal_order"
 TITLE = "Pascanu et al. 2013: temporal order, SGD with and without clipping"
@@ -67,14 +67,9 @@ def run(smoke: bool) -> Result:
             train_seeds(t, s, steps=steps, lr=lr, clip=clip, d_h=d_h, options={}), SUCCESS)
         pilot += p
     seeds = np.arange(n_seeds)
-    rows, rates, progress = [], {}, Progress(NAME, len(lengths) * len(METHODS))
-    for i, (label, clip) in enumerate(METHODS.items()):
-        for j, length in enumerate(lengths):
-            acc = train_seeds(length, seeds, steps=steps, lr=chosen[label], clip=clip, d_h=d_h, options={})
-            rates[(label, length)] = float(np.mean(acc >= SUCCESS))
-            rows += [{"method": label, "T": length, "seed": int(s), "test_accuracy": float(a)}
-                     for s, a in zip(seeds, acc, strict=True)]
-            progress(i * len(lengths) + j + 1, f"{label} T={length}: success {rates[(label, length)]:.2f}")
+    rates, rows = trainer.success_grid(
+        NAME, list(METHODS), lengths, seeds, lambda label, t, s: train_seeds(
+            t, s, steps=steps, lr=chosen[label], clip=METHODS[label], d_h=d_h, options={}), SUCCESS, "method")
     checks = [Check(f"success rate with clipping - without, at T = {t}",
                     rates[("SGD with clipping", t)] - rates[("SGD", t)], ">", 0.0) for t in lengths[-2:]]
     numbers = {"success_rate": {label: {str(t): rates[(label, t)] for t in lengths} for label in METHODS},
@@ -84,20 +79,5 @@ def run(smoke: bool) -> Result:
                             "seeds": n_seeds, "optimizer": f"SGD, batch 20, {steps} steps; each method's learning "
                             f"rate the best of {list(rates_tried)} on pilot seeds {PILOT_SEEDS[0]}+ at T = "
                             f"{list(pilot_lengths)}; clipping at global norm 1.0", "success": f"test accuracy >= {SUCCESS} on 2000 fresh sequences"},
-                  checks=checks, numbers=numbers, rows=rows, figure=_figure(rates, lengths, n_seeds))
-
-
-def _figure(rates, lengths, n_seeds):
-    from rnnlab.report import style
-
-    plt = style.pyplot()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label in METHODS:
-        p = np.array([rates[(label, t)] for t in lengths])
-        se = np.sqrt(p * (1 - p) / n_seeds)
-        ax.errorbar(lengths, p, yerr=1.96 * se, fmt="o-", capsize=3, label=label)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_xlabel("sequence length T"), ax.set_ylabel(f"fraction of {n_seeds} runs that succeed")
-    ax.set_title("temporal order: plain SGD against SGD with clipping")
-    ax.legend()
-    return fig
+                  checks=checks, numbers=numbers, rows=rows, figure=trainer.success_figure(
+                      rates, METHODS, lengths, n_seeds, "temporal order: plain SGD against SGD with clipping"))

@@ -64,3 +64,38 @@ def choose_rate(label: str, rates, lengths, seeds, run, success: float) -> tuple
               f"at T = {list(lengths)}", flush=True)
     mean = {lr: np.mean([r["success_rate"] for r in rows if r["lr"] == lr]) for lr in rates}
     return max(rates, key=lambda lr: mean[lr]), rows
+
+
+def success_grid(name: str, labels, lengths, seeds, run, success: float, key: str):
+    """``run(label, length, seeds) -> accuracies`` for every (label, length): the success rates
+    {(label, length): fraction >= ``success``} and the per-seed rows (``key``: the label's column)."""
+    from experiments.gradient_gallery.common import Progress
+
+    rows, rates, progress = [], {}, Progress(name, len(lengths) * len(labels))
+    for i, label in enumerate(labels):
+        for j, length in enumerate(lengths):
+            acc = run(label, length, seeds)
+            rates[(label, length)] = float(np.mean(acc >= success))
+            rows += [{key: label, "T": length, "seed": int(s), "test_accuracy": float(a)}
+                     for s, a in zip(seeds, acc, strict=True)]
+            progress(i * len(lengths) + j + 1, f"{label} T={length}: success {rates[(label, length)]:.2f}")
+    return rates, rows
+
+
+def success_figure(rates, labels, lengths, n_seeds: int, title: str, log_x: bool = False):
+    """Success rate against length, one line per label, 95% binomial intervals."""
+    from rnnlab.report import style
+
+    plt = style.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label in labels:
+        p = np.array([rates[(label, t)] for t in lengths])
+        se = np.sqrt(p * (1 - p) / n_seeds)
+        ax.errorbar(lengths, p, yerr=1.96 * se, fmt="o-", capsize=3, label=label)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("sequence length T"), ax.set_ylabel(f"fraction of {n_seeds} runs that succeed")
+    ax.set_title(title)
+    ax.legend()
+    return fig
