@@ -58,10 +58,10 @@ def _at_length(options: dict, length: int) -> dict:
     return {k: (length if v == "T" else v) for k, v in options.items()}
 
 
-def train_seeds(cell_name: str, options: dict, length: int, seeds, steps: int, lr: float):
+def train_seeds(cell_name: str, options: dict, length: int, seeds, steps: int, lr: float, d_h: int = D_H):
     """Trains one model per seed (vmapped) with SGD; returns the test accuracy of each."""
     return trainer.train_seeds(
-        cell_name, options, batch=lambda k, n: batch(k, n, length), d_in=1, d_h=D_H, n_out=1,
+        cell_name, options, batch=lambda k, n: batch(k, n, length), d_in=1, d_h=d_h, n_out=1,
         loss=lambda lo, y: jnp.mean(optax.sigmoid_binary_cross_entropy(lo[:, 0], y)),
         accuracy=lambda lo, y: jnp.mean((lo[:, 0] > 0) == (y > 0.5)), seeds=seeds, steps=steps, lr=lr,
         batch_size=BATCH)

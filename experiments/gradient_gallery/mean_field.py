@@ -18,7 +18,6 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from scipy import stats as scipy_stats
 
 from experiments.gradient_gallery import latching, trainer
@@ -93,10 +92,7 @@ def _train(sw: float, sb: float, sigma_u: float, seeds, lr: float, length: int =
     (sigma_w, sigma_b, sigma_u) as the mean-field model; the test accuracy of each seed."""
     options = {"recurrent_init": f"normal:{sw / math.sqrt(TRAIN_UNITS)}", "bias_init": f"normal:{sb}",
                "input_init": f"normal:{sigma_u}"}
-    return trainer.train_seeds(
-        "elman", options, batch=lambda k, n: latching.batch(k, n, length), d_in=1, d_h=TRAIN_UNITS, n_out=1,
-        loss=lambda lo, y: jnp.mean(optax.sigmoid_binary_cross_entropy(lo[:, 0], y)),
-        accuracy=lambda lo, y: jnp.mean((lo[:, 0] > 0) == (y > 0.5)), seeds=seeds, steps=TRAIN_STEPS, lr=lr)
+    return latching.train_seeds("elman", options, length, seeds, TRAIN_STEPS, lr, d_h=TRAIN_UNITS)
 
 
 def trainability(sws, sbs, sigma_u: float, n_seeds: int, smoke: bool) -> tuple[list[dict], float, list[dict]]:
