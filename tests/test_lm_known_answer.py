@@ -62,7 +62,7 @@ def test_bfloat16_compute_tracks_float32_on_the_markov_chain_within_one_percent(
         state = jax.tree.map(jnp.array, {"params": params, "opt_state": tx.init(params),
                                          "carries": model.initial_carries(32), "step": jnp.asarray(0, jnp.int32)})
         losses = []
-        for step in range(200):
+        for step in range(100):
             state, m = lm.train_step(model, tx, state, lm.device_batch(batcher.batch_at(step)), jnp.float32(1e-2), 0)
             losses.append(float(m["loss"]))
         nll = lm.evaluate(model, state["params"], text.EncodedSplit(test_S, np.zeros(test_S.shape, bool)), 10, 100)
