@@ -72,12 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         report.write_report(trials, args.out or f"{args.root}/report", metric,
                             title=f"{args.experiment} grid {args.grid}", study=name)
         return 0
+    resources = dict(partition=args.partition, account=args.account, gpus=args.gpus, cpus=args.cpus,
+                     mem_gb=args.mem_gb, time_min=args.time_min) if args.executor == "slurm" else {}
     if args.dry_run:
         for t in trials:
             print(shlex.join(t.command()))
+        each = ", ".join(f"{k} {v}" for k, v in resources.items() if v) or f"--parallel {args.parallel or 'auto'}"
+        print(f"{len(trials)} trials of grid {args.grid}, executor {args.executor} ({each}); nothing was started")
         return 0
-    resources = dict(partition=args.partition, account=args.account, gpus=args.gpus, cpus=args.cpus,
-                     mem_gb=args.mem_gb, time_min=args.time_min) if args.executor == "slurm" else {}
     outcomes = sweep.run_trials(trials, args.root, executor=args.executor, parallel=args.parallel,
                                 wait=not args.no_wait, **resources)
     if args.executor == "slurm" and args.no_wait:

@@ -46,7 +46,8 @@ def test_local_sweep_interrupt_resume_failure_and_report(tmp_path):
 
 def test_dry_run_prints_the_exact_commands(tmp_path, capsys):
     assert cli.main(["run", GRADIENT_FLOW, f"--root={tmp_path}", "--grid=smoke", "--dry_run"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    *lines, summary = capsys.readouterr().out.splitlines()
+    assert summary == "2 trials of grid smoke, executor local (--parallel auto); nothing was started"
     base = f"{sys.executable} -u -m rnnlab.main --config={GRADIENT_FLOW}:smoke --workdir={tmp_path}"
     assert lines == [  # names from gradient_flow.describe; overrides from its smoke(add)
         f"{base}/lstm_fb1_T20_clip --config.model.cell=lstm --config.model.cell_options=forget_bias=1.0",

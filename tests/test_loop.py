@@ -9,6 +9,7 @@ import math
 import os
 import sys
 
+import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -188,3 +189,37 @@ def test_a_fresh_and_a_resumed_runs_train_step_are_one_program(tmp_path):
     step = jax.jit(task.train_step)
     batch = task.batch(0)
     assert step.lower(restored, batch, 0.01).as_text() == step.lower(fresh, batch, 0.01).as_text()
+
+
+def test_early_stopping_ends_at_the_first_evaluations_without_a_new_best_and_tests_the_best_checkpoint(tmp_path,
+                                                                                                       capsys):
+    """train.early_stop_evals=N: the run ends at the N-th evaluation in a row that is not a new best
+    (the rule applied by hand to metrics.jsonl), finished and early_stopped; its test numbers are the
+    best checkpoint's (evaluated here from workdir/best); resumed without its result, it trains no more."""
+    from rnnlab.train import checkpoint
+
+    wd, n = str(tmp_path / "run"), 2
+    c = _seq(**{"optim.lr": 0.05, "train.num_steps": 300, "train.eval_every": 2, "train.early_stop_evals": n})
+    result = sequence.train_and_evaluate(c, wd)
+    evals = read_metrics(wd, "eval")
+    best, since, stop = math.inf, 0, None
+    for r in evals:  # the rule, by hand
+        since = 0 if r["loss"] < best else since + 1
+        best = min(best, r["loss"])
+        if since >= n:
+            stop = r["step"]
+            break
+    assert stop is not None and stop < 300, "the run improved at every evaluation: no early stop to test"
+    assert result["early_stopped"] is True and result["finished"] is True and result["step"] == stop
+    assert evals[-1]["step"] == stop and status.read(wd)["state"] == "finished"
+    assert f"early stop at step {stop}" in capsys.readouterr().out
+    best_step = min(evals, key=lambda r: r["loss"])["step"]
+    assert sorted(int(s) for s in os.listdir(os.path.join(wd, "best")))[-1] == best_step
+    model, spec = sequence.build(c)
+    params = checkpoint.load_params(wd, model.init(jax.random.key(0)))  # the best checkpoint first
+    want = sequence.evaluate(model, params, c, spec, "test")["loss"]
+    assert result["test_loss"] == pytest.approx(want, rel=1e-6)
+    assert result["best_eval_loss"] == pytest.approx(best)
+    os.remove(os.path.join(wd, "result.json"))  # as if killed after the last checkpoint, before the result
+    again = sequence.train_and_evaluate(c, wd)
+    assert again["step"] == stop and again["early_stopped"] is True and again["test_loss"] == result["test_loss"]

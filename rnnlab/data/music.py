@@ -364,6 +364,17 @@ def split_batches(split: str, batch_size: int, *, cache_dir: str | os.PathLike |
     return roll_batches(load_split(split, cache_dir=cache_dir), batch_size=batch_size)
 
 
+def marginal_nll(*, cache_dir: str | os.PathLike | None = None) -> float:
+    """The NLL per step (nats) of the best memoryless predictor on the training split: each
+    pitch on with its frequency q over the training targets (frames 1..T-1), so
+    sum_p -[q log q + (1 - q) log(1 - q)] (0 log 0 = 0). A model below it has learnt
+    something from the past frames."""
+    q = np.concatenate([r[1:] for r in load_split("train", cache_dir=cache_dir)]).astype(np.float64).mean(0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = -(np.where(q > 0, q * np.log(q), 0.0) + np.where(q < 1, (1 - q) * np.log1p(-q), 0.0))
+    return float(h.sum())
+
+
 # --------------------------------------------------------------------------- loss
 
 
@@ -382,6 +393,6 @@ def piano_roll_nll(logits_TxBxD: jax.Array, targets_TxBxD: jax.Array, mask_TxB: 
 __all__ = [
     "FRACTIONS", "LOWEST_MIDI", "NOT_CHORALES", "N_PITCHES", "PIPELINE_VERSION", "SAME_CHORALE", "SPLITS",
     "SPLIT_SEED", "VOICES", "NotAChorale", "RollBatch", "batch", "build_cache", "cache_path", "chorale_files",
-    "load_split", "parse_chorale", "read_cache", "piano_roll", "piano_roll_nll", "piece_of", "roll_batch", "roll_batches",
+    "load_split", "marginal_nll", "parse_chorale", "read_cache", "piano_roll", "piano_roll_nll", "piece_of", "roll_batch", "roll_batches",
     "skipped_files", "split_batches", "split_counts", "split_files",
 ]

@@ -4,7 +4,9 @@
     y_t = h_t @ W + b, at every step ('all') or at the last step only ('last')
 
 trained with a loss mask: mean squared error for regression (the adding
-problem), cross-entropy for classification (copying memory, temporal order).
+problem), cross-entropy for classification (copying memory, temporal order),
+and for multi-label frames (piano rolls) the negative log-likelihood of
+independent Bernoulli outputs summed over the labels ('bce').
 A loss over a batch is ``sum(mask * loss_TxB) / sum(mask)``, the form of the
 baselines in ``rnnlab.data.synthetic``.
 
@@ -28,7 +30,7 @@ from rnnlab import configs
 from rnnlab.cells._common import Array, Params, initializer
 from rnnlab.layers import Stack
 
-LOSSES = ("mse", "ce")
+LOSSES = ("mse", "ce", "bce")
 READOUTS = ("all", "last")
 
 
@@ -58,7 +60,8 @@ class SeqModel:
     Attributes:
       stack: the recurrent layers (forward direction; any registered cell).
       d_out: readout width: 1 for regression, the number of classes for 'ce'.
-      loss: 'mse' (targets float, T x B) or 'ce' (targets int class ids, T x B).
+      loss: 'mse' (targets float, T x B), 'ce' (targets int class ids, T x B) or 'bce'
+        (targets 0/1 float, T x B x d_out: independent sigmoid outputs, summed over d_out).
       readout: 'all' reads out every step; 'last' only step T-1 (the mask's other
         steps must then be zero: last-step tasks).
       recurrent_radius: > 0: rescale each recurrent gate block to this spectral
@@ -102,6 +105,8 @@ class SeqModel:
     def per_step_loss(self, ys_TxBxO: Array, targets_TxB: Array) -> Array:
         if self.loss == "mse":
             return (ys_TxBxO[..., 0].astype(jnp.float32) - targets_TxB) ** 2
+        if self.loss == "bce":  # targets_TxBxO
+            return optax.sigmoid_binary_cross_entropy(ys_TxBxO.astype(jnp.float32), targets_TxB).sum(-1)
         return optax.softmax_cross_entropy_with_integer_labels(ys_TxBxO.astype(jnp.float32), targets_TxB)
 
     def loss_and_metrics(

@@ -1,6 +1,7 @@
 """Sequence tasks on the one loop: the generated long-range tasks (adding,
-copying memory, temporal order; ``data.synthetic``) and sequence classification
-(scikit-learn's 8x8 digits; ``data.digits``), with a ``models.seq.SeqModel``.
+copying memory, temporal order; ``data.synthetic``), sequence classification
+(scikit-learn's 8x8 digits; ``data.digits``) and polyphonic music (the Bach
+chorales as piano rolls, next-frame NLL; ``data.music``), with a ``models.seq.SeqModel``.
 
 Config: a ``task`` section (name, length, batch_size, eval_batches, eval_batch_size,
 n_copy, n_symbols) beside model/optim/train; trainer 'rnnlab.tasks.sequence:train_and_evaluate'
@@ -8,8 +9,10 @@ n_copy, n_symbols) beside model/optim/train; trainer 'rnnlab.tasks.sequence:trai
 
 Training batches are pure in (seed, step), evaluation batches in (seed,
 EVAL_STEP0 + i) and the test stream in (seed, TEST_STEP0 + i), so they never meet.
-Evaluations are logged and never pick a checkpoint: the result is the model at
-the last step. ``train.checkpoint_steps`` keeps snapshots for probes
+Evaluations are logged and pick no checkpoint: the result is the model at the
+last step, unless ``train.early_stop_evals`` > 0 (early stopping): then the run
+ends after that many evaluations without a new best, and the test numbers are
+the best validation checkpoint's. ``train.checkpoint_steps`` keeps snapshots for probes
 (``checkpoint.load_snapshot_params``); ``probe_batch`` is the batch they look at.
 """
 
@@ -25,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from rnnlab.data import digits, synthetic
+from rnnlab.data import digits, music, synthetic
 from rnnlab.models import seq as seq_lib
 from rnnlab.train import loop, writers
 from rnnlab.train.optim import make_optimizer
@@ -36,14 +39,14 @@ PROBE_STEP = 2 * 10**9  # the batch that probes (reports) look at
 
 
 class TaskSpec(NamedTuple):
-    batch: Callable[[int, int, int], synthetic.Batch]  # (seed, step, batch_size) -> Batch
+    batch: Callable[[int, int, int], synthetic.Batch]  # (seed, step, batch_size) -> Batch (music: RollBatch)
     d_in: int
     d_out: int
     loss: str  # 'mse' | 'ce'
     readout: str  # 'last' | 'all'
     baseline: float  # the loss of the best memoryless predictor
     length: int  # T of every sequence
-    split: Callable[[str], synthetic.Batch] | None = None  # finite datasets: 'valid'/'test' -> the whole split
+    split: Callable[[str], list] | None = None  # finite datasets: 'valid'/'test' -> the whole split's batches
 
 
 def task_spec(task: ml_collections.ConfigDict) -> TaskSpec:
@@ -68,13 +71,32 @@ def task_spec(task: ml_collections.ConfigDict) -> TaskSpec:
         order = digits.order_for_length(task.length)
         return TaskSpec(lambda s, i, b: digits.digits_batch(s, i, batch_size=b, order=order),
                         64 // task.length, digits.N_CLASSES, "ce", "last", digits.digits_baseline(), task.length,
-                        split=functools.partial(digits.digits_split, order=order))
-    raise ValueError(f"task.name must be one of {sorted([*synthetic.TASKS, 'digits'])}, got {task.name!r}")
+                        split=lambda split: [digits.digits_split(split, order=order)])
+    if task.name == "music":  # Bach chorales as piano rolls (data.music); task.length: training window, 0: whole pieces
+        max_len = task.length or None
+        length = task.length or max(len(r) for r in music.load_split("train")) - 1
+        return TaskSpec(lambda s, i, b: music.batch(s, i, b, max_len), music.N_PITCHES, music.N_PITCHES, "bce",
+                        "all", music.marginal_nll(), length,
+                        split=lambda split: music.split_batches(split, task.eval_batch_size))
+    raise ValueError(f"task.name must be one of {sorted([*synthetic.TASKS, 'digits', 'music'])}, got {task.name!r}")
+
+
+def model_io(task: ml_collections.ConfigDict) -> tuple[int, int, str, str]:
+    """(d_in, d_out, loss, readout) of a task, without reading its data (parameter counts, dry runs)."""
+    if task.name == "music":
+        return music.N_PITCHES, music.N_PITCHES, "bce", "all"
+    spec = task_spec(task)
+    return spec.d_in, spec.d_out, spec.loss, spec.readout
+
+
+def build_model(config: ml_collections.ConfigDict) -> seq_lib.SeqModel:
+    """The model of ``config`` alone (``build`` adds the task's data)."""
+    d_in, d_out, loss, readout = model_io(config.task)
+    return seq_lib.build(config.model, d_in, d_out, loss=loss, readout=readout)
 
 
 def build(config: ml_collections.ConfigDict) -> tuple[seq_lib.SeqModel, TaskSpec]:
-    spec = task_spec(config.task)
-    return seq_lib.build(config.model, spec.d_in, spec.d_out, loss=spec.loss, readout=spec.readout), spec
+    return build_model(config), task_spec(config.task)
 
 
 def probe_batch(config: ml_collections.ConfigDict, batch_size: int) -> synthetic.Batch:
@@ -109,8 +131,10 @@ def eval_step(model: seq_lib.SeqModel, params, batch: dict) -> dict:
     return m
 
 
-def device_batch(b: synthetic.Batch) -> dict:
-    return {"xs": b.xs_TxBxD, "targets": b.targets_TxB, "mask": b.mask_TxB}
+def device_batch(b) -> dict:
+    """A Batch (targets T x B) or a music RollBatch (targets T x B x 88) as the step's dict."""
+    targets = b.targets_TxBxD if hasattr(b, "targets_TxBxD") else b.targets_TxB
+    return {"xs": b.xs_TxBxD, "targets": targets, "mask": b.mask_TxB}
 
 
 def evaluate(model: seq_lib.SeqModel, params, config: ml_collections.ConfigDict, spec: TaskSpec,
@@ -122,7 +146,7 @@ def evaluate(model: seq_lib.SeqModel, params, config: ml_collections.ConfigDict,
     t = config.task
     total = {"loss": 0.0, "accuracy": 0.0, "count": 0.0, "memoryless": 0.0}
     step0 = {"valid": EVAL_STEP0, "test": TEST_STEP0}[split]
-    batches = ([spec.split(split)] if spec.split is not None else
+    batches = (spec.split(split) if spec.split is not None else
                (spec.batch(config.seed, step0 + i, t.eval_batch_size) for i in range(t.eval_batches)))
     for b in batches:
         m = {k: float(v) for k, v in eval_step(model, params, device_batch(b)).items()}
@@ -151,7 +175,8 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> loop.Task:
         raise ValueError("train.num_epochs: sequence tasks have no epochs; set train.num_steps")
 
     def finish(state: dict, step: int, ev: dict, best: dict | None) -> dict:
-        test = evaluate(model, state["params"], config, spec, "test")  # held out from model selection
+        # held out from model selection; with early stopping, the best validation checkpoint's
+        test = evaluate(model, (best if best is not None else state)["params"], config, spec, "test")
         evals = writers.read_metrics(workdir, "eval")
         target = spec.baseline / 10
         return {**{f"eval_{k}": v for k, v in ev.items()},
@@ -166,7 +191,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> loop.Task:
         train_step=lambda s, batch, lr: train_step(model, tx, s, batch, lr),
         batch=lambda i: device_batch(spec.batch(config.seed, i, b)),
         evaluate=lambda s, step: evaluate(model, s["params"], config, spec), finish=finish,
-        total_steps=config.train.num_steps, baseline=spec.baseline,
+        total_steps=config.train.num_steps, baseline=spec.baseline, keep_best=config.train.early_stop_evals > 0,
         banner=(f"T={spec.length} (baseline {spec.baseline:.4g}); model {model.stack.num_layers}x{model.stack.d_h} "
                 f"{cell.name}{dict(cell.options) or ''}"
                 f"{f', recurrent radius {model.recurrent_radius}' if model.recurrent_radius else ''}"),

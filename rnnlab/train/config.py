@@ -51,6 +51,9 @@ def train_config() -> ml_collections.ConfigDict:
     t.async_checkpoint = True
     t.tensorboard = True  # TensorBoard event files beside metrics.jsonl
     t.data_parallel = "auto"  # 'auto' (every local device) | 'off' | 'multihost' (rnnlab.parallel)
+    # >0: early stopping: the run ends (finished, result.json 'early_stopped') after this many evaluations
+    # in a row without a new best validation loss; tasks with keep_best then report the best checkpoint
+    t.early_stop_evals = 0
     return t
 
 
@@ -64,7 +67,7 @@ RESUMABLE_CHANGES = ("trainer", "train.num_epochs", "train.num_steps", "train.lo
 
 # Keys added to the configs after runs were made, with the value that computes what those runs
 # computed: a workdir whose config.json predates a key resumes when the key keeps that value.
-ADDED_KEYS = {"model.compute_dtype": ""}
+ADDED_KEYS = {"model.compute_dtype": "", "train.early_stop_evals": 0}
 
 
 def flat(d: dict, prefix: str = "") -> dict:

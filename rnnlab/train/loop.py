@@ -2,7 +2,7 @@
 config guard, the data-parallel mesh, Orbax restore and auto-resume, the
 finished-run shortcut, the learning-rate schedule, the pending-metric pipeline,
 the non-finite stop, divergence warnings, cadence (log / eval / checkpoint /
-snapshot), the wall-clock deadline, preemption (SIGTERM), the summary,
+snapshot), early stopping (``train.early_stop_evals``), the wall-clock deadline, preemption (SIGTERM), the summary,
 ``result.json`` and ``status.json``.
 
     workdir/config.json, command.txt   written at start (refused on resume if changed)
@@ -304,9 +304,11 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
     pending = None  # (step, device metrics, units): fetched after the next step is dispatched
     deadline = t_start + 60 * tr.max_minutes if tr.max_minutes else None
     step, ev, stopped_by = start, None, None
+    # resumed after an early stop that did not get to write its result: no more training
+    early_stopped = bool(tr.early_stop_evals) and schedule.state.get("since_best", 0) >= tr.early_stop_evals
     with _Preemption() as preemption:
         batch = task.batch(step) if step < total else None
-        while step < total:
+        while step < total and not early_stopped:
             units = task.units(batch)
             runner.submit(parallel.shard_batch(mesh, batch, task.batch_axis), np.float32(schedule.lr(step)))
             batch = task.batch(step + 1) if step + 1 < total else None  # built while the step runs
@@ -327,11 +329,15 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
                 pending = None
             if evaluating and not preemption.requested:
                 ev = evaluate(step)
+                if tr.early_stop_evals and schedule.state.get("since_best", 0) >= tr.early_stop_evals and not last:
+                    early_stopped = True
+                    print(f"early stop at step {step}: {tr.early_stop_evals} evaluations without a new best "
+                          f"(best {schedule.state['best']:.4g}; train.early_stop_evals)", flush=True)
             if snapping:
                 save(step, snapshot=True)
-            if saving:
+            if saving or early_stopped:
                 save(step)
-            if last:
+            if last or early_stopped:
                 break
     ckpt.wait()
     stop_message = f"stopped by {stopped_by} at step {step}; the same command resumes it"
@@ -343,7 +349,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
 
     if ev is None:  # resumed at the end without a result: evaluate what is there
         ev = evaluate(step)
-    finished = step >= total
+    finished = step >= total or early_stopped  # an early stop is a finished run
     best = None
     if task.keep_best:
         got = ckpt.restore_latest(runner.whole(), from_best=True)
@@ -351,7 +357,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str, make_task: Callable[..
     summary = {"step": step, "finished": finished, "parameters": n_params, **seconds(),
                "load_average_1min_mean": float(np.mean(loads)) if loads else None,
                **task.finish(runner.whole(), step, ev, best),
-               "diverged": divergence.diverged}
+               "diverged": divergence.diverged, **({"early_stopped": early_stopped} if tr.early_stop_evals else {})}
     if divergence.message:  # diverged, or warned and recovered
         summary["divergence"] = divergence.message
     summary["total_seconds"] = seconds()["train_seconds"]  # training, then the final evaluations

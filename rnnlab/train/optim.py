@@ -80,7 +80,8 @@ class Schedule:
         with jax.enable_x64(True):  # float64 like the Python-float formulas it replaces
             table = _optax_schedule(optim, total, steps_per_epoch)(np.arange(total + 1))
         self._table = np.broadcast_to(np.asarray(table, np.float64), (total + 1,))  # constant: one scalar
-        self.state = {"lr": float(optim.lr), "best": None}  # lr: the plateau rule's current rate
+        # lr: the plateau rule's current rate; since_best: evaluations since the best (early stopping)
+        self.state = {"lr": float(optim.lr), "best": None, "since_best": 0}
 
     def lr(self, step: int) -> float:
         return self.state["lr"] if self.plateau else float(self._table[min(step, len(self._table) - 1)])
@@ -88,6 +89,7 @@ class Schedule:
     def observe(self, loss: float) -> bool:
         best = self.state["best"]
         improved = best is None or loss < best
+        self.state["since_best"] = 0 if improved else self.state.get("since_best", 0) + 1
         if improved:
             self.state["best"] = loss
         elif self.plateau:
