@@ -518,9 +518,15 @@ def gallery_figure(name: str):
         if pilot:
             lines += ["", "Pilot (a longer budget, other seeds), final loss / baseline: "
                       + ", ".join(f"{k} {v:.3f}" for k, v in pilot.items()) + "."]
+        accuracy = r["numbers"].get("test_accuracy")  # per model: mean and 95% interval over seeds
+        if accuracy:
+            lines += ["", "| model | test accuracy, mean | 95% interval | seeds | learning rate |", "|---|---|---|---|---|"]
+            lines += [f"| {r['settings']['variants'].get(k, k)} | {v['mean']:.3f} | [{v['ci_low']:.3f}, "
+                      f"{v['ci_high']:.3f}] | {v['n']} | {r['numbers']['chosen_lr'][k]:g} |" for k, v in accuracy.items()]
         if "chosen_lr" in r["numbers"]:
             chosen = ", ".join(f"{k}: {v:g}" for k, v in r["numbers"]["chosen_lr"].items())
-            lines += ["", f"Learning rates chosen by the pilot (its runs are in the JSON): {chosen}."]
+            by = r["numbers"].get("chosen_by", "by the pilot (its runs are in the JSON)")
+            lines += ["", f"Learning rates chosen {by}: {chosen}."]
         settings = "; ".join(f"{k}: {v}" for k, v in r["settings"].items())
         lines += ["", f"Settings: {settings}.", "", f"Rendered from `{rel}` (numbers behind the plot: "
                   f"`{name}/{name}.csv`)."]

@@ -53,7 +53,7 @@ CONVERGED_FRACTION, CONVERGED_GAIN = 0.1, 0.01  # the last 10% of steps may impr
 # patience: evaluations without a new best before the run stops (train.early_stop_evals).
 TASKS: dict[str, dict[str, Any]] = {
     "music": dict(trainer=base.TASK_TRAINER, window=64, batch=16, steps=6000, eval_every=100, patience=10),
-    "char_lm": dict(trainer=base.LM_TRAINER, batch=16, seq_len=64, steps=12000, eval_every=250, patience=8),
+    "char_lm": dict(trainer=base.LM_TRAINER, batch=16, seq_len=64, steps=30000, eval_every=500, patience=6),
     "smoke_music": dict(trainer=base.TASK_TRAINER, window=16, batch=4, steps=20, eval_every=5, patience=2, budget=3000),
     "smoke_lm": dict(trainer=base.LM_TRAINER, batch=4, seq_len=16, steps=20, eval_every=5, patience=2, budget=3000),
 }

@@ -21,4 +21,4 @@ docstring says its model. The training figures choose learning rates by a pilot 
 seeds the figure does not use, recorded in the JSON.
 """
 
-FIGURES = ("cliff", "radius", "mean_field", "curse_of_memory", "latching", "temporal_order", "chrono_copy")
+FIGURES = ("cliff", "radius", "mean_field", "curse_of_memory", "latching", "temporal_order", "chrono_copy", "lru")

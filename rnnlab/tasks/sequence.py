@@ -160,7 +160,7 @@ def evaluate(model: seq_lib.SeqModel, params, config: ml_collections.ConfigDict,
     out["loss_over_baseline"] = out["loss"] / spec.baseline
     if spec.loss == "ce":
         out["accuracy"] = total["accuracy"] / n
-    else:
+    elif spec.loss == "mse":
         out["memoryless_loss"] = total["memoryless"] / n
     return out
 
