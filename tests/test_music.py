@@ -33,7 +33,7 @@ def _sounding(flat, t) -> set[int]:
 
 @pytest.fixture(scope="module")
 def bwv66_6():
-    return corpus.parse("bach/bwv66.6")
+    return corpus.parse("bach/bwv66.6", forceSource=True)  # not music21's pickle, another process may write it
 
 
 # --------------------------------------------------------------------------- the roll
@@ -302,3 +302,29 @@ def test_whole_corpus():
         assert sum(b.mask_TxB.sum() for b in batches) == sum(len(r) - 1 for r in rs)
     b = music.batch(0, 0, 16, max_len=32)
     assert b.xs_TxBxD.shape == (32, 16, 88) and b.mask_TxB.sum() > 0
+
+
+def test_of_processes_that_find_no_cache_one_builds_and_the_others_wait_for_its_file(tmp_path):
+    """build_once's file lock: four threads (each its own open file, as processes) ask for a missing
+    cache at once; the build runs once, and every caller returns after the file is whole."""
+    import threading
+    import time
+
+    path = tmp_path / "cache.npz"
+    calls, seen = [], []
+
+    def slow_build(p):
+        calls.append(1)
+        time.sleep(0.5)
+        p.write_bytes(b"whole")
+
+    def ask():
+        music.build_once(path, slow_build)
+        seen.append(path.read_bytes())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and seen == [b"whole"] * 4

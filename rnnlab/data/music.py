@@ -66,6 +66,7 @@ roll changes; the split is computed from the file names), written atomically
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import math
 import os
@@ -166,7 +167,9 @@ def piano_roll(score, *, name: str = "score") -> np.ndarray:
 
 def parse_chorale(name: str) -> np.ndarray:
     """The roll of one corpus file ('bach/bwv66.6.mxl' or 'bach/bwv66.6'), parsed by music21."""
-    return piano_roll(_music21().corpus.parse(name), name=name)
+    # forceSource: never read music21's own pickle cache, which it writes in place (not atomically): a
+    # process reading a file another is writing got "Error -5 while decompressing data"
+    return piano_roll(_music21().corpus.parse(name, forceSource=True), name=name)
 
 
 # --------------------------------------------------------------------------- split
@@ -270,11 +273,23 @@ def read_cache(path: Path) -> tuple[dict[str, np.ndarray], dict[str, str], float
             z["build_seconds"])
 
 
+def build_once(path: Path, build=None) -> None:
+    """``build(path)`` (default ``build_cache``) unless ``path`` exists, under a file lock: of
+    several processes that find no cache (a sweep's first trials), one builds, the others
+    wait for it and then read its file."""
+    if path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.exists():
+            print(f"rnnlab.data.music: building {path} (once; under a minute)", file=sys.stderr, flush=True)
+            (build or build_cache)(path)
+
+
 def _pieces(cache_dir) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     path = cache_path(cache_dir)
-    if not path.exists():
-        print(f"rnnlab.data.music: building {path} (once; under a minute)", file=sys.stderr, flush=True)
-        build_cache(path)
+    build_once(path)
     pieces, skipped, _ = read_cache(path)
     missing = [f for f in _split_of_files() if f not in pieces and f not in skipped]
     if missing:
@@ -392,7 +407,7 @@ def piano_roll_nll(logits_TxBxD: jax.Array, targets_TxBxD: jax.Array, mask_TxB: 
 
 __all__ = [
     "FRACTIONS", "LOWEST_MIDI", "NOT_CHORALES", "N_PITCHES", "PIPELINE_VERSION", "SAME_CHORALE", "SPLITS",
-    "SPLIT_SEED", "VOICES", "NotAChorale", "RollBatch", "batch", "build_cache", "cache_path", "chorale_files",
+    "SPLIT_SEED", "VOICES", "NotAChorale", "RollBatch", "batch", "build_cache", "build_once", "cache_path", "chorale_files",
     "load_split", "marginal_nll", "parse_chorale", "read_cache", "piano_roll", "piano_roll_nll", "piece_of", "roll_batch", "roll_batches",
     "skipped_files", "split_batches", "split_counts", "split_files",
 ]
