@@ -43,7 +43,7 @@ def run_figure(name: str, out: str, smoke: bool, work: str = "") -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m experiments.gradient_gallery", description=__doc__)
     p.add_argument("--figure", required=True, help=f"one of {', '.join(FIGURES)}, or all")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds each (CI)")
     p.add_argument("--out", default="", help=f"artifact folder (default: {os.path.relpath(PUBLISHED, REPO_ROOT)}, "
