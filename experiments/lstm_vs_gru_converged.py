@@ -16,7 +16,7 @@ NLL per step of independent Bernoulli outputs over 88 pitches; text:
 checkpoint's.
 
 Grids (``GRIDS``):
-  converged_cpu  3 cells x 2 tasks x LRS x SEEDS, sized for 2 CPU cores
+  converged_cpu  3 cells x 2 tasks x LRS x SEEDS (54 trials), sized for 2 CPU cores
                  (python -m launch run experiments/lstm_vs_gru_converged.py --grid=converged_cpu
                   --root=runs/lstm_vs_gru_converged --parallel=2; the same command resumes)
   paper          the wider search of PAPER_LRS x PAPER_SEEDS with longer caps, for a cluster:
@@ -44,7 +44,7 @@ from rnnlab import configs
 CELLS = ("tanh", "gru", "lstm")  # lstm: forget-gate bias 1 (base.CELLS)
 BUDGET = 20_000  # parameters per model, readout and embedding included (Chung et al.: about 20k)
 SEEDS = (0, 1, 2)
-LRS = (3e-3, 1e-2)  # Adam
+LRS = (1e-3, 3e-3, 1e-2)  # Adam
 PAPER_SEEDS = (0, 1, 2, 3, 4)
 PAPER_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
 CONVERGED_FRACTION, CONVERGED_GAIN = 0.1, 0.01  # the last 10% of steps may improve the best by at most 1%
@@ -123,7 +123,7 @@ def _overrides(trial: dict) -> dict:
 
 
 def converged_cpu(add):
-    """CELLS x (music, char_lm) x LRS x SEEDS = 36 trials, early stopping, for 2 CPU cores."""
+    """CELLS x (music, char_lm) x LRS x SEEDS = 54 trials, early stopping, for 2 CPU cores."""
     for task in ("music", "char_lm"):
         for cell in CELLS:
             for lr in LRS:

@@ -47,7 +47,7 @@ def test_the_paper_grid_dry_run_lists_its_trials_and_resources(tmp_path, capsys)
         assert abs(count - study.BUDGET) / study.BUDGET < 0.05, (t.name, count)  # matched to ~20k
     assert seen == {(t, c, lr, s) for t in ("music", "char_lm") for c in study.CELLS for lr in study.PAPER_LRS
                     for s in study.PAPER_SEEDS}
-    assert len(trials.expand(EXPERIMENT, str(tmp_path), "converged_cpu")) == 36
+    assert len(trials.expand(EXPERIMENT, str(tmp_path), "converged_cpu")) == 3 * 2 * len(study.LRS) * len(study.SEEDS) == 54
 
 
 def test_the_convergence_rule_on_hand_made_curves():
