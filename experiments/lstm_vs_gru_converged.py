@@ -161,21 +161,7 @@ GRIDS = {"converged_cpu": (converged_cpu, ""), "paper": (paper, ""), "paper_slic
          "smoke": (smoke, "")}
 
 
-def describe(config: Any) -> dict:
-    return base.describe(config)
-
-
-def name(trial_overrides: dict) -> str:
-    return describe(resolve(trial_overrides))["name"]
-
-
-def resolve(trial_overrides: dict, variant: str = "") -> ml_collections.ConfigDict:
-    c = get_config(variant)
-    c.unlock()
-    for k, v in trial_overrides.items():
-        configs.set_dotted(c, k, str(v))
-    c.lock()
-    return c
+describe = base.describe  # a trial's name and facts from its config (launch names the workdirs with it)
 
 
 # ----------------------------------------------------------------------------- convergence
