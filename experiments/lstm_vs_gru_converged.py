@@ -52,12 +52,12 @@ CONVERGED_FRACTION, CONVERGED_GAIN = 0.1, 0.01  # the last 10% of steps may impr
 # Per task: the loop it runs and its budget. steps: the cap; eval_every: steps between validations;
 # patience: evaluations without a new best before the run stops (train.early_stop_evals).
 TASKS: dict[str, dict[str, Any]] = {
-    "music": dict(trainer=base.TASK_TRAINER, window=64, batch=16, steps=6000, eval_every=100, patience=10),
-    "char_lm": dict(trainer=base.LM_TRAINER, batch=16, seq_len=64, steps=30000, eval_every=500, patience=6),
+    "music": dict(trainer=base.TASK_TRAINER, window=64, batch=16, steps=20000, eval_every=100, patience=10),
+    "char_lm": dict(trainer=base.LM_TRAINER, batch=16, seq_len=64, steps=60000, eval_every=500, patience=6),
     "smoke_music": dict(trainer=base.TASK_TRAINER, window=16, batch=4, steps=20, eval_every=5, patience=2, budget=3000),
     "smoke_lm": dict(trainer=base.LM_TRAINER, batch=4, seq_len=16, steps=20, eval_every=5, patience=2, budget=3000),
 }
-PAPER_CAPS = {"music": 20000, "char_lm": 50000}  # the paper grid's step caps (early stopping ends most before)
+PAPER_CAPS = {"music": 40000, "char_lm": 120000}  # the paper grid's step caps (early stopping ends most before)
 METRICS = {"music": ("eval_loss", "test_loss", "min", "test NLL per step (nats)"),
            "char_lm": ("valid_bpc", "test_bpc", "min", "test bits per character")}
 METRIC = None  # launch: each trial's own validation loss ('eval/loss' or 'valid/nll')
