@@ -413,13 +413,14 @@ def _throughput(train_rows: list[dict], tokens_per_step: int) -> float | None:
     return (rows[-1]["step"] - rows[0]["step"]) * tokens_per_step / (rows[-1]["time"] - rows[0]["time"])
 
 
-def summarize(rows: list[dict]) -> dict:
+def summarize(rows: list[dict], metrics: dict | None = None) -> dict:
     """Per task: per cell, the best lr (lowest/highest mean validation metric over
     seeds, among lrs where every seed finished) and the test metric's stats at it;
-    the winner and which cells' 95% CIs overlap the winner's."""
+    the winner and which cells' 95% CIs overlap the winner's. ``metrics``: task ->
+    (validation key, test key, 'min'|'max', label) of result.json (default METRICS)."""
     out: dict[str, Any] = {}
     for task in sorted({r["task"] for r in rows}):
-        val_key, test_key, direction, label = METRICS[task]
+        val_key, test_key, direction, label = (metrics or METRICS)[task]
         sign = 1.0 if direction == "min" else -1.0
         cells_out = {}
         for cell in sorted({r["cell"] for r in rows if r["task"] == task}):

@@ -93,6 +93,21 @@ def test_the_smoke_grid_trains_both_tasks_with_early_stopping_through_launch(tmp
         assert result["finished"] and "early_stopped" in result
         key = "test_loss" if t.name.startswith("smoke_music") else "test_bpc"
         assert math.isfinite(result[key]) and result[key] > 0, (t.name, result)
+    # The report: every trial's verdict, and the tables' numbers are the JSON's.
+    out = str(tmp_path / "report")
+    rep = study.report(root, out)
+    readme = open(os.path.join(out, "README.md")).read()
+    assert set(rep["trials"]) == {t.name for t in trials.expand(EXPERIMENT, root, "smoke")}
+    for task, s in rep["summary"].items():
+        for cell, c in s["cells"].items():
+            row = next(line for line in readme.splitlines() if line.startswith(f"| {cell}") and
+                       f"| {c['best']['parameters']} ({c['best']['d_hidden']})" in line)
+            assert f"| {c['best']['lr']:g} |" in row and f"{c['best']['test']['mean']:.4g}" in row, (task, row)
+            want = json.load(open(os.path.join(root, f"{task}_{cell}_lr0.01_seed0", "result.json")))
+            assert c["best"]["test"]["mean"] == want[s["test_key"]]  # one seed: the mean is the trial's number
+    for r in rep["trials"].values():
+        assert r["stop"] in ("early stop", "step cap") and isinstance(r["converged"], bool)
+    assert {"curves_smoke_music.png", "curves_smoke_lm.png"} <= set(os.listdir(out))
 
 
 @pytest.mark.slow
