@@ -36,7 +36,6 @@ validation loss still fell by more than 1% over its last 10% of steps.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Any
@@ -283,8 +282,8 @@ def markdown(rows: list[dict], summary: dict, figures: list[str], extra: dict) -
              "over seeds.", ""]
     counts = extra.get("music_split")
     if counts:
-        lines += [f"Music: Bach chorales of music21's corpus as 88-pitch piano rolls, quarter-note steps "
-                  f"(`rnnlab.data.music`), split by piece: train/valid/test = "
+        lines += ["Music: Bach chorales of music21's corpus as 88-pitch piano rolls, quarter-note steps "
+                  "(`rnnlab.data.music`), split by piece: train/valid/test = "
                   + "/".join(str(counts["pieces"][k]) for k in music.SPLITS) + " pieces ("
                   + "/".join(str(counts["files"][k]) for k in music.SPLITS) + " files). Not the JSB split of "
                   "Boulanger-Lewandowski et al. 2012 (229/76/77 pieces): published numbers compare in kind, "
@@ -368,7 +367,7 @@ def comparison(summary: dict, extra: dict) -> list[str]:
         ours = " < ".join(sorted(CELLS, key=lambda c: text_[c]["mean"]))
         sep = [f"{a} vs {b}: " + ("separate" if _separated(text_[a], text_[b]) else "overlap")
                for a, b in (("gru", "lstm"), ("gru", "tanh"), ("lstm", "tanh"))]
-        out += [f"- **Character LM** (not in Chung et al. 2014). Ours, test bpc: "
+        out += ["- **Character LM** (not in Chung et al. 2014). Ours, test bpc: "
                 + ", ".join(f"{c} {text_[c]['mean']:.3f}" for c in CELLS) + f" (ordering {ours}; intervals: "
                 + ", ".join(sep) + ")."]
     if all(music_.values()) or all(text_.values()):
@@ -391,9 +390,9 @@ def _jozefowicz_sentence(music_: dict, text_: dict) -> str:
     for task, d in (("music", music_), ("the character LM", text_)):
         if not (d.get("gru") and d.get("lstm")):
             continue
-        g, l = d["gru"], d["lstm"]
-        if _separated(g, l):
-            said.append(f"on {task} the {'GRU' if g['mean'] < l['mean'] else 'LSTM'} is better, intervals apart")
+        g, ls_ = d["gru"], d["lstm"]
+        if _separated(g, ls_):
+            said.append(f"on {task} the {'GRU' if g['mean'] < ls_['mean'] else 'LSTM'} is better, intervals apart")
         else:
             said.append(f"on {task} GRU and LSTM are not separated (intervals overlap)")
     return ("Here: " + "; ".join(said) + ".") if said else ""
