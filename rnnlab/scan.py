@@ -100,9 +100,10 @@ def run(
       fused_store: 'activations' (keep gate activations for the backward pass)
         or 'recompute' (keep only the carries; recompute the gates).
       path: 'sequential' (a scan of ``step``), 'parallel' (one ``associative_scan``
-        over the cell's linear coefficients; linear cells only, see
-        ``rnnlab.cells``; ``unroll``/``remat`` do not apply) or 'auto': parallel
-        where ``prefer_parallel`` says it is the faster (measured) path.
+        over the cell's linear coefficients, or a matrix-state cell's ``chunkwise``
+        form; see ``rnnlab.cells``; ``unroll``/``remat`` do not apply) or 'auto':
+        parallel where ``prefer_parallel`` says it is the faster (measured) path
+        (linear cells; a chunkwise form only when asked for).
 
     Returns:
       (final carry, outputs hs_TxBxH).
@@ -133,7 +134,8 @@ def run(
             reset_TxB = jnp.concatenate([reset_TxB[1:], jnp.zeros_like(reset_TxB[:1])])
 
     if choice.path == "parallel":
-        carry_T, hs_TxBxH = _run_parallel(cell, params, carry0, xp_TxBxG, reset_TxB, valid_TxB, reverse)
+        run_parallel = _run_parallel if cell.has_linear else _run_chunkwise
+        carry_T, hs_TxBxH = run_parallel(cell, params, carry0, xp_TxBxG, reset_TxB, valid_TxB, reverse)
         if compute_dtype is not None:
             hs_TxBxH = hs_TxBxH.astype(compute_dtype)
         return carry_T, hs_TxBxH
@@ -170,10 +172,10 @@ def _check_path(cell: cells_lib.Cell, path: str, h_mask_BxH: Any) -> None:
     if path == "parallel" and not cell.has_parallel:
         raise ValueError(
             f"path='parallel': cell {cell.name!r} has no linear_coefficients (its recurrence is not "
-            "linear in the state); use path='sequential' or 'auto'"
+            "linear in the state) and no chunkwise form; use path='sequential' or 'auto'"
         )
     if path == "parallel" and h_mask_BxH is not None:
-        raise ValueError("path='parallel' takes no h_mask_BxH (linear cells have no recurrent matmul)")
+        raise ValueError("path='parallel' takes no h_mask_BxH (the parallel forms have no recurrent matmul)")
 
 
 def choose_path(cell: cells_lib.Cell | str, params: Params, carry0: Carry, xs_TxBxD: Array, *,
@@ -198,9 +200,10 @@ def choose_path(cell: cells_lib.Cell | str, params: Params, carry0: Carry, xs_Tx
     chunk = remat_chunk(remat, n_steps)
     within = f" in rematerialised chunks of {chunk} steps" if chunk > 1 else ""
     if path == "parallel":
-        return Choice("parallel", f"path='parallel' (argument): one associative scan of {cell.name}'s "
-                                  "linear coefficients", chunk)
-    if path == "auto" and cell.has_parallel:
+        what = ("one associative scan of its linear coefficients" if cell.has_linear
+                else "its chunkwise-parallel form")
+        return Choice("parallel", f"path='parallel' (argument): {cell.name}, {what}", chunk)
+    if path == "auto" and cell.has_linear:
         if h_mask_BxH is not None:
             why_not = "a recurrent dropout mask (h_mask_BxH) needs the sequential path"
         else:
@@ -215,6 +218,8 @@ def choose_path(cell: cells_lib.Cell | str, params: Params, carry0: Carry, xs_Tx
             why_not = f"path='auto': {where}, and the parallel path is measured faster for {measured}"
     elif path == "sequential":
         why_not = "path='sequential' (argument)"
+    elif cell.has_parallel:
+        why_not = f"path='auto': {cell.name}'s chunkwise form is taken only when asked for (path='parallel')"
     else:
         why_not = f"{cell.name} has no linear recurrence"
     if not fused:
@@ -422,7 +427,7 @@ def prefer_parallel(cell: cells_lib.Cell, n_steps: int, platform: str | None = N
     (no accelerator was available); it is the regime the associative scan is
     for (O(log T) depth). Rerun benchmarks/parallel_scan.py there to check.
     """
-    if not cell.has_parallel:
+    if not cell.has_linear:
         return False
     lo, hi = _PARALLEL_STEPS.get(platform or jax.default_backend(), {}).get(kind, (None, None))
     return lo is not None and n_steps >= lo and (hi is None or n_steps <= hi)
@@ -487,6 +492,21 @@ def _run_parallel(cell, params, carry0, xp_TxBxG, reset_TxB, valid_TxB, reverse)
     if valid is not None:
         hs_TxBxH = jnp.where(valid, hs_TxBxH, jnp.zeros_like(hs_TxBxH))
     carry_T = cell.from_state(h_TxBxN[0 if reverse else -1])
+    return jax.tree.map(lambda n, o: n.astype(o.dtype), carry_T, carry0), hs_TxBxH
+
+
+def _run_chunkwise(cell, params, carry0, xp_TxBxG, reset_TxB, valid_TxB, reverse):
+    """The parallel path of a matrix-state cell: its ``chunkwise`` form, forward in time
+    (reversed: the arrays flipped, so a sequence's padding comes first and leaves the
+    carry at carry0 until the sequence's own end)."""
+    n_steps, batch = xp_TxBxG.shape[:2]
+    reset = jnp.zeros((n_steps, batch), bool) if reset_TxB is None else reset_TxB
+    valid = jnp.ones((n_steps, batch), bool) if valid_TxB is None else valid_TxB
+    flip = (lambda a: jnp.flip(a, 0)) if reverse else (lambda a: a)
+    carry_T, hs_TxBxH = cell.chunkwise(params, carry0, flip(xp_TxBxG), flip(reset), flip(valid))
+    hs_TxBxH = flip(hs_TxBxH)
+    if valid_TxB is not None:
+        hs_TxBxH = jnp.where(valid_TxB[:, :, None], hs_TxBxH, jnp.zeros_like(hs_TxBxH))
     return jax.tree.map(lambda n, o: n.astype(o.dtype), carry_T, carry0), hs_TxBxH
 
 

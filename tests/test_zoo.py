@@ -151,7 +151,7 @@ def test_step_matches_the_papers_equations_in_numpy(name):
 
 
 def test_every_zoo_cell_has_a_reference_or_its_own_test():
-    own_tests = {"elman", "lstm", "gru", "lstmp", "slstm"}  # torch parity / closed form below
+    own_tests = {"elman", "lstm", "gru", "lstmp", "slstm", "mlstm"}  # torch parity / closed form below
     assert set(cells.available()) <= set(REFS) | own_tests, "a new cell: add its equations to REFS"
 
 
@@ -198,6 +198,37 @@ def test_slstm_does_not_overflow_where_plain_exp_gates_would():
     params["b_G"] = params["b_G"].at[:H].set(200.0)  # exp(200) overflows float32
     _, hs = scan.run(cell, params, cell.initial_carry(B, H), jnp.ones((20, B, D), jnp.float32))
     assert np.all(np.isfinite(np.asarray(hs)))
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_mlstm_stabilised_equals_the_papers_unstabilised_matrix_memory(heads):
+    """Closed form (Beck et al. 2024, eqs. 19-27, no stabiliser): per head,
+    C_t = f C + exp(i~) v k^T, n_t = f n + exp(i~) k, h = o (C q) / max(|n . q|, 1),
+    k scaled by 1/sqrt(d), f = sigmoid(f~); float64, both of scan.run's paths."""
+    cell = cells.get("mlstm", heads=heads, chunk_size=4)
+    params = cell.init(jax.random.key(0), D, H, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (11, B, D), jnp.float64)
+    seq = scan.run(cell, params, cell.initial_carry(B, H), xs, path="sequential")[1]
+    par = scan.run(cell, params, cell.initial_carry(B, H), xs, path="parallel")[1]
+    p = jax.tree.map(np.asarray, params)
+    d = H // heads
+    c, n = np.zeros((B, heads, d, d)), np.zeros((B, heads, d))
+    for t in range(11):
+        g = np.asarray(xs[t]) @ p["w_x_DxG"] + p["b_G"]
+        q, k, v, o = (g[:, j * H:(j + 1) * H].reshape(B, heads, d) for j in range(4))
+        k = k / np.sqrt(d)
+        i, f = np.exp(g[:, 4 * H:4 * H + heads]), sig(g[:, 4 * H + heads:])
+        c = f[..., None, None] * c + i[..., None, None] * v[..., :, None] * k[..., None, :]
+        n = f[..., None] * n + i[..., None] * k
+        num, den = np.einsum("bkvd,bkd->bkv", c, q), np.einsum("bkd,bkd->bk", n, q)
+        h = (sig(o) * num / np.maximum(np.abs(den), 1.0)[..., None]).reshape(B, H)
+        np.testing.assert_allclose(np.asarray(seq[t]), h, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(np.asarray(par[t]), h, rtol=1e-10, atol=1e-12)
+
+
+def test_mlstm_refuses_heads_that_do_not_divide_the_width():
+    with pytest.raises(ValueError, match="not a multiple of heads=3"):
+        cells.get("mlstm", heads=3).init(jax.random.key(0), D, H)
 
 
 def test_mogrifier_with_zero_rounds_is_the_lstm_and_rank_factorises():

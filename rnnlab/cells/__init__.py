@@ -98,6 +98,7 @@ class CellSpec:
     precompute: Callable | None = None
     linear: LinearSpec | None = None
     fused: FusedSpec | None = None
+    chunkwise: Callable | None = None  # the chunkwise-parallel form of a matrix-state cell (_common.Chunkwise)
     n_gates: int = 1
     option_choices: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     carry_names: tuple[str, ...] | None = None
@@ -108,7 +109,7 @@ class CellSpec:
 
 
 _REQUIRED = (_common.PlainCell,)
-_OPTIONAL = (_common.Precompute, _common.LinearRecurrence, _common.LinearExtras, _common.FusedCell,
+_OPTIONAL = (_common.Precompute, _common.LinearRecurrence, _common.LinearExtras, _common.Chunkwise, _common.FusedCell,
              _common.FusedExtras, _common.CellExtras)
 
 
@@ -209,7 +210,8 @@ def check(module: ModuleType, name: str | None = None) -> CellSpec:
     if has("fused_forward"):
         fused = FusedSpec(tuple(get_("RECURRENT_PARAMS")), get_("fused_forward"), get_("fused_backward"),
                           get_("fused_param_grads"), opt("fused_available"))
-    fns = [get_(n) for n in ("init", "step", "initial_carry", "linear_coefficients", "readout", "fused_available",
+    fns = [get_(n) for n in ("init", "step", "initial_carry", "linear_coefficients", "readout", "chunkwise",
+                             "fused_available",
                              "fused_forward", "fused_backward", "fused_param_grads") if has(n)]
     takes = {fn: frozenset(_keyword_options(fn)) - {"dtype"} for fn in fns}
     options: dict[str, Any] = {}
@@ -221,7 +223,8 @@ def check(module: ModuleType, name: str | None = None) -> CellSpec:
                                 f"(its options: {sorted(options)})")
     return CellSpec(
         name=name, file=file, init=get_("init"), initial_carry=get_("initial_carry"), step=get_("step"),
-        precompute=opt("precompute"), linear=linear, fused=fused, n_gates=opt("N_GATES") or 1,
+        precompute=opt("precompute"), linear=linear, fused=fused, chunkwise=opt("chunkwise"),
+        n_gates=opt("N_GATES") or 1,
         option_choices=choices, carry_names=opt("CARRY_NAMES"), output_of_carry=opt("output_of_carry"),
         recurrent_dropout="h_mask_BxH" in inspect.signature(get_("step")).parameters,
         options=options, takes=takes)
@@ -281,8 +284,17 @@ class Cell:
 
     @property
     def has_parallel(self) -> bool:
-        """Whether the recurrence is linear in the state: scan.run's parallel path."""
+        """Whether scan.run has a parallel path for the cell: one associative scan (a
+        recurrence linear in the state) or the chunkwise form (a matrix state)."""
+        return self.spec.linear is not None or self.spec.chunkwise is not None
+
+    @property
+    def has_linear(self) -> bool:
+        """Whether the recurrence is linear in the state (``linear_coefficients``)."""
         return self.spec.linear is not None
+
+    def chunkwise(self, params, carry0, xp_TxBxG, reset_TxB, valid_TxB):
+        return self.bind(self.spec.chunkwise)(params, carry0, xp_TxBxG, reset_TxB, valid_TxB)
 
     @property
     def has_fused(self) -> bool:

@@ -119,6 +119,19 @@ class LinearExtras(Protocol):
         """The states -> hs_TxBxH (default: identity)."""
 
 
+class Chunkwise(Protocol):
+    """Optional: the chunkwise-parallel form of a cell whose state is a matrix (mLSTM):
+    the sequence in chunks, each one a masked matrix product (parallel within the
+    chunk), the state passed from chunk to chunk. ``scan.run(path='parallel')`` calls
+    it forward in time (it flips the arrays for ``reverse``), with ``reset_TxB``
+    (bool: the carry goes back to ``carry0`` before step t) and ``valid_TxB`` (bool:
+    a step past the sequence's length keeps the carry; its output is discarded)."""
+
+    def chunkwise(self, params: Params, carry0: Carry, xp_TxBxG: Array, reset_TxB: Array, valid_TxB: Array,
+                  /) -> tuple[Carry, Array]:
+        """-> (final carry, hs_TxBxH), equal to a scan of ``step`` with the same resets and lengths."""
+
+
 class FusedCell(Protocol):
     """Optional, all or none: the fused layer of ``rnnlab.fused`` (custom VJP; the
     backward loop carries only the state gradients, W_h's gradient is one GEMM)."""
