@@ -301,6 +301,14 @@ def _range(norms) -> float | None:
     return float(pos.max() / pos.min()) if pos.size else None
 
 
+def _h_magnitude(model, params, xs) -> dict:
+    """Mean and max |h_t| of the top layer's output along the probe batch's trajectory: an
+    exploding state shows here even when the gradient's range looks tame."""
+    _, hs = probes.carry_trajectory(model.stack, params["stack"], xs)
+    a = np.abs(np.asarray(hs, np.float64))
+    return {"h_abs_mean": float(a.mean()), "h_abs_max": float(a.max())}
+
+
 def _fit(norms, min_lag: int, max_lag: int | None) -> dict:
 
 
@@ -370,6 +378,9 @@ def probe_trial(workdir: str, *, batch_size: int = 32, jacobian_batch: int = 8, 
              "component_norms_T": {k: _floats(v) for k, v in gn.component_norms.items()},
              "fit_all": _fit(norms_T, 1, None), "fit_window": _fit(norms_T, 1, window),
              "range_window": _range(norms_T[in_window]),
+             # signed: the fitted log-rate per step (< 0 decays, > 0 grows), which the range cannot tell
+             "log_rate_window": _fit(norms_T, 1, window)["log_rate"],
+             **_h_magnitude(model, params, xs),
              "range_window_from_lag1": _range(norms_T[in_window & (lag_T >= 1)]),
              "zeros_in_window": int(np.sum(norms_T[in_window] == 0)),  # underflowed below float32's range
              "component_range_window": {k: _range(np.asarray(v, np.float64)[in_window])
@@ -669,6 +680,8 @@ def _summary_rows(trials_: dict) -> list[dict]:
                 "trial": t["name"], "label": t["label"], "T": t["T"], "snapshot_step": s["step"],
                 "probe_loss": s["loss"], "fit_rate_1_all": s["fit_all"]["rate"], "fit_r2_1_all": s["fit_all"]["r2"],
                 "window": t["window"], "fit_rate_window": s["fit_window"]["rate"], "range_window": s["range_window"],
+                "log_rate_window": s.get("log_rate_window"), "h_abs_mean": s.get("h_abs_mean"),
+                "h_abs_max": s.get("h_abs_max"),
                 "recurrent_radius": s["recurrent_radius"][0], "memory_time": s["gates"].get("layer_0/memory_time"),
                 "jac_rms_rate": jac.get("rms"), "jac_spectral_rate": jac.get("spectral"),
                 "jac_lyapunov_rate": jac.get("lyapunov"), "jac_fit_rate_same_examples": jac.get("fit_same_examples", {}).get("rate"),

@@ -142,8 +142,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     return c
 
 
-def sweep(add):
-    """Cells x seeds on the default variant."""
-    for cell in ("lstm", "gru", "elman"):
+def sweep(add, cells=("lstm", "gru", "elman")):
+    """Cells x seeds on the default variant; ``python -m launch run ... --cells=lstm,gru,mycell``
+    compares other cells (any registered name)."""
+    for cell in cells:
         for seed in (0, 1, 2):
             add(**{"model.cell": cell, "seed": seed})

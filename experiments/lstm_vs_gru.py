@@ -284,11 +284,12 @@ def overrides(task: str, cell: str, lr: float, seed: int) -> dict:
     return {k: v for k, v in trial.items() if v != default[k]}
 
 
-def sweep(add):
+def sweep(add, cells=STUDY_CELLS):
     """The study: STUDY_TASKS x STUDY_CELLS x LRS x SEEDS (6 x 3 x 2 x 3 = 108 trials),
-    and the LSTM with forget bias 0 on FB0_TASKS (18 more)."""
+    and the LSTM with forget bias 0 on FB0_TASKS (18 more). ``cells`` (launch --cells=lstm,gru,mycell):
+    other cells, by label (tanh, lstm, gru, lstm_fb0) or registered name."""
     for task in STUDY_TASKS:
-        for cell in STUDY_CELLS + (("lstm_fb0",) if task in FB0_TASKS else ()):
+        for cell in tuple(cells) + (("lstm_fb0",) if task in FB0_TASKS and "lstm" in cells else ()):
             for lr in LRS:
                 for seed in SEEDS:
                     add(**overrides(task, cell, lr, seed))

@@ -130,26 +130,27 @@ def _overrides(trial: dict) -> dict:
     return {k: v for k, v in got.items() if v != default[k]}
 
 
-def converged_cpu(add):
-    """CELLS x (music, char_lm) x LRS x SEEDS = 54 trials, early stopping, for 2 CPU cores."""
+def converged_cpu(add, cells=CELLS):
+    """CELLS x (music, char_lm) x LRS x SEEDS = 54 trials, early stopping, for 2 CPU cores
+    (``cells``: launch --cells=tanh,gru,lstm,mycell)."""
     for task in ("music", "char_lm"):
-        for cell in CELLS:
+        for cell in cells:
             for lr in LRS:
                 for seed in SEEDS:
                     _add(add, task, cell, lr, seed)
 
 
-def _paper_trials():
+def _paper_trials(cells=CELLS):
     for task in ("music", "char_lm"):
-        for cell in CELLS:
+        for cell in cells:
             for lr in PAPER_LRS:
                 for seed in PAPER_SEEDS:
                     yield task, cell, lr, seed
 
 
-def paper(add):
+def paper(add, cells=CELLS):
     """CELLS x (music, char_lm) x PAPER_LRS x PAPER_SEEDS = 120 trials, caps PAPER_CAPS: for a cluster."""
-    for task, cell, lr, seed in _paper_trials():
+    for task, cell, lr, seed in _paper_trials(cells):
         _add(add, task, cell, lr, seed, PAPER_CAPS[task])
 
 

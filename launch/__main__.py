@@ -36,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--grid", default="sweep", help="the file's function of `add` that lists the trials")
         s.add_argument("--variant", default=None, help="get_config's arg, e.g. 'smoke' (default: the grid's own, "
                        "from the file's GRIDS, else the default variant)")
+        s.add_argument("--cells", default="", help="comma-separated cells to compare, for a grid that takes "
+                       "them (e.g. --cells=lstm,gru,mycell); the same list for run, status and report")
         s.add_argument("--metric", default=None, help="main metric KIND/KEY of metrics.jsonl (default: the "
                        "file's METRIC, else eval/loss or valid/nll)")
     run = sub.choices["run"]
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:  # every trial's config is built and checked here, before anything runs
         module = trials_lib.load_experiment(args.experiment)
-        trials = trials_lib.expand(args.experiment, args.root, args.grid, args.variant)
+        cells = [c for c in args.cells.split(",") if c] or None
+        trials = trials_lib.expand(args.experiment, args.root, args.grid, args.variant, cells)
     except ValueError as e:
         print(f"launch {args.command}: {e}", file=sys.stderr, flush=True)
         return 2

@@ -37,8 +37,9 @@ def run_trials(trials: list[trials_lib.Trial], root: str, *, executor: str = "lo
 
 
 def run_sweep(experiment: str, root: str, grid: str = "sweep", variant: str | None = None, *,
-              executor: str = "local", parallel: int = 0, wait: bool = True, **slurm_resources) -> list[dict]:
+              executor: str = "local", parallel: int = 0, wait: bool = True, cells=None,
+              **slurm_resources) -> list[dict]:
     """Expand ``grid`` of the ``experiment`` file into trials under ``root`` (refusing bad
-    configs before anything runs) and run them with ``run_trials``."""
-    trials = trials_lib.expand(experiment, root, grid, variant)
+    configs before anything runs; ``cells``: see ``trials.expand``) and run them with ``run_trials``."""
+    trials = trials_lib.expand(experiment, root, grid, variant, cells)
     return run_trials(trials, root, executor=executor, parallel=parallel, wait=wait, **slurm_resources)

@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import os
 import re
 import sys
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -120,15 +122,23 @@ def trial_name(module: ModuleType, config: ml_collections.ConfigDict, overrides:
     return safe_name(overrides)
 
 
-def expand(experiment: str, root: str, grid: str = "sweep", variant: str | None = None) -> list[Trial]:
+def expand(experiment: str, root: str, grid: str = "sweep", variant: str | None = None,
+           cells: Sequence[str] | None = None) -> list[Trial]:
     """Every trial of ``grid``, each config resolved and its workdir checked: a bad
     override, two trials sharing a workdir, or a workdir holding another config is
-    refused here, before anything is run or submitted."""
+    refused here, before anything is run or submitted. ``cells``: the cells to compare,
+    for a grid that takes them (``def sweep(add, cells=(...))``; ``launch --cells``)."""
     module = load_experiment(experiment)
     fn = grid_function(module, grid)
     variant = default_variant(module, grid) if variant is None else variant
     added: list[dict] = []
-    fn(lambda **kw: added.append(kw))
+    if cells:
+        if "cells" not in inspect.signature(fn).parameters:
+            raise ValueError(f"grid {grid!r} of {experiment} takes no list of cells (--cells); its function is "
+                             f"{grid}(add). Give it a `cells` parameter, or leave --cells out")
+        fn(lambda **kw: added.append(kw), cells=tuple(cells))
+    else:
+        fn(lambda **kw: added.append(kw))
     if not added:
         raise ValueError(f"grid {grid}(add) of {experiment} added no trials")
     trials, seen = [], {}

@@ -37,7 +37,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from rnnlab import cells as cells_lib
-from rnnlab.cells._common import Array, Carry, Params, split_gates
+from rnnlab.cells._common import Array, Carry, Params
 from rnnlab.layers import Stack
 
 __all__ = [
@@ -434,39 +434,19 @@ SIGMOID_SATURATION = (0.1, 0.9)  # a sigmoid gate below / above these is saturat
 TANH_SATURATION = 0.9  # a tanh unit with |value| above this is saturated
 
 
-def _lstm_gates(cell, params, xp_TxBxG, prev_T, carries_T):
-    h_prev = prev_T[1]
-    i, f, g, o = split_gates(xp_TxBxG + h_prev @ params["w_h_HxG"], 4)
-    gates = {"i": ("sigmoid", jax.nn.sigmoid(i)), "f": ("sigmoid", jax.nn.sigmoid(f)),
-             "g": ("tanh", jnp.tanh(g)), "o": ("sigmoid", jax.nn.sigmoid(o)),
-             "tanh_c": ("tanh", jnp.tanh(carries_T[0]))}
-    return gates, "f"
+def step_gates(cell: cells_lib.Cell, params: Params, xp_TxBxG: Array, prev_T: Carry):
+    """The cell's ``gates`` at every step t from carry_{t-1} (``prev_T``), stacked over T."""
+    kinds: dict[str, str] = {}
+    memory = []
 
+    def one(c, x):
+        gates, memory_gate = cell.gates(params, c, x)
+        kinds.update({k: kind for k, (kind, _) in gates.items()})  # Python values: the same at every step
+        memory.append(memory_gate)
+        return {k: v for k, (_, v) in gates.items()}
 
-def _gru_gates(cell, params, xp_TxBxG, prev_T, carries_T):
-    h, w_h = prev_T, params["w_h_HxG"]
-    d_h = h.shape[-1]
-    x_r, x_z, x_n = split_gates(xp_TxBxG, 3)
-    if dict(cell.options).get("reset_after", True):
-        h_r, h_z, h_n = split_gates(h @ w_h, 3)
-        r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
-        n = jnp.tanh(x_n + r * (h_n + params["b_hn_H"]))
-    else:
-        h_r, h_z = split_gates(h @ w_h[:, : 2 * d_h], 2)
-        r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
-        n = jnp.tanh(x_n + (r * h) @ w_h[:, 2 * d_h :] + params["b_hn_H"])
-    return {"r": ("sigmoid", r), "z": ("sigmoid", z), "n": ("tanh", n)}, "z"  # z keeps h_{t-1}
-
-
-def _elman_gates(cell, params, xp_TxBxG, prev_T, carries_T):
-    kind = "tanh" if dict(cell.options).get("nonlinearity", "tanh") == "tanh" else "relu"
-    return {"h": (kind, carries_T)}, None
-
-
-# Per-cell gate recomputation from params (the one place the probes read cell
-# internals): (cell, params, xp_TxBxG, carry_{t-1} for all t, carry_t for all t)
-# -> ({gate: (kind, values_TxBxH)}, name of the gate that keeps memory or None).
-_GATE_FNS = {"lstm": _lstm_gates, "gru": _gru_gates, "elman": _elman_gates}
+    values = jax.vmap(one)(prev_T, xp_TxBxG)
+    return {k: (kinds[k], v) for k, v in values.items()}, memory[0]
 
 
 def _gate_summary(gates: dict[str, tuple[str, Array]], memory_gate: str | None) -> dict[str, Array]:
@@ -482,6 +462,8 @@ def _gate_summary(gates: dict[str, tuple[str, Array]], memory_gate: str | None) 
             stats[f"{name}/saturated"] = jnp.mean(jnp.abs(v) > TANH_SATURATION)
         elif kind == "relu":
             stats[f"{name}/zero"] = jnp.mean(v == 0)
+        elif kind == "exp":  # a positive gate with no upper bound (exponential gating): its spread
+            stats[f"{name}/max"] = jnp.max(v)
     if memory_gate is not None:
         v = gates[memory_gate][1]
         mean_H = jnp.mean(v.reshape(-1, v.shape[-1]), axis=0)
@@ -501,12 +483,14 @@ def gate_statistics(
 
     For every gate g: ``g/mean``; sigmoid gates: ``g/saturated`` (fraction of
     entries < 0.1 or > 0.9) and its ``_low`` / ``_high`` parts; tanh units:
-    ``g/saturated`` (|value| > 0.9). LSTM gates i, f, g, o and tanh(c_t); GRU r,
-    z, n; Elman h (tanh; ``h/zero`` for relu). ``memory_gate_mean`` is the mean
-    forget gate f (LSTM) / update gate z (GRU), ``memory_time`` the memory time
-    it implies, tau = -1/log(mean) steps, ``memory_time_H`` the same per unit.
-    A Stack's keys are prefixed ``layer_i/``. Cells without a gate function
-    (unregistered objects, new cells) give an empty dict.
+    ``g/saturated`` (|value| > 0.9); exponential gates: ``g/max``. The gates are the
+    cell's own (its optional ``gates(params, carry, xp_BxG)``, see
+    ``rnnlab/cells/_common.py``): LSTM i, f, g, o and tanh(c_t); GRU r, z, n; Elman h
+    (tanh; ``h/zero`` for relu); mLSTM o, f, i. ``memory_gate_mean`` is the mean of
+    the gate the cell names as keeping memory (LSTM f, GRU z), ``memory_time`` the
+    memory time it implies, tau = -1/log(mean) steps, ``memory_time_H`` the same per
+    unit. A Stack's keys are prefixed ``layer_i/``. A cell without ``gates`` (or an
+    unregistered object) gives an empty dict.
     """
     if isinstance(model, Stack):
         cell = model.cell
@@ -515,7 +499,7 @@ def gate_statistics(
     else:
         cell = cells_lib.get(model) if isinstance(model, str) else model
         layers, cell_params = [None], [params]
-    if not isinstance(cell, cells_lib.Cell) or cell.name not in _GATE_FNS:
+    if not isinstance(cell, cells_lib.Cell) or not cell.has_gates:
         return {}
     rec = _recurrence(model)
     carry0 = _start(rec, xs_TxBxD, carry0, d_h)
@@ -525,7 +509,7 @@ def gate_statistics(
     for layer, p in zip(layers, cell_params, strict=True):
         c0, cs = (carry0, carries_T) if layer is None else (carry0[layer]["forward"], carries_T[layer]["forward"])
         prev = jax.tree.map(lambda a0, a: jnp.concatenate([a0[None], a[:-1]]), c0, cs)
-        gates, memory_gate = _GATE_FNS[cell.name](cell, p, cell.precompute(p, inputs_TxBxD), prev, cs)
+        gates, memory_gate = step_gates(cell, p, cell.precompute(p, inputs_TxBxD), prev)
         prefix = "" if layer is None else f"{layer}/"
         stats.update({prefix + k: v for k, v in _gate_summary(gates, memory_gate).items()})
         inputs_TxBxD = _output_fn(cell)(cs)  # the next layer's input: this layer's h_t for all t

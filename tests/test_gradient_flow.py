@@ -4,6 +4,7 @@ continues bitwise; the init option gives the requested spectral radius; NaN
 stops without saving."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -63,6 +64,17 @@ def test_smoke_runs_through_main_and_the_report_regenerates_from_its_checkpoints
     assert 0 < s0["fit_all"]["rate"] < 2 and "rms" in s0["jacobian"] and "jacobian" not in t["snapshots"]["10"]
     assert t["result"]["eval_loss"] == result["eval_loss"]
     assert t["eval"][-1] == {"step": 20, "loss": result["eval_loss"]}
+    # the signed rate beside the range, and the state's size (tanh-bounded LSTM output: |h| < 1)
+    assert s0["log_rate_window"] == pytest.approx(math.log(s0["fit_window"]["rate"]), rel=1e-5)
+    assert 0 < s0["h_abs_mean"] <= s0["h_abs_max"] < 1
+
+
+def test_the_signed_rate_tells_growth_from_decay_where_the_range_cannot():
+    lags = np.arange(50)
+    decaying, growing = 0.9 ** lags[::-1], 1.1 ** lags[::-1]  # indexed by t; lag = T-1-t
+    assert gf._range(decaying) == pytest.approx(gf._range(1 / decaying))  # the same span either way
+    assert gf._fit(decaying, 1, None)["log_rate"] == pytest.approx(math.log(0.9), rel=1e-4)
+    assert gf._fit(growing, 1, None)["log_rate"] == pytest.approx(math.log(1.1), rel=1e-4)
 
 
 def _final_params(wd, step):

@@ -177,3 +177,21 @@ def test_status_asks_squeue_only_when_a_trial_was_submitted_to_slurm(tmp_path, m
     os.makedirs(ts[0].workdir)
     json.dump({"state": "queued", "job_id": "77"}, open(os.path.join(ts[0].workdir, trials.STATUS_FILE), "w"))
     assert status.table(ts)[0]["state"] == "running" and calls.read_text() == "called\n"
+
+
+def test_cells_option_sets_the_cells_a_grid_compares(tmp_path, capsys):
+    """--cells: the LM and LSTM-vs-GRU sweeps compare any registered cells, with no study file
+    edited; a grid that takes no cell list, and an unknown cell, are refused before anything runs."""
+    lm = os.path.join(checks.REPO, "experiments", "language_modelling.py")
+    vs = os.path.join(checks.REPO, "experiments", "lstm_vs_gru.py")
+    assert cli.main(["run", lm, f"--root={tmp_path}", "--cells=gru,mlstm", "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("--config.model.cell=mlstm") == 3 and out.count("--config.model.cell=gru") == 3
+    assert "6 trials of grid sweep" in out and "model.cell=lstm " not in out
+    ts = trials.expand(vs, str(tmp_path), "sweep", cells=["gru", "mlstm"])
+    assert {t.name.split("_lr")[0].rsplit("_", 1)[1] for t in ts} == {"gru", "mlstm"}  # no lstm, so no lstm_fb0
+    assert len(ts) == 6 * 2 * 2 * 3
+    assert cli.main(["run", vs, f"--root={tmp_path}", "--grid=smoke", "--cells=gru", "--dry_run"]) == 2
+    assert "takes no list of cells (--cells)" in capsys.readouterr().err
+    assert cli.main(["status", lm, f"--root={tmp_path}", "--cells=gru,nocell"]) == 2
+    assert "unknown cell 'nocell'" in capsys.readouterr().err

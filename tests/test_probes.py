@@ -363,7 +363,8 @@ def test_gate_statistics_with_zero_weights_are_closed_form():
     assert probes.gate_statistics(LINEAR, {"a_H": np.ones(H)}, xs, d_h=H) == {}
 
 
-@pytest.mark.parametrize("name, options", [("lstm", {}), ("gru", {}), ("gru", {"reset_after": False})])
+@pytest.mark.parametrize("name, options", [("lstm", {}), ("gru", {}), ("gru", {"reset_after": False}),
+                                           ("elman", {}), ("elman", {"nonlinearity": "relu"})])
 def test_recomputed_gates_reproduce_the_cell_step(name, options):
     cell = cells.get(name, **options)
     params = cell.init(jax.random.PRNGKey(2), D, H, dtype=F64)
@@ -371,15 +372,34 @@ def test_recomputed_gates_reproduce_the_cell_step(name, options):
     carries, _ = probes.carry_trajectory(cell, params, xs, d_h=H)
     carry0 = jax.tree.map(lambda c: c.astype(F64), cell.initial_carry(B, H))
     prev = jax.tree.map(lambda a0, a: jnp.concatenate([a0[None], a[:-1]]), carry0, carries)
-    gates, memory = probes._GATE_FNS[name](cell, params, cell.precompute(params, xs), prev, carries)
+    gates, memory = probes.step_gates(cell, params, cell.precompute(params, xs), prev)
     g = {k: v for k, (_, v) in gates.items()}
     if name == "lstm":
         np.testing.assert_allclose(g["f"] * prev[0] + g["i"] * g["g"], carries[0], rtol=1e-12)
         np.testing.assert_allclose(g["o"] * g["tanh_c"], carries[1], rtol=1e-12)
         assert memory == "f"
+    elif name == "elman":
+        np.testing.assert_allclose(g["h"], carries, rtol=1e-12)
+        assert memory is None and gates["h"][0] == ("tanh" if not options else "relu")
     else:
         np.testing.assert_allclose((1 - g["z"]) * g["n"] + g["z"] * prev, carries, rtol=1e-12)
         assert memory == "z"
+
+
+def test_a_new_cell_with_gates_gets_gate_statistics():
+    """mLSTM declares its gates (o, f, i = exp(i~)): its forget gate's memory time from a
+    closed form (zero weights, forget bias b: f = sigmoid(b) every step), and a cell without
+    ``gates`` gets an empty dict."""
+    cell = cells.get("mlstm", heads=2)
+    params = cell.init(jax.random.PRNGKey(0), D, H, dtype=F64)
+    params = {"w_x_DxG": jnp.zeros_like(params["w_x_DxG"]), "b_G": params["b_G"]}  # b_f = 3 (the default)
+    stats = probes.gate_statistics(cell, params, _xs(), d_h=H)
+    f = 1.0 / (1.0 + np.exp(-3.0))
+    np.testing.assert_allclose(stats["memory_gate_mean"], f, rtol=1e-12)
+    np.testing.assert_allclose(stats["memory_time"], -1.0 / np.log(f), rtol=1e-12)
+    np.testing.assert_allclose(stats["i/max"], 1.0, rtol=1e-12)  # exp(0)
+    np.testing.assert_allclose(stats["o/mean"], 0.5, rtol=1e-12)
+    assert probes.gate_statistics("mingru", cells.get("mingru").init(jax.random.PRNGKey(0), D, H), _xs(), d_h=H) == {}
 
 
 def test_float32_in_float32_out():

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from rnnlab import cells, configs, scan
+from rnnlab import cells, configs, probes, scan
 from rnnlab.models import lm as lm_lib
 from rnnlab.tasks import lm, sequence
 from rnnlab.train.optim import make_optimizer
@@ -320,3 +320,33 @@ def test_the_worked_example_of_the_docs_is_a_working_cell(tmp_path, monkeypatch)
     c.unlock()
     configs.set_dotted(c, "model.cell", "ifrnn")
     assert lm_lib.build(c.model, 5).stack.cell.name == "ifrnn"
+
+
+def test_the_probes_example_of_the_docs_runs_on_the_worked_example(tmp_path, monkeypatch, capsys):
+    """docs/adding_a_cell.md's "Probing it": the worked example with its gates() added, and the
+    copy-paste probes block, both taken from the doc: it prints a decay rate, |h| and a memory
+    time that equals the closed form -1/log(mean retain gate) from the cell's own gates."""
+    import re
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "adding_a_cell.md")).read()
+    code = re.search(r"Save as `rnnlab/cells/ifrnn.py`:\n\n```python\n(.*?)```", doc, re.S).group(1)
+    gates = re.search(r"Add to `rnnlab/cells/ifrnn.py`:\n\n```python\n(.*?)```", doc, re.S).group(1)
+    example = re.search(r"and probe it \(copy, paste, run\):\n\n```python\n(.*?)```", doc, re.S).group(1)
+    (tmp_path / "ifrnn.py").write_text(code + "\n\n" + gates)
+    monkeypatch.setattr(cells, "__path__", [*cells.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "rnnlab.cells.ifrnn", raising=False)  # another test may have loaded one
+    cells.spec.cache_clear()
+    try:
+        scope: dict = {}
+        exec(compile(example, "adding_a_cell.md", "exec"), scope)
+        out = capsys.readouterr().out
+        assert re.search(r"gradient: [\d.]+ per step \(log [+-][\d.]+\); \|h\| mean [\d.]+, max [\d.]+; "
+                         r"memory time [\d.]+ steps", out), out
+        cell, params, xs, stats = scope["cell"], scope["params"], scope["xs"], scope["stats"]
+        carries, _ = probes.carry_trajectory(cell, params, xs, d_h=32)
+        prev = jnp.concatenate([jnp.zeros_like(carries[:1]), carries[:-1]])
+        f = jax.nn.sigmoid(np.split(cell.precompute(params, xs) + prev @ params["w_h_HxG"], 3, -1)[1])
+        np.testing.assert_allclose(float(stats["memory_time"]), -1.0 / np.log(float(jnp.mean(1.0 - f))), rtol=1e-5)
+    finally:
+        cells.spec.cache_clear()
+        sys.modules.pop("rnnlab.cells.ifrnn", None)

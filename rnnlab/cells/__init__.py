@@ -103,6 +103,7 @@ class CellSpec:
     option_choices: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     carry_names: tuple[str, ...] | None = None
     output_of_carry: Callable | None = None
+    gates: Callable | None = None  # (params, carry, xp_BxG) -> ({name: (kind, values)}, memory gate): the probes
     recurrent_dropout: bool = False  # step takes h_mask_BxH
     options: dict[str, Any] = dataclasses.field(default_factory=dict)  # every option with its default
     takes: dict[Callable, frozenset[str]] = dataclasses.field(default_factory=dict)  # fn -> its option names
@@ -211,7 +212,7 @@ def check(module: ModuleType, name: str | None = None) -> CellSpec:
         fused = FusedSpec(tuple(get_("RECURRENT_PARAMS")), get_("fused_forward"), get_("fused_backward"),
                           get_("fused_param_grads"), opt("fused_available"))
     fns = [get_(n) for n in ("init", "step", "initial_carry", "linear_coefficients", "readout", "chunkwise",
-                             "fused_available",
+                             "gates", "fused_available",
                              "fused_forward", "fused_backward", "fused_param_grads") if has(n)]
     takes = {fn: frozenset(_keyword_options(fn)) - {"dtype"} for fn in fns}
     options: dict[str, Any] = {}
@@ -225,7 +226,7 @@ def check(module: ModuleType, name: str | None = None) -> CellSpec:
         name=name, file=file, init=get_("init"), initial_carry=get_("initial_carry"), step=get_("step"),
         precompute=opt("precompute"), linear=linear, fused=fused, chunkwise=opt("chunkwise"),
         n_gates=opt("N_GATES") or 1,
-        option_choices=choices, carry_names=opt("CARRY_NAMES"), output_of_carry=opt("output_of_carry"),
+        option_choices=choices, carry_names=opt("CARRY_NAMES"), output_of_carry=opt("output_of_carry"), gates=opt("gates"),
         recurrent_dropout="h_mask_BxH" in inspect.signature(get_("step")).parameters,
         options=options, takes=takes)
 
@@ -320,6 +321,13 @@ class Cell:
     def readout(self, params, h_TxBxN, xp_TxBxG):
         fn = self.spec.linear.readout
         return h_TxBxN if fn is None else self.bind(fn)(params, h_TxBxN, xp_TxBxG)
+
+    @property
+    def has_gates(self) -> bool:
+        return self.spec.gates is not None
+
+    def gates(self, params, carry, xp_BxG):
+        return self.bind(self.spec.gates)(params, carry, xp_BxG)
 
     @property
     def n_gates(self) -> int:

@@ -167,6 +167,13 @@ class CellExtras(Protocol):
     def output_of_carry(self, carry: Carry, /) -> Array:
         """carry -> h (probes; default: a single-array carry is h)."""
 
+    def gates(self, params: Params, carry: Carry, xp_BxG: Array, /) -> tuple[dict[str, tuple[str, Array]], str | None]:
+        """The gate values of the step from ``carry`` (the carry before the step), for the probes
+        (``rnnlab.probes.gate_statistics``: saturation, memory time): ``({name: (kind, values_BxW)},
+        memory_gate)``, kind 'sigmoid', 'tanh', 'relu' or 'exp' (a positive gate with no upper
+        bound), memory_gate the name of the gate that keeps the old state per step (the LSTM's f,
+        the GRU's z; None if the cell has none)."""
+
 
 
 INITIALIZERS = (

@@ -53,3 +53,9 @@ def step(
     h_in = recurrent_input(carry, h_mask_BxH, w_h.dtype)
     h = _ACTIVATIONS[nonlinearity](xp_BxG + h_in @ w_h)
     return h.astype(carry.dtype), h
+
+
+def gates(params: Params, carry: Array, xp_BxG: Array, *, nonlinearity: str = "tanh"):
+    """The probes' view of the step from ``carry``: the new h (its activation's kind); no memory gate."""
+    h = _ACTIVATIONS[nonlinearity](xp_BxG + carry @ params["w_h_HxG"])
+    return {"h": ("tanh" if nonlinearity == "tanh" else "relu", h)}, None

@@ -85,6 +85,22 @@ def step(
     return new_h.astype(h.dtype), new_h
 
 
+def gates(params: Params, carry: Array, xp_BxG: Array, *, reset_after: bool = True):
+    """The probes' view of the step from ``carry``: r, z (sigmoid), n (tanh); z keeps h_{t-1}."""
+    h, w_h = carry, params["w_h_HxG"]
+    d_h = h.shape[-1]
+    x_r, x_z, x_n = split_gates(xp_BxG, N_GATES)
+    if reset_after:
+        h_r, h_z, h_n = split_gates(h @ w_h, N_GATES)
+        r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + r * (h_n + params["b_hn_H"]))
+    else:
+        h_r, h_z = split_gates(h @ w_h[:, : 2 * d_h], 2)
+        r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+        n = jnp.tanh(x_n + (r * h) @ w_h[:, 2 * d_h :] + params["b_hn_H"])
+    return {"r": ("sigmoid", r), "z": ("sigmoid", z), "n": ("tanh", n)}, "z"
+
+
 # ----------------------------------------------------------------------------- fused layer
 # rnnlab.fused: the backward loop carries only dh; W_h's and b_hn's gradients come after it.
 

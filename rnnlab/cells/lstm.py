@@ -75,6 +75,15 @@ def step(
     return (new_c.astype(c.dtype), new_h.astype(h.dtype)), new_h
 
 
+def gates(params: Params, carry: tuple[Array, Array], xp_BxG: Array):
+    """The probes' view of the step from ``carry``: i, f, o (sigmoid), g and tanh(c_t) (tanh); f keeps memory."""
+    c, h = carry
+    i, f, g, o = split_gates(xp_BxG + h @ params["w_h_HxG"], N_GATES)
+    i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+    return {"i": ("sigmoid", i), "f": ("sigmoid", f), "g": ("tanh", g), "o": ("sigmoid", o),
+            "tanh_c": ("tanh", jnp.tanh(f * c + i * g))}, "f"
+
+
 # ----------------------------------------------------------------------------- fused layer
 # rnnlab.fused: the backward loop carries only (dc, dh); W_h's gradient is one GEMM after it.
 

@@ -21,8 +21,9 @@ recurrence's running maximum, so both forms give the same numbers. Resets and
 lengths enter as the recurrence's own: a reset puts the carry back to carry0 before
 the step, a step past the length changes nothing.
 
-Carry: (C~_BxN, n~_BxH, m_BxK), N = heads * d * d (each head's d x d matrix, v-major),
-K = heads. Gate-block layout of xp: [q, k, v, o (H each), log i, f~ (K each)].
+Carry: (C~_BxN, n~_BxH, m_BxK, h_BxH), N = heads * d * d (each head's d x d matrix,
+v-major), K = heads; h, the last output, is kept so that the probes can read the
+output from the carry (``output_of_carry``), as the LSTM's (c, h). Gate-block layout of xp: [q, k, v, o (H each), log i, f~ (K each)].
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 
 from rnnlab.cells._common import Array, Params, dense_precompute
 
-CARRY_NAMES = ("C", "n", "m")
+CARRY_NAMES = ("C", "n", "m", "h")
 _NEG = -1e30  # log of a weight that is exactly zero (finite, so no inf - inf)
 
 
@@ -56,10 +57,14 @@ def init(
     return {"w_x_DxG": w.astype(dtype), "b_G": b.astype(dtype)}
 
 
-def initial_carry(batch: int, d_h: int, *, heads: int = 1) -> tuple[Array, Array, Array]:
+def initial_carry(batch: int, d_h: int, *, heads: int = 1) -> tuple[Array, Array, Array, Array]:
     d = _heads(d_h, heads)
     return (jnp.zeros((batch, heads * d * d), jnp.float32), jnp.zeros((batch, d_h), jnp.float32),
-            jnp.zeros((batch, heads), jnp.float32))
+            jnp.zeros((batch, heads), jnp.float32), jnp.zeros((batch, d_h), jnp.float32))
+
+
+def output_of_carry(carry) -> Array:
+    return carry[3]
 
 
 precompute = dense_precompute
@@ -82,7 +87,7 @@ def _readout(num, den, m, o):
 
 
 def step(params: Params, carry, xp_BxG: Array, *, heads: int = 1):
-    c_flat, n_flat, m_prev = carry
+    c_flat, n_flat, m_prev, h_prev = carry
     q, k, v, o, li, lf = _split(xp_BxG, heads)
     batch, _, d = q.shape
     c, n = c_flat.reshape(batch, heads, d, d), n_flat.reshape(batch, heads, d)
@@ -94,8 +99,16 @@ def step(params: Params, carry, xp_BxG: Array, *, heads: int = 1):
     den = jnp.einsum("bkd,bkd->bk", n, q)
     h = _readout(num, den, m, o)
     new = (c.reshape(batch, -1).astype(c_flat.dtype), n.reshape(batch, -1).astype(n_flat.dtype),
-           m.astype(m_prev.dtype))
+           m.astype(m_prev.dtype), h.astype(h_prev.dtype))
     return new, h
+
+
+def gates(params: Params, carry, xp_BxG: Array, *, heads: int = 1):
+    """The probes' view of the step: o (sigmoid), f (sigmoid, per head; keeps the matrix memory) and
+    the input gate i = exp(i~) (per head, unbounded)."""
+    _, _, _, o, li, lf = _split(xp_BxG, heads)
+    return {"o": ("sigmoid", o.reshape(o.shape[:-2] + (-1,))), "f": ("sigmoid", jnp.exp(lf)),
+            "i": ("exp", jnp.exp(li))}, "f"
 
 
 def chunkwise(params: Params, carry0, xp_TxBxG: Array, reset_TxB: Array, valid_TxB: Array, *,
@@ -108,7 +121,7 @@ def chunkwise(params: Params, carry0, xp_TxBxG: Array, reset_TxB: Array, valid_T
     r <= t) has log-weight g_t = m_in + b_t (or m0 + b_t - b_{r-1}). m_t is the maximum of
     these, the recurrence's running maximum, and every weight enters as exp(. - m_t) <= 1."""
     n_steps, batch = xp_TxBxG.shape[:2]
-    c0, n0, m0 = carry0
+    c0, n0, m0, h0 = carry0
     q, k, v, o, li, lf = _split(xp_TxBxG, heads)  # T x B x K x d, T x B x K
     d = q.shape[-1]
     ell = max(1, min(chunk_size, n_steps))
@@ -129,14 +142,15 @@ def chunkwise(params: Params, carry0, xp_TxBxG: Array, reset_TxB: Array, valid_T
     qc, kc, vc, oc = (chunks(a) for a in (q, k, v, o))  # n_chunks x B x K x L x d
     lic, lfc = (chunks(a) for a in (li, lf))  # n_chunks x B x K x L
     rc = jnp.broadcast_to(chunks(reset_TxB)[:, :, None, :], lic.shape)  # n_chunks x B x K x L
+    okc = chunks(valid_TxB)  # n_chunks x B x L
     c0 = c0.reshape(batch, heads, d, d)
     n0 = n0.reshape(batch, heads, d)
     t_idx = jnp.arange(ell)
     causal = t_idx[:, None] >= t_idx[None, :]
 
     def one_chunk(state, inputs):
-        c_in, n_in, m_in = state  # B x K x d x d, B x K x d, B x K
-        qx, kx, vx, ox, lix, lfx, rx = inputs
+        c_in, n_in, m_in, h_in = state  # B x K x d x d, B x K x d, B x K, B x H
+        qx, kx, vx, ox, lix, lfx, rx, validx = inputs
         b = jnp.cumsum(lfx, axis=-1)  # B x K x L
         # the last reset at or before t (-1: none in this chunk) and b just before it
         last = jax.lax.cummax(jnp.where(rx, t_idx, -1), axis=rx.ndim - 1)
@@ -159,11 +173,18 @@ def chunkwise(params: Params, carry0, xp_TxBxG: Array, reset_TxB: Array, valid_T
         w_end, g_end, m_end = w[..., -1, :], w_in[..., -1], m[..., -1]
         c_out = g_end[..., None, None] * c_init[:, :, -1] + jnp.einsum("bks,bksv,bksd->bkvd", w_end, vx, kx)
         n_out = g_end[..., None] * n_init[:, :, -1] + jnp.einsum("bks,bksd->bkd", w_end, kx)
-        return (c_out, n_out, m_end), h
+        # h in the carry: the output of the chunk's last valid step, h0 if a reset came after it
+        h_bl = jnp.moveaxis(h, 2, 1).reshape(batch, ell, heads * d)  # B x L x H
+        last_valid = jnp.max(jnp.where(validx, t_idx, -1), axis=-1)  # B
+        last_reset = jnp.max(jnp.where(rx[:, 0], t_idx, -1), axis=-1)
+        h_valid = jnp.take_along_axis(h_bl, jnp.maximum(last_valid, 0)[:, None, None], axis=1)[:, 0]
+        h_out = jnp.where((last_valid >= last_reset)[:, None] & (last_valid >= 0)[:, None], h_valid,
+                          jnp.where((last_reset >= 0)[:, None], h0, h_in))
+        return (c_out, n_out, m_end, h_out), h
 
-    state0 = (c0, n0, m0)
-    (c_t, n_t, m_t), h = jax.lax.scan(one_chunk, state0, (qc, kc, vc, oc, lic, lfc, rc))
+    state0 = (c0, n0, m0, h0)
+    (c_t, n_t, m_t, h_t), h = jax.lax.scan(one_chunk, state0, (qc, kc, vc, oc, lic, lfc, rc, okc))
     # h: n_chunks x B x K x L x d -> T x B x H
     h = jnp.moveaxis(h, 3, 1).reshape(n_chunks * ell, batch, heads, d)[:n_steps]
     hs = h.reshape(n_steps, batch, heads * d)
-    return (c_t.reshape(batch, -1), n_t.reshape(batch, -1), m_t), hs
+    return (c_t.reshape(batch, -1), n_t.reshape(batch, -1), m_t, h_t), hs
