@@ -11,6 +11,8 @@ SMALL = {
     "adding": dict(batch_size=4, length=30),
     "copy": dict(batch_size=4, delay=15),
     "temporal_order": dict(batch_size=4, length=100),
+    "selective_copy": dict(batch_size=4, length=40, n_copy=6, n_symbols=5),
+    "mqar": dict(batch_size=4, n_pairs=8, n_symbols=16),
 }
 
 
@@ -26,7 +28,8 @@ def test_batches_are_a_pure_function_of_seed_and_step(task):
 
 @pytest.mark.parametrize(
     "task, shape_x, target_dtype",
-    [("adding", (30, 4, 2), np.float32), ("copy", (35, 4, 10), np.int32), ("temporal_order", (100, 4, 8), np.int32)],
+    [("adding", (30, 4, 2), np.float32), ("copy", (35, 4, 10), np.int32), ("temporal_order", (100, 4, 8), np.int32),
+     ("selective_copy", (46, 4, 7), np.int32), ("mqar", (24, 4, 32), np.int32)],
 )
 def test_shapes_and_dtypes(task, shape_x, target_dtype):
     batch = synthetic.TASKS[task](3, 0, **SMALL[task])
@@ -107,3 +110,84 @@ def test_temporal_order_structure_and_classes():
     np.testing.assert_array_equal(b.mask_TxB[-1], 1.0)
     assert b.mask_TxB[:-1].sum() == 0
     assert abs(synthetic.temporal_order_baseline() - math.log(4)) < 1e-12
+
+
+def _ce_and_accuracy(logits_TxBxC, batch):
+    """Masked mean cross-entropy and accuracy, written out in numpy."""
+    z = logits_TxBxC - logits_TxBxC.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    nll = -np.take_along_axis(logp, batch.targets_TxB[..., None], -1)[..., 0]
+    m = batch.mask_TxB
+    correct = (logits_TxBxC.argmax(-1) == batch.targets_TxB)
+    return float((nll * m).sum() / m.sum()), float((correct * m).sum() / m.sum()), int(m.sum())
+
+
+def _oracle_selective_copy(batch, n_symbols):
+    """The answer read off the inputs: the non-blank symbols of the region, in order."""
+    tokens = batch.xs_TxBxD.argmax(-1)
+    n_copy = int(batch.mask_TxB[:, 0].sum())
+    logits = np.zeros(batch.targets_TxB.shape + (n_symbols,))
+    for b in range(tokens.shape[1]):
+        seq = tokens[: tokens.shape[0] - n_copy, b]
+        symbols = seq[(seq >= 1) & (seq <= n_symbols)] - 1
+        logits[tokens.shape[0] - n_copy:, b, :] = np.eye(n_symbols)[symbols] * 10
+    return logits
+
+
+def _oracle_mqar(batch, n_symbols):
+    """The answer read off the inputs: each query's value from the pairs before it."""
+    tokens = batch.xs_TxBxD.argmax(-1)
+    n_pairs = tokens.shape[0] // 3
+    logits = np.zeros(batch.targets_TxB.shape + (n_symbols,))
+    for b in range(tokens.shape[1]):
+        table = {int(tokens[2 * i, b]): int(tokens[2 * i + 1, b]) - n_symbols for i in range(n_pairs)}
+        for t in range(2 * n_pairs, 3 * n_pairs):
+            logits[t, b, table[int(tokens[t, b])]] = 10
+    return logits
+
+
+@pytest.mark.parametrize("task", ["selective_copy", "mqar"])
+def test_recall_tasks_oracle_is_perfect_and_chance_scores_the_baseline(task):
+    """Known answers: the generator's own answer, read back from the inputs, scores accuracy 1;
+    uniform logits score exactly the baseline cross-entropy, and the accuracy of a fixed guess
+    (class 0) is 1/n_symbols within two standard errors."""
+    n_symbols = 8
+    kw = (dict(length=60, n_copy=10, n_symbols=n_symbols) if task == "selective_copy"
+          else dict(n_pairs=6, n_symbols=n_symbols))
+    batch = synthetic.TASKS[task](0, 3, batch_size=400, **kw)
+    oracle = (_oracle_selective_copy if task == "selective_copy" else _oracle_mqar)(batch, n_symbols)
+    _, acc, _ = _ce_and_accuracy(oracle, batch)
+    assert acc == 1.0
+    baseline = (synthetic.selective_copy_baseline if task == "selective_copy" else synthetic.mqar_baseline)(n_symbols)
+    ce, acc, n = _ce_and_accuracy(np.zeros(batch.targets_TxB.shape + (n_symbols,)), batch)
+    assert ce == pytest.approx(baseline, rel=1e-12) and baseline == pytest.approx(math.log(n_symbols))
+    p = 1 / n_symbols
+    assert abs(acc - p) < 2 * math.sqrt(p * (1 - p) / n)
+
+
+def test_selective_copy_positions_vary_and_mqar_keys_are_distinct():
+    b = synthetic.selective_copy(1, 0, batch_size=50, length=30, n_copy=5, n_symbols=4)
+    tokens = b.xs_TxBxD.argmax(-1)
+    where = [tuple(np.flatnonzero((tokens[:30, i] >= 1) & (tokens[:30, i] <= 4))) for i in range(50)]
+    assert all(len(w) == 5 for w in where) and len(set(where)) > 40  # positions differ between sequences
+    assert np.all(tokens[30:] == 5) and np.all(b.mask_TxB[:30] == 0) and np.all(b.mask_TxB[30:] == 1)
+    m = synthetic.mqar(1, 0, batch_size=50, n_pairs=10, n_symbols=12)
+    keys = m.xs_TxBxD.argmax(-1)[0:20:2]
+    assert all(len(set(keys[:, i])) == 10 for i in range(50)) and keys.max() < 12
+    with pytest.raises(ValueError, match="n_pairs <= n_symbols"):
+        synthetic.mqar(0, 0, batch_size=1, n_pairs=20, n_symbols=12)
+    with pytest.raises(ValueError, match="use length >= n_copy"):
+        synthetic.selective_copy(0, 0, batch_size=1, length=3, n_copy=5)
+
+
+@pytest.mark.parametrize("name, length, n_copy, n_symbols", [("selective_copy", 20, 4, 6), ("mqar", 5, 1, 9)])
+def test_the_sequence_task_reads_the_recall_tasks_from_a_config(name, length, n_copy, n_symbols):
+    import ml_collections
+
+    from rnnlab.tasks import sequence
+
+    task = ml_collections.ConfigDict(dict(name=name, length=length, n_copy=n_copy, n_symbols=n_symbols))
+    spec = sequence.task_spec(task)
+    b = spec.batch(0, 0, 3)
+    assert b.xs_TxBxD.shape == (spec.length, 3, spec.d_in) and spec.loss == "ce" and spec.readout == "all"
+    assert b.targets_TxB.max() < spec.d_out and spec.baseline == pytest.approx(math.log(n_symbols))

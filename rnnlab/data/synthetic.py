@@ -1,6 +1,7 @@
 """Synthetic long-range tasks with known baselines: the adding problem, the
-copying memory task (both in the form of Arjovsky et al. 2016) and the temporal
-order task (Hochreiter & Schmidhuber 1997, experiment 6a).
+copying memory task (both in the form of Arjovsky et al. 2016), the temporal
+order task (Hochreiter & Schmidhuber 1997, experiment 6a), selective copying
+(Gu & Dao 2023) and multi-query associative recall (MQAR, Arora et al. 2023).
 
 Every batch is a pure function of ``(seed, step)`` and the task's size
 arguments: a numpy Generator is seeded by (task id, seed, step), so resuming at
@@ -27,7 +28,8 @@ import numpy as np
 __all__ = [
     "Batch", "TASKS", "TEMPORAL_ORDER_CLASSES", "TEMPORAL_ORDER_SYMBOLS",
     "adding_baseline", "adding_problem", "copy_memory", "copy_memory_baseline",
-    "temporal_order", "temporal_order_baseline",
+    "temporal_order", "temporal_order_baseline", "selective_copy", "selective_copy_baseline",
+    "mqar", "mqar_baseline",
 ]
 
 
@@ -38,7 +40,7 @@ class Batch(NamedTuple):
 
 
 # Folded into every seed so tasks sharing a seed draw independent streams.
-_TASK_IDS = {"adding": 1, "copy": 2, "temporal_order": 3}
+_TASK_IDS = {"adding": 1, "copy": 2, "temporal_order": 3, "selective_copy": 7, "mqar": 8}  # 4: digits, 5: music
 
 
 def _rng(task: str, seed: int, step: int) -> np.random.Generator:
@@ -167,4 +169,84 @@ def temporal_order_baseline() -> float:
     return math.log(4.0)
 
 
-TASKS = {"adding": adding_problem, "copy": copy_memory, "temporal_order": temporal_order}
+# --------------------------------------------------------------------------- selective copying
+
+
+def selective_copy(
+    seed: int, step: int, *, batch_size: int, length: int, n_copy: int = 16, n_symbols: int = 16
+) -> Batch:
+    """Selective copying, Gu & Dao 2023 (Mamba, §3.1 and §4.1.1).
+
+    A region of ``length`` steps holds ``n_copy`` symbols (uniform over 1..n_symbols)
+    at random positions (distinct, different in every sequence) among blanks (0);
+    then ``n_copy`` markers (n_symbols + 1), at which the model outputs the symbols
+    in the order they came. Where they stand varies, so a time-invariant recurrence
+    (a fixed convolution) cannot pick them out by position; the gate must look at
+    the content. xs: one-hot over n_symbols + 2 tokens; targets at the markers:
+    symbol - 1 (n_symbols classes); only the markers count. T = length + n_copy.
+    """
+    if n_copy < 1 or n_symbols < 1:
+        raise ValueError(f"n_copy and n_symbols must be >= 1, got {n_copy}, {n_symbols}")
+    if length < n_copy:
+        raise ValueError(f"length {length} cannot hold n_copy={n_copy} symbols; use length >= n_copy")
+    rng = _rng("selective_copy", seed, step)
+    n_steps = length + n_copy
+    tokens_TxB = np.zeros((n_steps, batch_size), np.int32)
+    symbols_CxB = rng.integers(1, n_symbols + 1, (n_copy, batch_size))
+    positions_CxB = np.sort(np.argsort(rng.random((length, batch_size)), axis=0)[:n_copy], axis=0)
+    tokens_TxB[positions_CxB, np.arange(batch_size)] = symbols_CxB
+    tokens_TxB[length:] = n_symbols + 1
+    targets_TxB = np.zeros((n_steps, batch_size), np.int32)
+    targets_TxB[length:] = symbols_CxB - 1
+    mask_TxB = np.zeros((n_steps, batch_size), np.float32)
+    mask_TxB[length:] = 1.0
+    return Batch(np.eye(n_symbols + 2, dtype=np.float32)[tokens_TxB], targets_TxB, mask_TxB)
+
+
+def selective_copy_baseline(n_symbols: int = 16) -> float:
+    """Cross-entropy of chance at the markers: the symbols are uniform, log(n_symbols) nats
+    (accuracy 1 / n_symbols)."""
+    return math.log(n_symbols)
+
+
+# --------------------------------------------------------------------------- associative recall
+
+
+def mqar(seed: int, step: int, *, batch_size: int, n_pairs: int, n_symbols: int = 64) -> Batch:
+    """Multi-query associative recall, MQAR (Arora et al. 2023, "Zoology", §3).
+
+    ``n_pairs`` key-value pairs, k_1 v_1 k_2 v_2 ..., keys distinct (uniform over
+    n_symbols key tokens, n_symbols >= n_pairs), values uniform over n_symbols value
+    tokens; then every key once more, in a random order, as a query, at which the
+    model outputs that key's value. As in Zoology, every key is queried, and the
+    state must hold all n_pairs associations at once. xs: one-hot over 2 * n_symbols
+    tokens (keys 0..n-1, values n..2n-1); targets at the queries: the value's index
+    (n_symbols classes); only the queries count. T = 3 * n_pairs.
+    """
+    if n_pairs < 1 or n_symbols < n_pairs:
+        raise ValueError(f"mqar needs 1 <= n_pairs <= n_symbols (distinct keys), got n_pairs={n_pairs}, "
+                         f"n_symbols={n_symbols}")
+    rng = _rng("mqar", seed, step)
+    keys_PxB = np.argsort(rng.random((n_symbols, batch_size)), axis=0)[:n_pairs]
+    values_PxB = rng.integers(0, n_symbols, (n_pairs, batch_size))
+    order_PxB = np.argsort(rng.random((n_pairs, batch_size)), axis=0)
+    cols = np.arange(batch_size)
+    n_steps = 3 * n_pairs
+    tokens_TxB = np.zeros((n_steps, batch_size), np.int32)
+    tokens_TxB[0:2 * n_pairs:2] = keys_PxB
+    tokens_TxB[1:2 * n_pairs:2] = n_symbols + values_PxB
+    tokens_TxB[2 * n_pairs:] = keys_PxB[order_PxB, cols]
+    targets_TxB = np.zeros((n_steps, batch_size), np.int32)
+    targets_TxB[2 * n_pairs:] = values_PxB[order_PxB, cols]
+    mask_TxB = np.zeros((n_steps, batch_size), np.float32)
+    mask_TxB[2 * n_pairs:] = 1.0
+    return Batch(np.eye(2 * n_symbols, dtype=np.float32)[tokens_TxB], targets_TxB, mask_TxB)
+
+
+def mqar_baseline(n_symbols: int = 64) -> float:
+    """Cross-entropy of chance at the queries: values are uniform, log(n_symbols) nats."""
+    return math.log(n_symbols)
+
+
+TASKS = {"adding": adding_problem, "copy": copy_memory, "temporal_order": temporal_order,
+         "selective_copy": selective_copy, "mqar": mqar}

@@ -67,6 +67,15 @@ def task_spec(task: ml_collections.ConfigDict) -> TaskSpec:
         return TaskSpec(lambda s, i, b: fn(s, i, batch_size=b), len(synthetic.TEMPORAL_ORDER_SYMBOLS),
                         len(synthetic.TEMPORAL_ORDER_CLASSES), "ce", "last",
                         synthetic.temporal_order_baseline(), task.length)
+    if task.name == "selective_copy":  # task.length: the region holding the n_copy symbols; T = length + n_copy
+        fn = functools.partial(synthetic.selective_copy, length=task.length, n_copy=task.n_copy,
+                               n_symbols=task.n_symbols)
+        return TaskSpec(lambda s, i, b: fn(s, i, batch_size=b), task.n_symbols + 2, task.n_symbols, "ce", "all",
+                        synthetic.selective_copy_baseline(task.n_symbols), task.length + task.n_copy)
+    if task.name == "mqar":  # task.length: the number of key-value pairs; T = 3 * length
+        fn = functools.partial(synthetic.mqar, n_pairs=task.length, n_symbols=task.n_symbols)
+        return TaskSpec(lambda s, i, b: fn(s, i, batch_size=b), 2 * task.n_symbols, task.n_symbols, "ce", "all",
+                        synthetic.mqar_baseline(task.n_symbols), 3 * task.length)
     if task.name == "digits":  # sklearn's 8x8 digits; task.length 64: pixel by pixel, 8: row by row
         order = digits.order_for_length(task.length)
         return TaskSpec(lambda s, i, b: digits.digits_batch(s, i, batch_size=b, order=order),
