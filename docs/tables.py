@@ -120,6 +120,31 @@ def lstm_vs_gru(root: str) -> str:
     ])
 
 
+def lstm_vs_gru_converged(root: str) -> str:
+    """The README's table of the converged study (Chung et al. 2014's protocol), from
+    docs/lstm_vs_gru/converged/report.json: per task and cell the rate chosen on validation,
+    the test metric with its 95% interval, and how many trials converged by the rule."""
+    rel = "docs/lstm_vs_gru/converged/report.json"
+    r = _json(root, rel)
+    lines = ["| task | cell | params | lr (chosen on valid) | test: mean [95% CI] | trials converged |",
+             "|---|---|---:|---:|---|---:|"]
+    for task, s in r["summary"].items():
+        for cell, c in s["cells"].items():
+            b = c["best"]
+            mine = [v for k, v in r["trials"].items() if k.startswith(f"{task}_{cell}_")]
+            conv = f"{sum(v['converged'] for v in mine)}/{len(mine)}"
+            if b is None:
+                lines.append(f"| {task} | {cell} | - | - | no finished trial | {conv} |")
+                continue
+            t = b["test"]
+            lines.append(f"| {task} ({s['metric']}) | {cell} | {b['parameters']} | {b['lr']:g} | "
+                         f"{t['mean']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}] | {conv} |")
+    wall = r.get("extra", {}).get("wall_seconds")
+    lines += ["", (f"{len(r['trials'])} trials, {_minutes(wall)} of wall time on this machine's 2 cores (first "
+                   "logged step to last). " if wall else "") + f"Rendered from `{rel}`."]
+    return "\n".join(lines)
+
+
 LVG_CELLS = ("tanh", "lstm", "lstm_fb0", "gru")
 LVG_ZOO_CELLS = ("peephole", "lstmp", "minlstm", "mingru", "lru", "indrnn", "tanh")
 
@@ -574,6 +599,7 @@ RENDERERS = {
     "speech_headline": speech_headline,
     "gradient_flow": gradient_flow,
     "lstm_vs_gru": lstm_vs_gru,
+    "lstm_vs_gru_converged": lstm_vs_gru_converged,
     "layers": layers,
     "memory_and_compile": memory_and_compile,
     "generation": generation,

@@ -144,6 +144,15 @@ def test_schedules_equal_their_closed_forms():
     p = Schedule(_optim(schedule="plateau", lr=20.0, plateau_factor=4.0), 100)
     seen = [p.observe(v) for v in (5.0, 4.0, 4.5, 3.0, 3.0)]
     assert seen == [True, True, False, True, False] and p.lr(99) == 20.0 / 4 / 4
+    # with patience 2 the rate is halved after every second evaluation in a row without a new best
+    q = Schedule(_optim(schedule="plateau", lr=8.0, plateau_factor=2.0, plateau_patience=2), 100)
+    rates = []
+    for v in (5.0, 6.0, 6.0, 6.0, 6.0, 4.0, 6.0):
+        q.observe(v)
+        rates.append(q.lr(0))
+    assert rates == [8.0, 8.0, 4.0, 4.0, 2.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="plateau_patience=0"):
+        Schedule(_optim(schedule="plateau", plateau_patience=0), 10)
     with pytest.raises(ValueError, match="optim.schedule must be one of"):
         Schedule(_optim(schedule="linear"), 10)
 

@@ -34,6 +34,7 @@ def optim_config() -> ml_collections.ConfigDict:
     o.decay_factor = 0.5  # zaremba: per-epoch factor
     o.decay_start_epoch = 4  # zaremba: epochs at the initial lr
     o.plateau_factor = 4.0  # plateau: divide lr by this when an evaluation does not improve
+    o.plateau_patience = 1  # plateau: ... after this many evaluations in a row without a new best
     return o
 
 
@@ -67,7 +68,7 @@ RESUMABLE_CHANGES = ("trainer", "train.num_epochs", "train.num_steps", "train.lo
 
 # Keys added to the configs after runs were made, with the value that computes what those runs
 # computed: a workdir whose config.json predates a key resumes when the key keeps that value.
-ADDED_KEYS = {"model.compute_dtype": "", "train.early_stop_evals": 0}
+ADDED_KEYS = {"model.compute_dtype": "", "train.early_stop_evals": 0, "optim.plateau_patience": 1}
 
 
 def flat(d: dict, prefix: str = "") -> dict:

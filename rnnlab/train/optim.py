@@ -11,7 +11,8 @@ schedule rounded to float32 each step gives the same numbers).
                cosine from lr to final_lr_fraction*lr at the last step
     zaremba    lr, divided by 1/decay_factor every epoch from decay_start_epoch on
                (Zaremba et al. 2014; needs epochs)
-    plateau    lr, divided by plateau_factor whenever an evaluation is not better
+    plateau    lr, divided by plateau_factor after every plateau_patience evaluations in a row
+               that are not better (patience 1: whenever an evaluation is not better)
                than the best so far (PyTorch word_language_model); host-side, its
                state is saved in every checkpoint
 """
@@ -77,6 +78,10 @@ class Schedule:
         if optim.schedule not in SCHEDULES:
             raise ValueError(f"optim.schedule must be one of {SCHEDULES}, got {optim.schedule!r}")
         self.plateau, self.factor = optim.schedule == "plateau", float(optim.plateau_factor)
+        self.patience = int(optim.get("plateau_patience", 1))
+        if self.patience < 1:
+            raise ValueError(f"optim.plateau_patience={self.patience}: the rate is divided after that many "
+                             "evaluations in a row without a new best; use 1 or more")
         with jax.enable_x64(True):  # float64 like the Python-float formulas it replaces
             table = _optax_schedule(optim, total, steps_per_epoch)(np.arange(total + 1))
         self._table = np.broadcast_to(np.asarray(table, np.float64), (total + 1,))  # constant: one scalar
@@ -92,6 +97,6 @@ class Schedule:
         self.state["since_best"] = 0 if improved else self.state.get("since_best", 0) + 1
         if improved:
             self.state["best"] = loss
-        elif self.plateau:
+        elif self.plateau and self.state["since_best"] % self.patience == 0:
             self.state["lr"] /= self.factor
         return improved
