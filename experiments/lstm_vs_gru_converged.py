@@ -480,7 +480,7 @@ def plot_all_trials(rows: list[dict], out_dir: str) -> list[str]:
         axes[0].set_ylabel(rows[0]["curve_metric"] if task == rows[0]["task"] else
                            next(r["curve_metric"] for r in rows if r["task"] == task))
         axes[-1].legend(fontsize=8)
-        fig.suptitle(f"{task}: validation of every trial (red x: not converged by the rule)")
+        fig.suptitle(f"{task}: validation of every trial (red x: not converged by the rule)", y=1.03)
         name = f"all_trials_{task}.png"
         style.save(fig, os.path.join(out_dir, name))
         files.append(name)

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from rnnlab.data import digits, music, synthetic
+from rnnlab.data import digits, music, seqclass, synthetic
 from rnnlab.models import seq as seq_lib
 from rnnlab.train import loop, writers
 from rnnlab.train.optim import make_optimizer
@@ -81,19 +81,30 @@ def task_spec(task: ml_collections.ConfigDict) -> TaskSpec:
         return TaskSpec(lambda s, i, b: digits.digits_batch(s, i, batch_size=b, order=order),
                         64 // task.length, digits.N_CLASSES, "ce", "last", digits.digits_baseline(), task.length,
                         split=lambda split: [digits.digits_split(split, order=order)])
+    if task.name in seqclass.DATASETS:  # sequence classification sets shipped in packages (task.length unused)
+        name = task.name
+        return TaskSpec(lambda s, i, b: seqclass.batch(name, s, i, batch_size=b), seqclass.n_features(name),
+                        seqclass.n_classes(name), "ce", "all", seqclass.baseline(name), seqclass.max_length(name),
+                        split=lambda split: [seqclass.split(name, split)])
     if task.name == "music":  # Bach chorales as piano rolls (data.music); task.length: training window, 0: whole pieces
         max_len = task.length or None
         length = task.length or max(len(r) for r in music.load_split("train")) - 1
         return TaskSpec(lambda s, i, b: music.batch(s, i, b, max_len), music.N_PITCHES, music.N_PITCHES, "bce",
                         "all", music.marginal_nll(), length,
                         split=lambda split: music.split_batches(split, task.eval_batch_size))
-    raise ValueError(f"task.name must be one of {sorted([*synthetic.TASKS, 'digits', 'music'])}, got {task.name!r}")
+    raise ValueError(f"task.name must be one of {sorted([*synthetic.TASKS, *seqclass.DATASETS, 'digits', 'music'])}, "
+                     f"got {task.name!r}")
+
+
+SEQCLASS_IO = {"mnist1d": (1, 10), "japanese_vowels": (12, 9)}  # (d_in, classes); tests check them against the data
 
 
 def model_io(task: ml_collections.ConfigDict) -> tuple[int, int, str, str]:
     """(d_in, d_out, loss, readout) of a task, without reading its data (parameter counts, dry runs)."""
     if task.name == "music":
         return music.N_PITCHES, music.N_PITCHES, "bce", "all"
+    if task.name in SEQCLASS_IO:  # known sizes: no need to build the data set
+        return (*SEQCLASS_IO[task.name], "ce", "all")
     spec = task_spec(task)
     return spec.d_in, spec.d_out, spec.loss, spec.readout
 
