@@ -1,0 +1,50 @@
+"""experiments/card.py: the report card of a cell, end to end at the smoke budget through
+launch (every task trains, the card has every section and figure, its tables are its JSON),
+with a stored reference row beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import pytest
+
+from experiments import card
+
+
+@pytest.mark.slow
+def test_a_smoke_card_for_gru_has_every_section_and_its_tables_are_its_json(tmp_path):
+    root, out = str(tmp_path / "runs"), str(tmp_path / "card")
+    assert card.main(["gru", "--budget=smoke", f"--root={root}", f"--out={out}"]) == 0
+    rep = json.load(open(os.path.join(out, "card.json")))
+    text = open(os.path.join(out, "README.md")).read()
+    for heading in ("## Tasks", "## Gradient flow at initialisation", "## Speed", "## Figures"):
+        assert heading in text, heading
+    assert set(rep["table"]) == set(card.tasks("smoke"))
+    for task, t in rep["table"].items():
+        assert f"### {task}: " in text
+        row = next(line for line in text.split(f"### {task}: ")[1].splitlines() if line.startswith("| gru (this card)"))
+        assert f"{t['cell']['test']['mean']:.4g}" in row and str(t["cell"]["parameters"]) in row
+    for f in rep["figures"]:
+        assert os.path.getsize(os.path.join(out, f)) > 0, f
+    assert {"mqar.png", "gradient_flow.png"} <= set(rep["figures"])
+    assert all(g["log_rate"] < 0 for g in rep["gradient_flow"].values())  # a GRU at init: gradients decay
+    assert rep["speed"]["training_sequential_tokens_per_s"] > 0
+    # a stored reference row appears beside the cell, compared only where intervals separate
+    refs = tmp_path / "refs" / "lstm" / "smoke"
+    refs.mkdir(parents=True)
+    shutil.copy(os.path.join(out, "card.json"), refs / "card.json")
+    run_root = os.path.join(root, "gru", "smoke")
+    rep2 = card.card(run_root, "gru", "smoke", str(tmp_path / "card2"), refs_dir=str(tmp_path / "refs"))
+    ref_row = rep2["table"]["adding"]["references"][0]
+    assert ref_row["cell"] == "lstm" and ref_row["vs_cell"] == "not separated"  # one seed: no interval
+    assert re.search(r"\| lstm \| \d+ \| 0.01 \|", open(tmp_path / "card2" / "README.md").read())
+
+
+def test_unknown_budget_and_task_are_refused_with_the_choices():
+    with pytest.raises(ValueError, match="choose one of"):
+        card.tasks("huge")
+    with pytest.raises(ValueError, match="unknown card task 'addition'"):
+        card.get_config("addition@smoke")
