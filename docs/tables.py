@@ -140,8 +140,8 @@ def lstm_vs_gru_converged(root: str) -> str:
             lines.append(f"| {task} ({s['metric']}) | {cell} | {b['parameters']} | {b['lr']:g} | "
                          f"{t['mean']:.3f} [{t['ci_low']:.3f}, {t['ci_high']:.3f}] | {conv} |")
     wall = r.get("extra", {}).get("wall_seconds")
-    lines += ["", (f"{len(r['trials'])} trials, {_minutes(wall)} of wall time on this machine's 2 cores (first "
-                   "logged step to last). " if wall else "") + f"Rendered from `{rel}`."]
+    lines += ["", (f"{len(r['trials'])} trials, {_minutes(wall)} of wall time on this machine's 2 cores (each task's "
+                   "trials from their first logged step to their last, summed over the tasks). " if wall else "") + f"Rendered from `{rel}`."]
     return "\n".join(lines)
 
 

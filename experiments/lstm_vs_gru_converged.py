@@ -330,10 +330,17 @@ def markdown(rows: list[dict], summary: dict, figures: list[str], extra: dict) -
                 body.append([cell, "-", "-", 0, "-", "no finished trial", per_lr])
                 continue
             mark = " **best**" if cell == s["winner"] and not s["overlapping"] else ""
-            body.append([cell + mark, f"{b['parameters']} ({b['d_hidden']})", f"{b['lr']:g}", b["finished"],
+            rates = sorted(c["by_lr"])
+            edge = " (grid edge)" if len(rates) > 1 and b["lr"] in (rates[0], rates[-1]) else ""
+            body.append([cell + mark, f"{b['parameters']} ({b['d_hidden']})", f"{b['lr']:g}{edge}", b["finished"],
                          tables.fmt(b["valid"]["mean"]), tables.ci_text(b["test"]), per_lr])
         lines += [f"## {task}: {s['metric']} (lower is better)", ""] + tables.markdown_table(header, body)
         lines += tables.footnotes([c["best"]["test"] for c in s["cells"].values() if c["best"]])
+        edges = [cell for cell, c in s["cells"].items() if c["best"] and len(c["by_lr"]) > 1
+                 and c["best"]["lr"] in (min(c["by_lr"]), max(c["by_lr"]))]
+        if edges:
+            lines += ["", f"(grid edge): the rate chosen for {', '.join(edges)} is the smallest or largest of the grid, so "
+                          "a rate beyond it might do better; the `paper` grid searches wider."]
         ov = s["overlapping"]
         lines += ["", f"Lowest mean: **{s['winner']}**; " + (
             f"its interval overlaps {', '.join(ov)}'s, so the data do not separate them." if ov
