@@ -52,3 +52,10 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if not hasattr(config, "workerinput") and os.environ.pop(_OWN_CACHE, None):
         shutil.rmtree(os.environ.pop("JAX_COMPILATION_CACHE_DIR"), ignore_errors=True)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The slow tier first (a stable sort, the same on every xdist worker): with --dist=worksteal
+    the long tests start at once and the short ones fill in around them, instead of a long test
+    starting near the end and holding the run while the other worker idles."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
