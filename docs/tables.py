@@ -145,6 +145,42 @@ def lstm_vs_gru_converged(root: str) -> str:
     return "\n".join(lines)
 
 
+def cards_leaderboard(root: str) -> str:
+    """docs/cards/README.md: every stored card at the 'small' budget side by side, a row per task
+    (test mean [95% CI] over seeds; the best mean in bold only where its interval separates from
+    every other), from docs/cards/CELL/small/card.json."""
+    base = os.path.join(root, "docs", "cards")
+    cards = {}
+    for cell in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        path = os.path.join(base, cell, "small", "card.json")
+        if os.path.exists(path):
+            cards[cell] = _json(root, os.path.relpath(path, root))
+    if not cards:
+        return "No card is stored yet."
+    cells = list(cards)
+    tasks = list(next(iter(cards.values()))["table"])
+    lines = ["| task | " + " | ".join(cells) + " |", "|---|" + "---|" * len(cells)]
+    for task in tasks:
+        meta = next(iter(cards.values()))["table"][task]
+        tests = {c: cards[c]["table"].get(task, {}).get("cell", {}).get("test") for c in cells}
+        have = {c: t for c, t in tests.items() if t}
+        pick = (min if meta["better"] == "min" else max)(have, key=lambda c: have[c]["mean"]) if have else None
+        clear = pick is not None and all(
+            (have[pick]["ci_high"] < t["ci_low"] if meta["better"] == "min" else have[pick]["ci_low"] > t["ci_high"])
+            for c, t in have.items() if c != pick)
+        row = []
+        for c in cells:
+            t = tests[c]
+            text = "-" if not t else f"{t['mean']:.4g} [{t['ci_low']:.4g}, {t['ci_high']:.4g}]"
+            row.append(f"**{text}**" if c == pick and clear and len(have) > 1 else text)
+        lines.append(f"| {task} ({meta['metric']}, {'lower' if meta['better'] == 'min' else 'higher'} is better) | "
+                     + " | ".join(row) + " |")
+    times = ", ".join(f"{c} {_minutes(r['wall_seconds'])}" for c, r in cards.items() if r.get("wall_seconds"))
+    lines += ["", "Wall time of each card on this machine's 2 cores: " + (times or "not recorded") + ".",
+              "Rendered from " + ", ".join(f"`docs/cards/{c}/small/card.json`" for c in cells) + "."]
+    return "\n".join(lines)
+
+
 LVG_CELLS = ("tanh", "lstm", "lstm_fb0", "gru")
 LVG_ZOO_CELLS = ("peephole", "lstmp", "minlstm", "mingru", "lru", "indrnn", "tanh")
 
@@ -600,6 +636,7 @@ RENDERERS = {
     "gradient_flow": gradient_flow,
     "lstm_vs_gru": lstm_vs_gru,
     "lstm_vs_gru_converged": lstm_vs_gru_converged,
+    "cards_leaderboard": cards_leaderboard,
     "layers": layers,
     "memory_and_compile": memory_and_compile,
     "generation": generation,
