@@ -53,7 +53,7 @@ from experiments import lstm_vs_gru as base  # noqa: E402
 from rnnlab import cells as cells_lib  # noqa: E402
 from rnnlab import configs, probes, scan  # noqa: E402
 from rnnlab.data import synthetic  # noqa: E402
-from rnnlab.report import tables  # noqa: E402
+from rnnlab.report import stats, tables  # noqa: E402
 
 THIS_FILE = os.path.abspath(__file__)
 REPO_ROOT = os.path.dirname(os.path.dirname(THIS_FILE))
@@ -251,11 +251,6 @@ def _row(cell: str, best: dict | None) -> dict:
             "test": best["test"]}
 
 
-def _separated(a: dict, b: dict) -> bool:
-    return bool(a and b and a.get("n", 0) > 1 and b.get("n", 0) > 1
-                and (a["ci_high"] < b["ci_low"] or b["ci_high"] < a["ci_low"]))
-
-
 def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = "") -> dict:
     """The card of the trials under ``root`` for ``cell_token``: card.json, README.md, figures;
     the reference rows are read from ``refs_dir`` (default docs/cards)/REF/BUDGET/card.json."""
@@ -278,9 +273,9 @@ def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = 
         others = [_row(ref, r["table"].get(task, {}).get("cell")) for ref, r in refs.items()]
         for o in others:
             o["vs_cell"] = ("-" if not (o["test"] and mine["test"]) else
-                            "better" if _separated(o["test"], mine["test"]) and (
+                            "better" if stats.separated(o["test"], mine["test"]) and (
                                 (o["test"]["mean"] < mine["test"]["mean"]) == (spec["better"] == "min")) else
-                            "worse" if _separated(o["test"], mine["test"]) else "not separated")
+                            "worse" if stats.separated(o["test"], mine["test"]) else "not separated")
         table[task] = {"metric": spec["metric"], "better": spec["better"], "chance": spec["chance"], "cell": mine,
                        "references": others}
     from rnnlab.train import writers

@@ -46,7 +46,7 @@ import numpy as np
 
 from experiments import lstm_vs_gru as base
 from rnnlab import configs
-from rnnlab.report import tables
+from rnnlab.report import stats, tables
 
 CELLS = ("tanh", "gru", "lstm")  # lstm: forget-gate bias 1 (base.CELLS)
 BUDGET = 20_000  # parameters per model, readout and embedding included (Chung et al.: about 20k)
@@ -372,10 +372,6 @@ def _best(summary: dict, task: str, cell: str) -> dict | None:
     return c["best"]["test"] if c and c["best"] else None
 
 
-def _separated(a: dict, b: dict) -> bool:
-    return a["ci_high"] < b["ci_low"] or b["ci_high"] < a["ci_low"]
-
-
 def comparison(summary: dict, extra: dict) -> list[str]:
     """Sentences set beside Chung et al. 2014 and Jozefowicz et al. 2015, from the numbers."""
     out = []
@@ -387,7 +383,7 @@ def comparison(summary: dict, extra: dict) -> list[str]:
         for a, b in (("gru", "lstm"), ("gru", "tanh"), ("lstm", "tanh")):
             lo, hi = sorted((a, b), key=lambda c: music_[c]["mean"])
             pairs.append(f"{lo} below {hi} by {music_[hi]['mean'] - music_[lo]['mean']:.3f} nats"
-                         + (" (intervals separate)" if _separated(music_[a], music_[b]) else " (intervals overlap)"))
+                         + (" (intervals separate)" if stats.separated(music_[a], music_[b]) else " (intervals overlap)"))
         out += [f"- **Music.** {CHUNG_2014['source']}: tanh {CHUNG_2014['tanh']:.2f}, GRU {CHUNG_2014['gru']:.2f}, "
                 f"LSTM {CHUNG_2014['lstm']:.2f} nats per step (ordering {theirs}). Ours: "
                 + ", ".join(f"{c} {music_[c]['mean']:.3f}" for c in CELLS) + f" (ordering {ours}); "
@@ -399,7 +395,7 @@ def comparison(summary: dict, extra: dict) -> list[str]:
     text_ = {c: _best(summary, "char_lm", c) for c in CELLS}
     if all(text_.values()):
         ours = " < ".join(sorted(CELLS, key=lambda c: text_[c]["mean"]))
-        sep = [f"{a} vs {b}: " + ("separate" if _separated(text_[a], text_[b]) else "overlap")
+        sep = [f"{a} vs {b}: " + ("separate" if stats.separated(text_[a], text_[b]) else "overlap")
                for a, b in (("gru", "lstm"), ("gru", "tanh"), ("lstm", "tanh"))]
         out += ["- **Character LM** (not in Chung et al. 2014). Ours, test bpc: "
                 + ", ".join(f"{c} {text_[c]['mean']:.3f}" for c in CELLS) + f" (ordering {ours}; intervals: "
@@ -425,7 +421,7 @@ def _jozefowicz_sentence(music_: dict, text_: dict) -> str:
         if not (d.get("gru") and d.get("lstm")):
             continue
         g, ls_ = d["gru"], d["lstm"]
-        if _separated(g, ls_):
+        if stats.separated(g, ls_):
             said.append(f"on {task} the {'GRU' if g['mean'] < ls_['mean'] else 'LSTM'} is better, intervals apart")
         else:
             said.append(f"on {task} GRU and LSTM are not separated (intervals overlap)")
@@ -452,8 +448,6 @@ def _tried(out_dir: str) -> dict | None:
         path = os.path.join(out_dir, folder, "report.json")
         if not os.path.exists(path):
             continue
-        import json
-
         with open(path) as f:
             rep = json.load(f)
         why.append(text)

@@ -104,3 +104,13 @@ def test_markdown_table_and_csv(tmp_path):
     path = str(tmp_path / "t.csv")
     tables.write_csv(path, [{"a": 1}, {"b": 2}])
     assert open(path).read().splitlines() == ["a,b", "1,", ",2"]
+
+
+def test_intervals_are_separated_only_when_neither_reaches_the_other():
+    from rnnlab.report import stats
+
+    a, b = stats.mean_ci([1.0, 1.1, 0.9]), stats.mean_ci([5.0, 5.1, 4.9])
+    assert stats.separated(a, b) and stats.separated(b, a)
+    assert not stats.separated(a, stats.mean_ci([1.05, 1.2, 0.95]))  # overlapping
+    assert not stats.separated(a, stats.mean_ci([5.0]))  # one value: no interval
+    assert not stats.separated(a, None)

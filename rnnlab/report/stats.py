@@ -57,3 +57,11 @@ def mean_ci(values: list[float], level: float = 0.95, *, nonnegative: bool = Fal
         low, out["clipped"] = 0.0, True
     out.update(std=std, ci_low=low, ci_high=high)
     return out
+
+
+def separated(a: dict | None, b: dict | None) -> bool:
+    """Whether two ``mean_ci`` intervals lie apart (neither reaches the other). False when
+    either is missing or has fewer than 2 values, so no interval."""
+    if not a or not b or a.get("n", 0) < 2 or b.get("n", 0) < 2:
+        return False
+    return a["ci_high"] < b["ci_low"] or b["ci_high"] < a["ci_low"]
