@@ -21,6 +21,9 @@ Tasks (``TASKS``; batches a pure function of (seed, step), chance levels known):
   digits            scikit-learn's 8x8 digits pixel by pixel, T = 64 (test accuracy; chance 0.1)
   mnist1d           MNIST-1D, T = 40 (test accuracy; chance 0.1)
   japanese_vowels   9 speakers from 12 cepstra per frame, 7..29 frames (test accuracy; chance 1/9)
+  forecast_S        S = co2 (monthly, H = 12) or sunspots (yearly, H = 11): rolling-origin test MASE, with
+                    sMAPE, beside the seasonal-naive forecast and a classical model (Holt-Winters, AR(9))
+                    refitted at every origin (``rnnlab.data.forecast``)
   char_lm           tiny Shakespeare (embedded corpus at smoke), test bits per character
 and, measured in this process: gradient flow at initialisation (``rnnlab.probes``: the span
 max/min of ||dL/dh_t|| over the lags, the fitted signed decay rate, mean and max |h|) at two
@@ -29,8 +32,6 @@ has one, the parallel path).
 
 Budgets: ``smoke`` (seconds: the pipeline, tests), ``small`` (one cell in about 20 minutes on
 2 CPU cores), ``full`` (longer training and more rates: for an accelerator or a sweep).
-Forecasting (``rnnlab.data.forecast``) is not on the card yet: its loss (H values at the
-last step) is not one the sequence task has.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ if __package__ in (None, ""):
 from experiments import lstm_vs_gru as base  # noqa: E402
 from rnnlab import cells as cells_lib  # noqa: E402
 from rnnlab import configs, probes, scan  # noqa: E402
-from rnnlab.data import synthetic  # noqa: E402
+from rnnlab.data import forecast, synthetic  # noqa: E402
 from rnnlab.report import stats, tables  # noqa: E402
 
 THIS_FILE = os.path.abspath(__file__)
@@ -89,6 +90,8 @@ def tasks(budget: str) -> dict[str, dict[str, Any]]:
         "mnist1d": dict(task=dict(name="mnist1d", length=40), metric="test_accuracy", better="max", chance=0.1),
         "japanese_vowels": dict(task=dict(name="japanese_vowels", length=29), metric="test_accuracy", better="max",
                                 chance=1 / 9),
+        **{f"forecast_{name}": dict(task=dict(name=name, length=forecast.SPECS[name]["window"]), metric="test_mase",
+                                    better="min", chance=None, forecast=name) for name in forecast.SERIES},
         "char_lm": dict(task="lm", metric="test_bpc", better="min", chance=None),
     }
     return t
@@ -115,6 +118,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
         c.task.update(**spec["task"], batch_size=8 if budget == "smoke" else 32, eval_batches=2,
                       eval_batch_size=64 if budget == "smoke" else 250)
         c.train.update(checkpoint_every=max(steps // 2, 1))
+    if "forecast" in spec:  # a few hundred training windows: the test forecast is the best validation checkpoint's
+        c.train.update(eval_every=max(steps // 15, 1), early_stop_evals=5)
     c.model.update(cell="gru", cell_options="")
     for k, v in overrides.items():
         if k == "cell":
@@ -248,7 +253,16 @@ def _row(cell: str, best: dict | None) -> dict:
     if not best:
         return {"cell": cell, "lr": None, "parameters": None, "d_hidden": None, "test": None}
     return {"cell": cell, "lr": best["lr"], "parameters": best["parameters"], "d_hidden": best["d_hidden"],
-            "test": best["test"]}
+            "test": best["test"], **({"test_smape": best["test_smape"]} if "test_smape" in best else {})}
+
+
+def _vs_fixed(value: float, test: dict | None) -> str:
+    """A deterministic answer (seasonal-naive, the classical model) against the cell's seeds: better
+    or worse where it lies outside the cell's 95% interval (lower is better), the mean with one seed."""
+    if not test:
+        return "-"
+    lo, hi = (test["ci_low"], test["ci_high"]) if test.get("n", 0) >= 2 else (test["mean"], test["mean"])
+    return "better" if value < lo else "worse" if value > hi else "not separated"
 
 
 def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = "") -> dict:
@@ -278,11 +292,19 @@ def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = 
                             "worse" if stats.separated(o["test"], mine["test"]) else "not separated")
         table[task] = {"metric": spec["metric"], "better": spec["better"], "chance": spec["chance"], "cell": mine,
                        "references": others}
+        if "forecast" in spec:  # the classical answers on the same test origins, and the cell's sMAPE
+            table[task]["baselines"] = forecast.baselines(spec["forecast"], "test")
+            smape = [r["result"]["test_smape"] for r in rows if r["task"] == task and r["lr"] == mine["lr"]]
+            mine["test_smape"] = float(np.mean(smape)) if smape else None
     from rnnlab.train import writers
 
-    times = [m["time"] for r in rows for m in writers.read_metrics(r["workdir"]) if "time" in m]
+    spans = []  # each trial's first to last logged time; the card's wall time is their union's length
+    for r in rows:
+        times = [m["time"] for m in writers.read_metrics(r["workdir"]) if "time" in m]
+        if times:
+            spans.append((min(times), max(times)))
     rep = {"cell": label, "budget": budget, "table": table, "trials_count": len(rows),
-           "wall_seconds": (max(times) - min(times)) if times else None,
+           "wall_seconds": _union_length(spans) if spans else None,
            "gradient_flow": gradient_flow(cell, options.replace(";", ","), budget),
            "speed": speed(cell, options.replace(";", ","), budget),
            "trials": {r["name"]: {"task": r["task"], "lr": r["lr"], "seed": r["seed"],
@@ -318,6 +340,17 @@ def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = 
     return rep
 
 
+def _union_length(spans: list[tuple[float, float]]) -> float:
+    """The length of the union of intervals (trials run in parallel and in sittings: the
+    time during which at least one ran)."""
+    total, end = 0.0, -np.inf
+    for lo, hi in sorted(spans):
+        if hi > end:
+            total += hi - max(lo, end)
+            end = hi
+    return total
+
+
 def _fmt_test(t: dict | None) -> str:
     return "-" if not t else tables.ci_text(t)
 
@@ -329,7 +362,7 @@ def markdown(rep: dict) -> str:
              "parameters, the rate chosen on validation, mean ± std [95% interval] over seeds; a reference row is "
              "called better or worse only where the intervals separate."
              + (f" {rep['trials_count']} trials, {rep['wall_seconds'] / 60:.1f} min of wall time on this machine "
-                "(first logged step to last)." if rep.get("wall_seconds") else ""), "", "## Tasks", ""]
+                "(the time during which at least one trial ran, first logged step to last)." if rep.get("wall_seconds") else ""), "", "## Tasks", ""]
     for task, t in rep["table"].items():
         chance = "" if t["chance"] is None else f"; chance {t['chance']:.4g}"
         lines += [f"### {task}: {t['metric']} ({'lower' if t['better'] == 'min' else 'higher'} is better{chance})", ""]
@@ -337,7 +370,17 @@ def markdown(rep: dict) -> str:
                  _fmt_test(t["cell"]["test"]), ""]]
         body += [[r["cell"], str(r["parameters"]), tables.fmt(r["lr"]), _fmt_test(r["test"]), r["vs_cell"]]
                  for r in t["references"]]
+        for name, b in t.get("baselines", {}).items():
+            label = f"{name.replace('_', '-')}" + (f": {b['model']}" if "model" in b else "")
+            body.append([label, "-", "-", f"{b['mase']:.4g}", _vs_fixed(b["mase"], t["cell"]["test"])])
         lines += tables.markdown_table(["cell", "params", "lr", "test", "vs this cell"], body) + [""]
+        if "baselines" in t:
+            smapes = [f"{cell} {tables.fmt(t['cell'].get('test_smape'))}"] + [
+                f"{r['cell']} {tables.fmt(r.get('test_smape'))}" for r in t["references"]] + [
+                f"{k.replace('_', '-')} {v['smape']:.4g}" for k, v in t["baselines"].items()]
+            lines += ["sMAPE (%, mean over seeds): " + ", ".join(smapes) + ". Seasonal-naive and the classical "
+                      "model are deterministic, one number each: better or worse where it lies outside the cell's "
+                      "95% interval.", ""]
     lines += ["## Gradient flow at initialisation", "",
               "Random inputs, a loss at the last step, H = 32: the span max/min of ||dL/dh_t|| over the lags, the "
               "fitted per-step log-rate (< 0: vanishing, > 0: exploding), and the hidden state's size.", ""]

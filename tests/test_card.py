@@ -27,6 +27,12 @@ def test_a_smoke_card_for_gru_has_every_section_and_its_tables_are_its_json(tmp_
         assert f"### {task}: " in text
         row = next(line for line in text.split(f"### {task}: ")[1].splitlines() if line.startswith("| gru (this card)"))
         assert f"{t['cell']['test']['mean']:.4g}" in row and str(t["cell"]["parameters"]) in row
+        for name, b in t.get("baselines", {}).items():  # forecasting: seasonal-naive and the classical model
+            row = next(line for line in text.split(f"### {task}: ")[1].splitlines()
+                       if line.startswith(f"| {name.replace('_', '-')}"))
+            assert f"| {b['mase']:.4g} |" in row
+    assert {t for t, v in rep["table"].items() if set(v.get("baselines", {})) == {"seasonal_naive", "classical"}} == {
+        "forecast_co2", "forecast_sunspots"}
     for f in rep["figures"]:
         assert os.path.getsize(os.path.join(out, f)) > 0, f
     assert {"mqar.png", "gradient_flow.png"} <= set(rep["figures"])
@@ -48,3 +54,10 @@ def test_unknown_budget_and_task_are_refused_with_the_choices():
         card.tasks("huge")
     with pytest.raises(ValueError, match="unknown card task 'addition'"):
         card.get_config("addition@smoke")
+
+
+def test_the_card_wall_time_is_the_union_of_its_trials_spans():
+    """Trials overlap (parallel) and come in sittings (a resumed card): the time during which
+    at least one ran, not first to last."""
+    assert card._union_length([(0.0, 2.0), (1.0, 3.0), (10.0, 11.0)]) == 4.0
+    assert card._union_length([(0.0, 5.0), (1.0, 2.0)]) == 5.0 and card._union_length([]) == 0.0

@@ -52,17 +52,32 @@ def test_seasonal_naive_is_the_last_value_of_the_same_season(name):
 @pytest.mark.parametrize("name", fc.SERIES)
 def test_windows_read_only_the_past_and_their_targets_are_the_truth(name):
     w = fc.windows(name, "test")
-    s = fc.SPECS[name]
-    assert w.xs_TxBxD.shape == (s["window"], len(fc.origins(name, "test")), 1)
-    np.testing.assert_allclose(fc.unscale(name, w.targets_BxH), fc.truth(name, "test"), rtol=1e-5)
-    np.testing.assert_allclose(fc.unscale(name, w.xs_TxBxD[-1, :, 0]), fc.series(name)[fc.origins(name, "test") - 1],
-                               rtol=1e-5)
+    s, y, o = fc.SPECS[name], fc.series(name), fc.origins(name, "test")
+    assert w.xs_TxBxD.shape == (s["window"], len(o), 1)
+    np.testing.assert_allclose(w.level_B, y[o - 1])  # the last value before each origin
+    np.testing.assert_allclose(fc.unscale(name, w.targets_BxH, w.level_B), fc.truth(name, "test"), rtol=1e-5)
+    np.testing.assert_allclose(fc.unscale(name, w.xs_TxBxD[:, :, 0].T, w.level_B),
+                               np.stack([y[i - s["window"]:i] for i in o]), rtol=1e-5)
+    np.testing.assert_allclose(w.xs_TxBxD[-1], 0.0, atol=1e-6)  # relative to the last value
     b, again = fc.batch(name, 0, 4, batch_size=8), fc.batch(name, 0, 4, batch_size=8)
     np.testing.assert_array_equal(b.xs_TxBxD, again.xs_TxBxD)
     lo, hi = fc.bounds(name)["train"]
-    train_z = (fc.series(name)[lo:hi] - fc.series(name)[lo:hi].mean()) / fc.series(name)[lo:hi].std()
-    for t in b.targets_BxH:  # each target window is a stretch of the train part
-        assert any(np.allclose(t, train_z[i:i + len(t)], atol=1e-5) for i in range(len(train_z) - len(t) + 1))
+    train = y[lo:hi]
+    for t, level in zip(fc.unscale(name, b.targets_BxH, b.level_B), b.level_B, strict=True):
+        # each target window is a stretch of the train part, right after its level
+        starts = [i for i in range(1, len(train) - len(t) + 1) if np.allclose(t, train[i:i + len(t)], rtol=1e-6)]
+        assert any(train[i - 1] == level for i in starts)
+
+
+def test_a_network_forecast_is_scored_in_the_series_units():
+    """The MSE a network trains on is in units of the MASE scale: a forecast z off by e
+    everywhere has MASE exactly |e|; the cached baselines equal a fresh computation."""
+    name = "sunspots"
+    w = fc.windows(name, "valid")
+    got = fc.score(name, "valid", fc.unscale(name, w.targets_BxH + 0.5, w.level_B))
+    assert got["mase"] == pytest.approx(0.5, rel=1e-5)
+    naive = fc.baselines(name, "valid")["seasonal_naive"]
+    assert naive == pytest.approx(fc.score(name, "valid", fc.seasonal_naive(name, "valid")))
 
 
 def test_classical_model_forecasts_co2_better_than_seasonal_naive_on_its_first_origins():
@@ -71,3 +86,43 @@ def test_classical_model_forecasts_co2_better_than_seasonal_naive_on_its_first_o
     y = fc.truth("co2", "test")[:3]
     naive = fc.seasonal_naive("co2", "test")[:3]
     assert f.shape == (3, 12) and np.abs(f - y).mean() < np.abs(naive - y).mean()
+
+
+def test_the_sequence_task_trains_on_vector_targets_and_scores_forecasts_in_series_units():
+    """The forecast task's batch holds the H targets at the last step only; the model's MSE on
+    a vector target is the mean over H (numpy); a model that outputs the targets scores MASE 0,
+    one that outputs 0 (no change from the last value) scores the hand-made no-change forecast."""
+    import jax
+    import jax.numpy as jnp
+    import ml_collections
+
+    from rnnlab.tasks import sequence
+
+    task = ml_collections.ConfigDict(dict(name="co2", length=36))
+    spec = sequence.task_spec(task)
+    assert sequence.model_io(task) == (1, 12, "mse", "last") and (spec.d_in, spec.d_out) == (1, 12)
+    b = spec.batch(0, 3, 5)
+    assert b.targets_TxBxD.shape == (36, 5, 12) and b.mask_TxB.sum() == 5 and b.mask_TxB[-1].all()
+    np.testing.assert_array_equal(b.targets_TxBxD[-1], fc.batch("co2", 0, 3, batch_size=5).targets_BxH)
+
+    model = sequence.build_model(ml_collections.ConfigDict(dict(task=task, model=dict(
+        cell="gru", cell_options="", d_hidden=8, num_layers=1, unroll=1, recurrent_radius=0.0))))
+    params = model.init(jax.random.key(0))
+    ys = np.asarray(model.apply(params, jnp.asarray(b.xs_TxBxD)))[-1]
+    loss, m = model.loss_and_metrics(params, jnp.asarray(b.xs_TxBxD), jnp.asarray(b.targets_TxBxD),
+                                     jnp.asarray(b.mask_TxB))
+    assert float(loss) == pytest.approx(np.mean((ys - b.targets_TxBxD[-1]) ** 2), rel=1e-5) and m["count"] == 5
+
+    class Fixed:  # a model whose last-step output is given
+        def __init__(self, out):
+            self.out = out
+
+        def apply(self, params, xs):
+            return self.out[None]
+
+    w = fc.windows("co2", "test")
+    assert sequence.forecast_scores(Fixed(w.targets_BxH), None, "co2", "test")["mase"] == pytest.approx(0, abs=1e-5)
+    y, o = fc.series("co2"), fc.origins("co2", "test")
+    no_change = np.repeat(y[o - 1][:, None], 12, axis=1)
+    assert sequence.forecast_scores(Fixed(0 * w.targets_BxH), None, "co2", "test") == pytest.approx(
+        fc.score("co2", "test", no_change))

@@ -191,3 +191,26 @@ def test_the_sequence_task_reads_the_recall_tasks_from_a_config(name, length, n_
     b = spec.batch(0, 0, 3)
     assert b.xs_TxBxD.shape == (spec.length, 3, spec.d_in) and spec.loss == "ce" and spec.readout == "all"
     assert b.targets_TxB.max() < spec.d_out and spec.baseline == pytest.approx(math.log(n_symbols))
+
+
+@pytest.mark.slow
+def test_mqar_accuracy_of_an_lstm_falls_as_pairs_grow_at_a_fixed_state_size(tmp_path):
+    """Zoology's finding (Arora et al. 2023, Fig. 2) at a small scale: one LSTM of 16 units
+    (a fixed state), trained alike on 2, 4 and 8 key-value pairs over 16 symbols, recalls
+    less as the pairs grow; each is above chance (1/16) by far more than two standard errors."""
+    from experiments import lstm_vs_gru as base
+    from rnnlab.tasks import sequence
+
+    acc = {}
+    for p in (2, 4, 8):
+        c = base.base_config()
+        base._set_task(c, "smoke")
+        c.task.update(name="mqar", length=p, n_symbols=16, batch_size=32, eval_batches=2, eval_batch_size=250)
+        c.model.update(cell="lstm", d_hidden=16)
+        c.optim.lr = 1e-2
+        c.train.update(num_steps=600, log_every=600, eval_every=600, checkpoint_every=600)
+        acc[p] = sequence.train_and_evaluate(c, str(tmp_path / f"p{p}"))["test_accuracy"]
+    n = {p: 500 * p for p in acc}  # queries scored: 2 batches of 250 sequences, p queries each
+    se = {p: math.sqrt(a * (1 - a) / n[p]) for p, a in acc.items()}
+    assert acc[2] > acc[4] + 2 * (se[2] + se[4]) and acc[4] > acc[8] + 2 * (se[4] + se[8]), acc
+    assert acc[8] > 1 / 16 + 2 * math.sqrt((1 / 16) * (15 / 16) / n[8]), acc

@@ -24,11 +24,17 @@ autoregression AR(9) fitted by statsmodels' ARIMA (sunspots), refitted at every
 origin on the history up to it.
 
 For a network: ``batch(name, seed, step, batch_size)`` gives random windows of the
-train part, standardised by its mean and deviation (``Windows``: inputs
-``xs_TxBxD`` with T = L, D = 1, and the next H values ``targets_BxH``),
-``windows(name, region)`` the rolling-origin inputs of a region, ``unscale`` the
-way back to the series' units, and ``score(name, region, forecasts_OxH)`` the two
-metrics of any forecast.
+train part (``Windows``: inputs ``xs_TxBxD`` with T = L, D = 1, the next H values
+``targets_BxH``, and ``level_B``, the last observed value). Each window is read
+relative to its own last value and in units of the MASE scale (the train part's
+mean |y_t - y_{t-m}|): z = (y - level) / scale, so a trending series (co2) gives
+the network the same kind of numbers in the test years as in training.
+``windows(name, region)`` gives the rolling-origin inputs of a region,
+``unscale(name, z, level_B)`` the way back to the series' units, and
+``score(name, region, forecasts_OxH)`` the two metrics of any forecast;
+``baselines(name, region)`` the scores of seasonal-naive and the classical model
+(the classical refits take seconds: kept in a JSON file under the cache directory,
+``$RNNLAB_CACHE_DIR`` or ``~/.cache/rnnlab``).
 """
 
 from __future__ import annotations
@@ -46,8 +52,9 @@ _TASK_IDS = {"co2": 11, "sunspots": 12}
 
 
 class Windows(NamedTuple):
-    xs_TxBxD: np.ndarray  # standardised inputs, T = window, D = 1
-    targets_BxH: np.ndarray  # standardised next H values
+    xs_TxBxD: np.ndarray  # inputs (y - level) / scale, T = window, D = 1
+    targets_BxH: np.ndarray  # the next H values, (y - level) / scale
+    level_B: np.ndarray  # the last observed value of each window (raw units)
 
 
 def _check(name: str) -> None:
@@ -76,10 +83,12 @@ def bounds(name: str) -> dict[str, tuple[int, int]]:
     return {"train": (0, n - 2 * k), "valid": (n - 2 * k, n - k), "test": (n - k, n)}
 
 
-def _scale(name: str) -> tuple[float, float]:
+def mase_scale(name: str) -> float:
+    """The MASE denominator: mean |y_t - y_{t-m}| over the train part."""
+    m = SPECS[name]["m"]
     lo, hi = bounds(name)["train"]
-    y = series(name)[lo:hi]
-    return float(y.mean()), float(y.std())
+    train = series(name)[lo:hi]
+    return float(np.mean(np.abs(train[m:] - train[:-m])))
 
 
 def origins(name: str, region: str) -> np.ndarray:
@@ -103,10 +112,7 @@ def score(name: str, region: str, forecasts_OxH: np.ndarray) -> dict[str, float]
     f = np.asarray(forecasts_OxH, np.float64)
     if f.shape != y_true.shape:
         raise ValueError(f"forecasts of {name}/{region} must be {y_true.shape} (origins x horizon), got {f.shape}")
-    m = SPECS[name]["m"]
-    lo, hi = bounds(name)["train"]
-    train = series(name)[lo:hi]
-    scale = float(np.mean(np.abs(train[m:] - train[:-m])))
+    scale = mase_scale(name)
     err = np.abs(y_true - f)
     denom = np.abs(y_true) + np.abs(f)
     smape = np.where(denom > 0, 200.0 * err / np.where(denom > 0, denom, 1.0), 0.0)
@@ -142,11 +148,16 @@ def classical(name: str, region: str, first: int | None = None) -> np.ndarray:
     return np.stack(out)
 
 
-def _window_at(name: str, i: int) -> tuple[np.ndarray, np.ndarray]:
+def _window_at(name: str, i: int) -> tuple[np.ndarray, np.ndarray, float]:
     y, s = series(name), SPECS[name]
-    mean, std = _scale(name)
-    z = (y - mean) / std
-    return z[i - s["window"]:i], z[i:i + s["horizon"]]
+    level, scale = y[i - 1], mase_scale(name)
+    return (y[i - s["window"]:i] - level) / scale, (y[i:i + s["horizon"]] - level) / scale, level
+
+
+def _stack(items) -> Windows:
+    xs, ts, levels = zip(*items, strict=True)
+    return Windows(np.stack(xs, 1)[:, :, None].astype(np.float32), np.stack(ts).astype(np.float32),
+                   np.asarray(levels, np.float64))
 
 
 def batch(name: str, seed: int, step: int, *, batch_size: int) -> Windows:
@@ -159,21 +170,58 @@ def batch(name: str, seed: int, step: int, *, batch_size: int) -> Windows:
     lo, hi = bounds(name)["train"]
     rng = np.random.default_rng(np.random.SeedSequence([_TASK_IDS[name], int(seed), int(step)]))
     idx = rng.integers(lo + s["window"], hi - s["horizon"] + 1, batch_size)
-    xs, ts = zip(*(_window_at(name, int(i)) for i in idx), strict=True)
-    return Windows(np.stack(xs, 1)[:, :, None].astype(np.float32), np.stack(ts).astype(np.float32))
+    return _stack(_window_at(name, int(i)) for i in idx)
 
 
 def windows(name: str, region: str) -> Windows:
-    """The rolling-origin inputs of a region (and their standardised targets)."""
-    xs, ts = zip(*(_window_at(name, int(i)) for i in origins(name, region)), strict=True)
-    return Windows(np.stack(xs, 1)[:, :, None].astype(np.float32), np.stack(ts).astype(np.float32))
+    """The rolling-origin inputs of a region (and their targets), one per origin."""
+    return _stack(_window_at(name, int(i)) for i in origins(name, region))
 
 
-def unscale(name: str, z: np.ndarray) -> np.ndarray:
-    """Standardised forecasts back to the series' units."""
-    mean, std = _scale(name)
-    return np.asarray(z, np.float64) * std + mean
+def unscale(name: str, z: np.ndarray, level_B: np.ndarray) -> np.ndarray:
+    """Forecasts z (B x H, or B) relative to each window's level back to the series' units."""
+    z = np.asarray(z, np.float64)
+    level = np.asarray(level_B, np.float64).reshape((-1,) + (1,) * (z.ndim - 1))
+    return z * mase_scale(name) + level
 
 
-__all__ = ["REGIONS", "SERIES", "SPECS", "Windows", "batch", "bounds", "classical", "origins", "score",
+def _cache_file() -> str:
+    import os
+
+    import statsmodels
+
+    root = os.environ.get("RNNLAB_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rnnlab")
+    return os.path.join(root, f"forecast_baselines-statsmodels_{statsmodels.__version__}-v1.json")
+
+
+def baselines(name: str, region: str) -> dict[str, dict[str, float]]:
+    """{'seasonal_naive': {mase, smape}, 'classical': {mase, smape, 'model'}} on ``region``;
+    the classical refits are computed once and kept in the cache file."""
+    import json
+    import os
+
+    _check(name)
+    path, key = _cache_file(), f"{name}/{region}"
+    cached = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            cached = json.load(f)
+    if key not in cached:
+        cached[key] = {"seasonal_naive": score(name, region, seasonal_naive(name, region)),
+                       "classical": {**score(name, region, classical(name, region)),
+                                     "model": CLASSICAL_MODELS[name]}}
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(cached, f, indent=1)
+        os.replace(tmp, path)  # atomic: parallel trials may write it at once
+    return cached[key]
+
+
+CLASSICAL_MODELS = {"co2": "Holt-Winters (additive trend and season)", "sunspots": "AR(9)"}
+
+
+__all__ = ["CLASSICAL_MODELS", "REGIONS", "SERIES", "SPECS", "Windows", "baselines", "batch", "bounds", "classical",
+           "mase_scale", "origins", "score",
            "seasonal_naive", "series", "truth", "unscale", "windows"]

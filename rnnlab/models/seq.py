@@ -60,7 +60,7 @@ class SeqModel:
     Attributes:
       stack: the recurrent layers (forward direction; any registered cell).
       d_out: readout width: 1 for regression, the number of classes for 'ce'.
-      loss: 'mse' (targets float, T x B), 'ce' (targets int class ids, T x B) or 'bce'
+      loss: 'mse' (targets float, T x B, or T x B x O: the mean over O), 'ce' (targets int class ids, T x B) or 'bce'
         (targets 0/1 float, T x B x d_out: independent sigmoid outputs, summed over d_out).
       readout: 'all' reads out every step; 'last' only step T-1 (the mask's other
         steps must then be zero: last-step tasks).
@@ -103,7 +103,9 @@ class SeqModel:
         return (ys if self.stack.compute_dtype is None else ys.astype(jnp.float32)) + params["out_b_O"]
 
     def per_step_loss(self, ys_TxBxO: Array, targets_TxB: Array) -> Array:
-        if self.loss == "mse":
+        if self.loss == "mse":  # targets T x B (one value), or T x B x O (a vector: the mean over O)
+            if targets_TxB.ndim == ys_TxBxO.ndim:
+                return jnp.mean((ys_TxBxO.astype(jnp.float32) - targets_TxB) ** 2, axis=-1)
             return (ys_TxBxO[..., 0].astype(jnp.float32) - targets_TxB) ** 2
         if self.loss == "bce":  # targets_TxBxO
             return optax.sigmoid_binary_cross_entropy(ys_TxBxO.astype(jnp.float32), targets_TxB).sum(-1)

@@ -1,7 +1,9 @@
 """Sequence tasks on the one loop: the generated long-range tasks (adding,
 copying memory, temporal order; ``data.synthetic``), sequence classification
-(scikit-learn's 8x8 digits; ``data.digits``) and polyphonic music (the Bach
-chorales as piano rolls, next-frame NLL; ``data.music``), with a ``models.seq.SeqModel``.
+(scikit-learn's 8x8 digits; ``data.digits``; MNIST-1D and Japanese Vowels; ``data.seqclass``),
+polyphonic music (the Bach chorales as piano rolls, next-frame NLL; ``data.music``) and
+forecasting (task.name 'co2' or 'sunspots': the next H values from the last step's readout,
+MSE in MASE units, scored by MASE and sMAPE; ``data.forecast``), with a ``models.seq.SeqModel``.
 
 Config: a ``task`` section (name, length, batch_size, eval_batches, eval_batch_size,
 n_copy, n_symbols) beside model/optim/train; trainer 'rnnlab.tasks.sequence:train_and_evaluate'
@@ -28,7 +30,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from rnnlab.data import digits, music, seqclass, synthetic
+from rnnlab.data import digits, forecast, music, seqclass, synthetic
 from rnnlab.models import seq as seq_lib
 from rnnlab.train import loop, writers
 from rnnlab.train.optim import make_optimizer
@@ -86,6 +88,12 @@ def task_spec(task: ml_collections.ConfigDict) -> TaskSpec:
         return TaskSpec(lambda s, i, b: seqclass.batch(name, s, i, batch_size=b), seqclass.n_features(name),
                         seqclass.n_classes(name), "ce", "all", seqclass.baseline(name), seqclass.max_length(name),
                         split=lambda split: [seqclass.split(name, split)])
+    if task.name in forecast.SERIES:  # the next H values at the last step (task.length unused: the series' window)
+        name, spec = task.name, forecast.SPECS[task.name]
+        no_change = forecast.windows(name, "valid").targets_BxH  # the naive 'no change' forecast's MSE
+        return TaskSpec(lambda s, i, b: _vector_batch(forecast.batch(name, s, i, batch_size=b)), 1, spec["horizon"],
+                        "mse", "last", float(np.mean(no_change ** 2)), spec["window"],
+                        split=lambda split: [_vector_batch(forecast.windows(name, split))])
     if task.name == "music":  # Bach chorales as piano rolls (data.music); task.length: training window, 0: whole pieces
         max_len = task.length or None
         length = task.length or max(len(r) for r in music.load_split("train")) - 1
@@ -99,12 +107,37 @@ def task_spec(task: ml_collections.ConfigDict) -> TaskSpec:
 SEQCLASS_IO = {"mnist1d": (1, 10), "japanese_vowels": (12, 9)}  # (d_in, classes); tests check them against the data
 
 
+class VectorBatch(NamedTuple):
+    """A batch whose target at a step is a vector (forecasting: the next H values at the last step)."""
+    xs_TxBxD: np.ndarray
+    targets_TxBxD: np.ndarray
+    mask_TxB: np.ndarray
+
+
+def _vector_batch(w: forecast.Windows) -> VectorBatch:
+    t, b = w.xs_TxBxD.shape[:2]
+    targets = np.zeros((t, *w.targets_BxH.shape), np.float32)
+    targets[-1] = w.targets_BxH
+    mask = np.zeros((t, b), np.float32)
+    mask[-1] = 1.0
+    return VectorBatch(w.xs_TxBxD, targets, mask)
+
+
+def forecast_scores(model: seq_lib.SeqModel, params, name: str, region: str) -> dict:
+    """MASE and sMAPE (``data.forecast.score``) of the model's forecasts from every origin of ``region``."""
+    w = forecast.windows(name, region)
+    z = np.asarray(model.apply(params, jnp.asarray(w.xs_TxBxD))[-1], np.float64)
+    return forecast.score(name, region, forecast.unscale(name, z, w.level_B))
+
+
 def model_io(task: ml_collections.ConfigDict) -> tuple[int, int, str, str]:
     """(d_in, d_out, loss, readout) of a task, without reading its data (parameter counts, dry runs)."""
     if task.name == "music":
         return music.N_PITCHES, music.N_PITCHES, "bce", "all"
     if task.name in SEQCLASS_IO:  # known sizes: no need to build the data set
         return (*SEQCLASS_IO[task.name], "ce", "all")
+    if task.name in forecast.SERIES:
+        return 1, forecast.SPECS[task.name]["horizon"], "mse", "last"
     spec = task_spec(task)
     return spec.d_in, spec.d_out, spec.loss, spec.readout
 
@@ -173,13 +206,15 @@ def evaluate(model: seq_lib.SeqModel, params, config: ml_collections.ConfigDict,
         total["loss"] += m["loss"] * m["count"]
         total["accuracy"] += m.get("accuracy", 0.0) * m["count"]
         total["count"] += m["count"]
-        if spec.loss == "mse":  # the memoryless predictor: the target's mean, 1 (adding)
+        if spec.loss == "mse" and hasattr(b, "targets_TxB"):  # the memoryless predictor: the mean, 1 (adding)
             total["memoryless"] += float(np.sum(b.mask_TxB * (b.targets_TxB - 1.0) ** 2))
     n = max(total["count"], 1.0)
     out = {"loss": total["loss"] / n, "baseline": spec.baseline}
     out["loss_over_baseline"] = out["loss"] / spec.baseline
     if spec.loss == "ce":
         out["accuracy"] = total["accuracy"] / n
+    elif spec.loss == "mse" and t.name in forecast.SERIES:
+        out.update(forecast_scores(model, params, t.name, split))
     elif spec.loss == "mse":
         out["memoryless_loss"] = total["memoryless"] / n
     return out
@@ -200,7 +235,7 @@ def make_task(config: ml_collections.ConfigDict, workdir: str) -> loop.Task:
         evals = writers.read_metrics(workdir, "eval")
         target = spec.baseline / 10
         return {**{f"eval_{k}": v for k, v in ev.items()},
-                **{f"test_{k}": v for k, v in test.items() if k in ("loss", "accuracy")},
+                **{f"test_{k}": v for k, v in test.items() if k in ("loss", "accuracy", "mase", "smape")},
                 "solved": ev["loss"] < target,  # a tenth of the baseline (Arjovsky et al. 2016's bar for adding)
                 "first_solved_step": next((r["step"] for r in evals if r["loss"] < target), None),
                 "best_eval_loss": min(r["loss"] for r in evals)}
