@@ -2,7 +2,7 @@
 classification and language, with its gradient flow at initialisation and its speed.
 
     python -m experiments.card CELL [--options 'k=v,...'] [--budget smoke|small|full] [--seeds N]
-        [--root runs/cards] [--out docs/cards/CELL/BUDGET] [--parallel 2] [--executor slurm ...]
+        [--root runs/cards] [--out docs/cards/CELL/BUDGET] [--parallel 2] [--executor local|inline|slurm ...]
 
 Each task is a grid of trials (launch: they resume, run in parallel, go to SLURM with
 ``--executor=slurm``), the width of every model matched to the task's parameter budget
@@ -408,7 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="runs/cards", help="trial workdirs go to ROOT/CELL/BUDGET")
     p.add_argument("--out", default="", help="the card's folder (default: docs/cards/CELL/BUDGET)")
     p.add_argument("--parallel", type=int, default=2)
-    p.add_argument("--executor", default="local", choices=("local", "slurm"))
+    p.add_argument("--executor", default="local", choices=("local", "inline", "slurm"),
+                   help="local: --parallel child processes; inline: one after another in this process; slurm")
     p.add_argument("--refresh", action="store_true", help="run the trials again (a fresh ROOT/CELL/BUDGET)")
     a = p.parse_args(argv)
     cells_lib.get(a.cell, **configs.parse_options(a.options))  # a clear error for an unknown cell or option

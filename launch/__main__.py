@@ -1,7 +1,8 @@
 """python -m launch {run,status,report} EXPERIMENT --root=ROOT [--grid=sweep] [--variant=V]
 
   run     expand the grid into trials and run the unfinished ones: locally (--parallel N at once,
-          one GPU each on a GPU machine) or on SLURM as one array job (--executor=slurm, with
+          one GPU each on a GPU machine), one after another in this process (--executor=inline:
+          for a debugger, or many tiny trials) or on SLURM as one array job (--executor=slurm, with
           --partition --account --gpus --cpus --mem_gb --time_min); --dry_run prints the commands.
           Finished trials are skipped, interrupted ones resume; a failing trial does not stop the others.
   status  each trial's state (pending/running/finished/failed/non-finite/diverged/stopped/interrupted/
@@ -42,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                        "file's METRIC, else eval/loss or valid/nll)")
     run = sub.choices["run"]
     run.add_argument("--dry_run", action="store_true", help="print each trial's command and exit")
-    run.add_argument("--executor", choices=("local", "slurm"), default="local")
+    run.add_argument("--executor", choices=("local", "inline", "slurm"), default="local")
     run.add_argument("--parallel", type=int, default=0, help="local: trials at once (0: one per GPU, 2 on CPU); "
                      "slurm: array tasks at once (0: all)")
     run.add_argument("--partition", default="")

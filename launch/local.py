@@ -1,5 +1,6 @@
 """Running trials: one trial as a child process (shared with the SLURM executor),
-and the local executor, N trials at once.
+the local executor, N trials at once, and the inline executor, one after another in
+this process (for a debugger, or many tiny trials).
 
 Each trial's stdout and stderr go to WORKDIR/train.log (appended across resumes);
 WORKDIR/launch.json says what the launcher knows: state (running, finished,
@@ -158,6 +159,81 @@ def run_local(trials: list[Trial], parallel: int = 0, *, gpus: int | None = None
             proc.send_signal(signal.SIGTERM)
             outcomes[t.name] = finish_trial(t, proc.wait())
     print(f"local sweep: {sum(o['state'] == 'finished' for o in outcomes.values())}/{len(trials)} finished "
+          f"in {time.time() - t0:.0f} s", flush=True)
+    return [outcomes[t.name] for t in trials]
+
+
+class _Tee:
+    """Writes to the trial's log and to the console alike (the inline executor's stdout and stderr)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for s in self.streams:
+            s.flush()
+
+
+def run_inline(trials: list[Trial], *, echo: bool = True) -> list[dict]:
+    """Run the unfinished ``trials`` one after another in this process: no child, so a
+    debugger or a profiler sees the trial's own code, and no interpreter and JAX start per
+    trial (the quickest way through many tiny trials on a CPU). Each trial is exactly what
+    its command would run (the same config, the experiment's trainer, the same workdir, so
+    it resumes and is skipped when finished); its output is appended to WORKDIR/train.log
+    and, with ``echo``, shown here too. An exception is recorded as the trial's failure and
+    the others go on; a trial stopped short of its end (SIGTERM, a deadline) stops the sweep,
+    to be resumed by the same command. JAX's 64-bit switch is the one a fresh process has
+    (``JAX_ENABLE_X64``), not this process's."""
+    import contextlib
+    import sys
+    import traceback
+
+    import jax
+
+    from launch import trials as trials_lib
+    from rnnlab import main as rnnlab_main
+
+    queue = status_lib.split_todo(trials)
+    outcomes = {t.name: {"name": t.name, "state": status_lib.trial_status(t)["state"],
+                         "skipped": True} for t in trials if t not in queue}
+    t0, modules = time.time(), {}
+    for i, t in enumerate(queue):
+        if t.experiment not in modules:
+            modules[t.experiment] = trials_lib.load_experiment(t.experiment)
+        config = trials_lib.resolve(modules[t.experiment], t.variant, t.overrides)
+        os.makedirs(t.workdir, exist_ok=True)
+        print(f"start {t.name} ({i + 1}/{len(queue)}, in this process): {' '.join(t.command())}", flush=True)
+        write_status(t, state="running", host=socket.gethostname(), pid=os.getpid(), job_id=None, returncode=None,
+                     error=None, started=time.time())
+        returncode = 0
+        with open(os.path.join(t.workdir, "train.log"), "a") as log:
+            log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} on {socket.gethostname()} (inline): "
+                      f"{' '.join(t.command())}\n")
+            out, err = (_Tee(log, sys.stdout), _Tee(log, sys.stderr)) if echo else (log, log)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:  # JAX's 64-bit switch as a fresh process has it, whatever this one set (tests set it)
+                    with jax.enable_x64(os.environ.get("JAX_ENABLE_X64", "").lower() in ("1", "true", "yes")):
+                        rnnlab_main.trainer(config.trainer)(config, t.workdir)
+                except KeyboardInterrupt:
+                    returncode = -signal.SIGINT
+                except Exception:  # the trial's failure, recorded; the sweep goes on
+                    traceback.print_exc()
+                    returncode = 1
+        outcomes[t.name] = finish_trial(t, returncode)
+        o = outcomes[t.name]
+        print(f"{o['state']} {t.name}" + (f": {o['error']}" if o["error"] else ""), flush=True)
+        if o["state"] in ("interrupted", "stopped"):
+            print("inline sweep stopped; rerun the same command to resume", flush=True)
+            break
+    for t in trials:
+        outcomes.setdefault(t.name, {"name": t.name, "state": status_lib.trial_status(t)["state"], "returncode": None,
+                                     "error": None})
+    print(f"inline sweep: {sum(o['state'] == 'finished' for o in outcomes.values())}/{len(trials)} finished "
           f"in {time.time() - t0:.0f} s", flush=True)
     return [outcomes[t.name] for t in trials]
 

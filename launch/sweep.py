@@ -18,13 +18,16 @@ from launch import trials as trials_lib
 
 def run_trials(trials: list[trials_lib.Trial], root: str, *, executor: str = "local", parallel: int = 0,
                wait: bool = True, **slurm_resources) -> list[dict]:
-    """Run expanded ``trials`` locally (``parallel`` at once; 0: one per GPU, 2 on CPU) or
+    """Run expanded ``trials`` locally (``parallel`` at once; 0: one per GPU, 2 on CPU), inline
+    (one after another in this process: a debugger sees them; no start-up per trial) or
     on SLURM as one array job (``slurm_resources``: partition, account, gpus, cpus, mem_gb,
     time_min); returns one outcome per trial (name, state, ...; [] when SLURM and not ``wait``)."""
     if executor == "local":
         return local.run_local(trials, parallel)
+    if executor == "inline":
+        return local.run_inline(trials)
     if executor != "slurm":
-        raise ValueError(f"executor {executor!r}: use 'local' or 'slurm'")
+        raise ValueError(f"executor {executor!r}: use 'local', 'inline' or 'slurm'")
     from launch import slurm  # submitit only when SLURM is asked for
 
     jobs, submitted, folder = slurm.submit(trials, root, parallelism=parallel or 256, **slurm_resources)

@@ -17,7 +17,7 @@ from experiments import card
 @pytest.mark.slow
 def test_a_smoke_card_for_gru_has_every_section_and_its_tables_are_its_json(tmp_path):
     root, out = str(tmp_path / "runs"), str(tmp_path / "card")
-    assert card.main(["gru", "--budget=smoke", f"--root={root}", f"--out={out}"]) == 0
+    assert card.main(["gru", "--budget=smoke", f"--root={root}", f"--out={out}", "--executor=inline"]) == 0
     rep = json.load(open(os.path.join(out, "card.json")))
     text = open(os.path.join(out, "README.md")).read()
     for heading in ("## Tasks", "## Gradient flow at initialisation", "## Speed", "## Figures"):

@@ -49,7 +49,7 @@ def test_sweep_lists_every_cell_delay_and_seed():
 def test_smoke_grid_runs_and_reports_through_launch(tmp_path):
     root = str(tmp_path / "runs")
     run = subprocess.run([sys.executable, "-m", "launch", "run", "experiments/copy_lengths.py", f"--root={root}",
-                          "--grid=smoke", "--parallel=2"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                          "--grid=smoke", "--executor=inline"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "2 finished" in run.stdout
     rep = subprocess.run([sys.executable, "-m", "launch", "report", "experiments/copy_lengths.py", f"--root={root}",

@@ -195,3 +195,31 @@ def test_cells_option_sets_the_cells_a_grid_compares(tmp_path, capsys):
     assert "takes no list of cells (--cells)" in capsys.readouterr().err
     assert cli.main(["status", lm, f"--root={tmp_path}", "--cells=gru,nocell"]) == 2
     assert "unknown cell 'nocell'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_inline_executor_runs_the_trials_in_this_process_as_their_commands_would(tmp_path, capsys):
+    """--executor=inline: each trial is what its command runs (lstm_seed0 equals a child
+    process's run of the same command bitwise), a diverging trial and one that raises are
+    recorded while the others go on, and a rerun skips what ended."""
+    exp = tmp_path / "tiny_inline.py"
+    exp.write_text(open(checks.EXPERIMENT).read().replace(
+        "    add(seed=0, **DIVERGE)", "    add(seed=0, **DIVERGE)\n    add(seed=5, **{'task.name': 'nonesuch'})"))
+    root = str(tmp_path / "sweep")
+    reference, ref_wd = checks.start_reference(tmp_path)
+    assert cli.main(["run", str(exp), f"--root={root}", "--executor=inline"]) == 1  # not all finished
+    reference.wait(timeout=300)
+    out = capsys.readouterr().out
+    assert "in this process" in out and "step 400/400" in out  # the trial's progress on the console, too
+    rows = {r["name"]: r for r in status.table(trials.expand(str(exp), root))}
+    assert [rows[n]["state"] for n in checks.SEEDS] == ["finished"] * 3, rows
+    assert rows["diverge_seed0"]["state"] == "non-finite"
+    assert rows["lstm_seed5"]["state"] == "failed" and "nonesuch" in rows["lstm_seed5"]["error"], rows["lstm_seed5"]
+    assert "step 400/400" in open(os.path.join(root, "lstm_seed1", "train.log")).read()
+    got = json.load(open(os.path.join(root, "lstm_seed0", "result.json")))
+    want = json.load(open(os.path.join(ref_wd, "result.json")))
+    for k in checks.TIMING_KEYS:
+        got.pop(k), want.pop(k)
+    assert got == want
+    assert cli.main(["run", str(exp), f"--root={root}", "--executor=inline"]) == 1
+    assert "skip lstm_seed1: finished" in capsys.readouterr().out

@@ -173,7 +173,7 @@ def test_report_end_to_end(tmp_path):
     tiny = tmp_path / "tiny_lstm_vs_gru.py"
     tiny.write_text(TINY)
     root, out = str(tmp_path / "runs"), str(tmp_path / "report")
-    runs = launch.run_sweep(str(tiny), root, parallel=2)  # the study's runner is launch's
+    runs = launch.run_sweep(str(tiny), root, executor="inline")  # the study's runner is launch's (in this process)
     assert [r["state"] for r in runs] == ["finished"] * 4, runs
     rep = exp.report(root, out)
     for f in ("README.md", "results.csv", "trials.csv", "report.json", "curves_smoke.png"):

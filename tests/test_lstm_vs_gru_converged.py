@@ -87,7 +87,7 @@ def test_the_music_models_loss_is_the_piano_roll_nll():
 def test_the_smoke_grid_trains_both_tasks_with_early_stopping_through_launch(tmp_path):
     """Builds the chorale cache if this machine has none (under a minute, once)."""
     root = str(tmp_path / "smoke")
-    assert cli.main(["run", EXPERIMENT, f"--root={root}", "--grid=smoke", "--parallel=2"]) == 0
+    assert cli.main(["run", EXPERIMENT, f"--root={root}", "--grid=smoke", "--executor=inline"]) == 0
     for t in trials.expand(EXPERIMENT, root, "smoke"):
         result = json.load(open(os.path.join(t.workdir, "result.json")))
         assert result["finished"] and "early_stopped" in result

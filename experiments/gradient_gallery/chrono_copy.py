@@ -78,7 +78,8 @@ def run(smoke: bool, work: str = os.path.join("runs", "gradient_gallery")) -> Re
         root = os.path.join(work, f"{NAME}_{grid}")
         ts = trials.expand(os.path.abspath(__file__), root, grid)
         # 'diverged': ended far above the baseline (a smoke run's few steps); its curve is still data
-        outcomes = sweep.run_trials(ts, root, executor="local", parallel=2)
+        # tiny smoke trials run one after another in this process (no start-up per trial)
+        outcomes = sweep.run_trials(ts, root, executor="inline" if smoke else "local", parallel=2)
         bad = [o for o in outcomes if o["state"] not in ("finished", "diverged")]
         if bad:
             raise RuntimeError(f"{NAME}: trials did not finish: {bad} (rerun the command: finished trials are kept)")
