@@ -332,6 +332,7 @@ def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = 
     style.save(fig, os.path.join(out_dir, "gradient_flow.png"))
     figures.append("gradient_flow.png")
     rep["figures"] = figures
+    rep["verdict"] = verdict(rep)
     writers.write_json_atomic(os.path.join(out_dir, "card.json"), rep)
     text = markdown(rep)
     with open(os.path.join(out_dir, "README.md"), "w") as f:
@@ -351,6 +352,69 @@ def _union_length(spans: list[tuple[float, float]]) -> float:
     return total
 
 
+def _interval(t: dict) -> tuple[float, float]:
+    return (t["ci_low"], t["ci_high"]) if t.get("n", 0) >= 2 else (t["mean"], t["mean"])
+
+
+def verdict(rep: dict) -> dict:
+    """Where the cell stands, in words, from the card's numbers: per task, at chance (its 95%
+    interval reaches chance), else against the best reference row (ahead, level, behind: the
+    intervals separate or not) and the share of that row's gain over chance it reaches;
+    forecasting against the classical model; the gradient's per-step factor at initialisation
+    and the size of the state over the longest probe."""
+    rows = []
+    for task, t in rep["table"].items():
+        mine = t["cell"]["test"]
+        if not mine:
+            continue
+        sign = 1.0 if t["better"] == "max" else -1.0
+        refs = [r for r in t["references"] if r["test"]]
+        best = max(refs, key=lambda r: sign * r["test"]["mean"]) if refs else None
+        lo, hi = _interval(mine)
+        row = {"task": task, "mean": mine["mean"], "chance": t["chance"], "best_reference": best and best["cell"],
+               "best_reference_mean": best and best["test"]["mean"], "share_of_best_gain": None}
+        if t["chance"] is not None and (hi >= t["chance"] if sign < 0 else lo <= t["chance"]):
+            row["verdict"] = "at chance"
+        elif best is None:
+            row["verdict"] = "no reference"
+        else:
+            ahead = sign * (mine["mean"] - best["test"]["mean"]) > 0
+            row["verdict"] = (("ahead of " if ahead else "behind ") if stats.separated(mine, best["test"])
+                              else "level with ") + best["cell"]
+        if t["chance"] is not None and best is not None and sign * (best["test"]["mean"] - t["chance"]) > 0:
+            row["share_of_best_gain"] = (mine["mean"] - t["chance"]) / (best["test"]["mean"] - t["chance"])
+        if "classical" in t.get("baselines", {}):
+            vs = _vs_fixed(t["baselines"]["classical"]["mase"], mine)
+            row["verdict"] += {"better": "; behind the classical model", "worse": "; ahead of the classical model",
+                               "not separated": "; level with the classical model"}.get(vs, "")
+        rows.append(row)
+    rates = {n: float(np.exp(g["log_rate"])) for n, g in sorted(rep["gradient_flow"].items(), key=lambda kv: int(kv[0]))}
+    longest = max(rates, key=int)
+    g, factor = rep["gradient_flow"][longest], rates[longest]
+    grad = ("at initialisation, ||dL/dh_t|| " + ", ".join(f"x{f:.3f} per step of lag over T = {n}"
+                                                          for n, f in rates.items())
+            + (f": exploding gradients (x{factor ** 100:.3g} over 100 steps)" if factor > 1 else
+               f": vanishing gradients (1/e after about {-1 / g['log_rate']:.0f} steps)" if factor < 1 else ""))
+    state = (f"max |h| {g['h_abs_max']:.3g}, mean |h| {g['h_abs_mean']:.3g} over {longest} steps: the state is not "
+             "kept within [-1, 1]" if g["h_abs_max"] > 1.0 + 1e-6 else
+             f"|h| stays within [-1, 1] over {longest} steps (max {g['h_abs_max']:.3g})")
+    return {"tasks": rows, "gradient": grad, "state": state}
+
+
+def verdict_markdown(v: dict) -> list[str]:
+    """The verdict (``verdict``) as Markdown lines: the per-task table, then gradient and state."""
+    lines = ["Per task: at chance when the cell's 95% interval reaches chance; else ahead of, level with or behind "
+             "the best reference row (the intervals separate or not), and the share of that row's gain over "
+             "chance the cell reaches.", ""]
+    lines += tables.markdown_table(
+        ["task", "this cell", "chance", "best reference", "share of its gain", "verdict"],
+        [[r["task"], tables.fmt(r["mean"]), tables.fmt(r["chance"]),
+          "-" if r["best_reference"] is None else f"{r['best_reference']} {tables.fmt(r['best_reference_mean'])}",
+          "-" if r["share_of_best_gain"] is None else f"{100 * r['share_of_best_gain']:.0f}%", r["verdict"]]
+         for r in v["tasks"]])
+    return lines + ["", f"- Gradient: {v['gradient']}.", f"- State: {v['state']}."]
+
+
 def _fmt_test(t: dict | None) -> str:
     return "-" if not t else tables.ci_text(t)
 
@@ -362,7 +426,8 @@ def markdown(rep: dict) -> str:
              "parameters, the rate chosen on validation, mean ± std [95% interval] over seeds; a reference row is "
              "called better or worse only where the intervals separate."
              + (f" {rep['trials_count']} trials, {rep['wall_seconds'] / 60:.1f} min of wall time on this machine "
-                "(the time during which at least one trial ran, first logged step to last)." if rep.get("wall_seconds") else ""), "", "## Tasks", ""]
+                "(the time during which at least one trial ran, first logged step to last)." if rep.get("wall_seconds") else ""), ""]
+    lines += ["## Where it stands", ""] + verdict_markdown(rep["verdict"]) + ["", "## Tasks", ""]
     for task, t in rep["table"].items():
         chance = "" if t["chance"] is None else f"; chance {t['chance']:.4g}"
         lines += [f"### {task}: {t['metric']} ({'lower' if t['better'] == 'min' else 'higher'} is better{chance})", ""]
