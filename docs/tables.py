@@ -181,6 +181,21 @@ def cards_leaderboard(root: str) -> str:
     return "\n".join(lines)
 
 
+IFRNN_CARD = "docs/adding_a_cell/ifrnn_card"
+
+
+def ifrnn_card(root: str) -> str:
+    """docs/adding_a_cell.md: where the worked example's cell stands, the verdict of its card
+    (docs/adding_a_cell/ifrnn_card/card.json, written by the command the doc shows)."""
+    rel = f"{IFRNN_CARD}/card.json"
+    r = _json(root, rel)
+    card = _module(root, "experiments/card.py", "_card_for_docs")
+    lines = card.verdict_markdown(r["verdict"])
+    lines += ["", f"{r['trials_count']} trials, {_minutes(r['wall_seconds'])} of wall time on this machine's 2 cores. "
+              f"Rendered from `{rel}`; the whole card: [{IFRNN_CARD}/README.md](adding_a_cell/ifrnn_card/README.md)."]
+    return "\n".join(lines)
+
+
 LVG_CELLS = ("tanh", "lstm", "lstm_fb0", "gru")
 LVG_ZOO_CELLS = ("peephole", "lstmp", "minlstm", "mingru", "lru", "indrnn", "tanh")
 
@@ -637,6 +652,7 @@ RENDERERS = {
     "lstm_vs_gru": lstm_vs_gru,
     "lstm_vs_gru_converged": lstm_vs_gru_converged,
     "cards_leaderboard": cards_leaderboard,
+    "ifrnn_card": ifrnn_card,
     "layers": layers,
     "memory_and_compile": memory_and_compile,
     "generation": generation,

@@ -19,6 +19,7 @@ Tasks (``TASKS``; batches a pure function of (seed, step), chance levels known):
   selective_copy    Gu & Dao 2023 (accuracy at the markers; chance 1/n_symbols)
   mqar_pP           Arora et al. 2023's multi-query associative recall with P pairs (accuracy; chance 1/n)
   digits            scikit-learn's 8x8 digits pixel by pixel, T = 64 (test accuracy; chance 0.1)
+  permuted_digits   the same in one fixed permutation of the pixels (as permuted MNIST), T = 64
   mnist1d           MNIST-1D, T = 40 (test accuracy; chance 0.1)
   japanese_vowels   9 speakers from 12 cepstra per frame, 7..29 frames (test accuracy; chance 1/9)
   forecast_S        S = co2 (monthly, H = 12) or sunspots (yearly, H = 11): rolling-origin test MASE, with
@@ -87,6 +88,8 @@ def tasks(budget: str) -> dict[str, dict[str, Any]]:
                               better="max", chance=1 / max(2 * p, 8)) for p in _MQAR_PAIRS[budget]},
         "digits": dict(task=dict(name="digits", length=8 if small else 64), metric="test_accuracy", better="max",
                        chance=0.1),
+        "permuted_digits": dict(task=dict(name="permuted_digits", length=64), metric="test_accuracy", better="max",
+                                chance=0.1),
         "mnist1d": dict(task=dict(name="mnist1d", length=40), metric="test_accuracy", better="max", chance=0.1),
         "japanese_vowels": dict(task=dict(name="japanese_vowels", length=29), metric="test_accuracy", better="max",
                                 chance=1 / 9),

@@ -103,3 +103,23 @@ def test_task_spec_and_evaluation_on_the_whole_split():
     assert got["accuracy"] == pytest.approx(np.mean(np.argmax(logits_BxO, 1) == labels_B), abs=1e-9)
     with pytest.raises(ValueError, match="64 .pixel by pixel. or 8"):
         sequence.task_spec(ml_collections.ConfigDict({"name": "digits", "length": 10}))
+
+
+def test_the_permuted_variant_reads_the_pixels_in_one_fixed_permutation():
+    """'permuted' (task permuted_digits): step t of every image is pixel perm[t] of sklearn's
+    image, the same permutation for every image, split and call, and not the identity."""
+    import ml_collections
+
+    from rnnlab.tasks import sequence
+
+    perm = digits.permutation()
+    assert sorted(perm) == list(range(64)) and (perm != np.arange(64)).sum() > 50
+    pixel, permuted = digits.digits_split("test", order="pixel"), digits.digits_split("test", order="permuted")
+    np.testing.assert_array_equal(permuted.xs_TxBxD, pixel.xs_TxBxD[perm])
+    np.testing.assert_array_equal(permuted.targets_TxB, pixel.targets_TxB)
+    a, b = digits.digits_batch(3, 5, batch_size=16, order="permuted"), digits.digits_batch(3, 5, batch_size=16)
+    np.testing.assert_array_equal(a.xs_TxBxD, b.xs_TxBxD[perm])
+    spec = sequence.task_spec(ml_collections.ConfigDict(dict(name="permuted_digits", length=64)))
+    np.testing.assert_array_equal(spec.split("test")[0].xs_TxBxD, permuted.xs_TxBxD)
+    with pytest.raises(ValueError, match="task.length must be 64"):
+        sequence.task_spec(ml_collections.ConfigDict(dict(name="permuted_digits", length=8)))

@@ -23,8 +23,9 @@ import numpy as np
 
 from rnnlab.data.synthetic import Batch
 
-ORDERS = {"pixel": 64, "row": 8}  # order -> sequence length T
+ORDERS = {"pixel": 64, "row": 8, "permuted": 64}  # order -> sequence length T
 SPLIT_SEED = 0
+PERMUTATION_SEED = 1  # the fixed pixel order of 'permuted' (as permuted MNIST: one permutation for every image)
 N_VALID, N_TEST = 180, 360
 N_CLASSES = 10
 _TASK_ID = 4  # folded into every seed, as rnnlab.data.synthetic does for its tasks
@@ -52,6 +53,8 @@ def _as_sequences(images_Bx64: np.ndarray, labels_B: np.ndarray, order: str) -> 
         raise ValueError(f"digits order must be one of {sorted(ORDERS)} (T = 64 or 8), got {order!r}")
     length = ORDERS[order]
     batch = len(labels_B)
+    if order == "permuted":
+        images_Bx64 = images_Bx64[:, permutation()]
     xs_BxTxD = images_Bx64.reshape(batch, length, 64 // length)
     xs_TxBxD = np.ascontiguousarray(xs_BxTxD.transpose(1, 0, 2))
     targets_TxB = np.zeros((length, batch), np.int32)
@@ -93,12 +96,18 @@ def digits_baseline() -> float:
     return float(-np.sum(p * np.log(p)))
 
 
+@functools.cache
+def permutation() -> np.ndarray:
+    """The fixed order of the 64 pixels in 'permuted' (drawn once from PERMUTATION_SEED)."""
+    return np.random.default_rng(PERMUTATION_SEED).permutation(64)
+
+
 def order_for_length(length: int) -> str:
     """task.length 64 -> 'pixel', 8 -> 'row'."""
-    by_length = {t: o for o, t in ORDERS.items()}
+    by_length = {ORDERS["pixel"]: "pixel", ORDERS["row"]: "row"}
     if length not in by_length:
         raise ValueError(f"task.length for digits must be 64 (pixel by pixel) or 8 (row by row), got {length}")
     return by_length[length]
 
 
-__all__ = ["ORDERS", "digits_baseline", "digits_batch", "digits_split", "order_for_length", "split_size"]
+__all__ = ["ORDERS", "PERMUTATION_SEED", "digits_baseline", "digits_batch", "digits_split", "order_for_length", "permutation", "split_size"]

@@ -78,8 +78,11 @@ def task_spec(task: ml_collections.ConfigDict) -> TaskSpec:
         fn = functools.partial(synthetic.mqar, n_pairs=task.length, n_symbols=task.n_symbols)
         return TaskSpec(lambda s, i, b: fn(s, i, batch_size=b), 2 * task.n_symbols, task.n_symbols, "ce", "all",
                         synthetic.mqar_baseline(task.n_symbols), 3 * task.length)
-    if task.name == "digits":  # sklearn's 8x8 digits; task.length 64: pixel by pixel, 8: row by row
-        order = digits.order_for_length(task.length)
+    if task.name in ("digits", "permuted_digits"):  # sklearn's 8x8 digits; task.length 64: pixel by pixel, 8: row
+        # by row; permuted_digits: pixel by pixel in one fixed permutation (task.length 64)
+        if task.name == "permuted_digits" and task.length != 64:
+            raise ValueError(f"permuted_digits reads the 64 pixels one by one: task.length must be 64, got {task.length}")
+        order = "permuted" if task.name == "permuted_digits" else digits.order_for_length(task.length)
         return TaskSpec(lambda s, i, b: digits.digits_batch(s, i, batch_size=b, order=order),
                         64 // task.length, digits.N_CLASSES, "ce", "last", digits.digits_baseline(), task.length,
                         split=lambda split: [digits.digits_split(split, order=order)])
@@ -100,7 +103,7 @@ def task_spec(task: ml_collections.ConfigDict) -> TaskSpec:
         return TaskSpec(lambda s, i, b: music.batch(s, i, b, max_len), music.N_PITCHES, music.N_PITCHES, "bce",
                         "all", music.marginal_nll(), length,
                         split=lambda split: music.split_batches(split, task.eval_batch_size))
-    raise ValueError(f"task.name must be one of {sorted([*synthetic.TASKS, *seqclass.DATASETS, 'digits', 'music'])}, "
+    raise ValueError(f"task.name must be one of {sorted([*synthetic.TASKS, *seqclass.DATASETS, *forecast.SERIES, 'digits', 'permuted_digits', 'music'])}, "
                      f"got {task.name!r}")
 
 
