@@ -262,3 +262,23 @@ def test_cell_options_are_checked_against_their_defaults_types():
         cells.get("elman", **configs.parse_options("nonlinearity=sigmoid"))
     assert dict(cells.get("lstm", forget_bias=0).options)["forget_bias"] == 0  # an int is a float
     assert dict(cells.get("elman", nonlinearity="relu").options)["nonlinearity"] == "relu"
+
+
+@pytest.mark.parametrize("name", tiered(ALL_CELLS, FAST_CELLS))
+def test_the_probes_read_every_cell(name):
+    """rnnlab.probes (gradient flow, the state's trajectory; the card's gradient section) works on
+    every cell: a cell whose carry is a tuple says which part is its output (output_of_carry),
+    and the probes' h at each step is the step's own output h (a Python loop of step); for the
+    LRU, whose output also reads the input, the state [Re h, Im h]."""
+    from rnnlab import probes
+
+    cell, params, xs, _ = _setup(name)
+    norms = np.asarray(probes.grad_norms_through_time(cell, params, xs, d_h=H).norms_T)
+    assert norms.shape == (T,) and np.all(np.isfinite(norms)) and norms.max() > 0
+    _, hs = probes.carry_trajectory(cell, params, xs, d_h=H)
+    carry, want = cell.initial_carry(B, H), []
+    xp = cell.precompute(params, xs)
+    for t in range(T):
+        carry, h = cell.step(params, carry, xp[t])
+        want.append(jnp.concatenate(carry, -1) if name == "lru" else h)
+    np.testing.assert_allclose(np.asarray(hs), np.asarray(jnp.stack(want)), rtol=1e-5, atol=1e-6)

@@ -65,3 +65,8 @@ def step(
     c_norm = layer_norm(new_c, 1) * params["ln_c_H"] + params["ln_c_bias_H"]
     new_h = jax.nn.sigmoid(o) * jnp.tanh(c_norm)
     return (new_c.astype(c.dtype), new_h.astype(h.dtype)), new_h
+
+
+def output_of_carry(carry: tuple[Array, Array]) -> Array:
+    """The output h (the probes' view of the state): the carry's second part."""
+    return carry[1]

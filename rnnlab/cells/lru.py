@@ -100,3 +100,9 @@ def step(
 def linear_coefficients(params: Params, xp_TxBxG: Array) -> tuple[Array, Array]:
     b = _input(params, xp_TxBxG)
     return jnp.broadcast_to(_lambda(params), b.shape), b
+
+
+def output_of_carry(carry: tuple[Array, Array]) -> Array:
+    """The probes' view of the state: the complex h as one real vector [Re h, Im h], B x 2N
+    (the output y also reads the input, so it is not a function of the carry alone)."""
+    return jnp.concatenate(carry, axis=-1)

@@ -70,3 +70,8 @@ def step(
     new_c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
     new_r = (jax.nn.sigmoid(o) * jnp.tanh(new_c)) @ params["w_p_NxH"]
     return (new_c.astype(c.dtype), new_r.astype(r.dtype)), new_r
+
+
+def output_of_carry(carry: tuple[Array, Array]) -> Array:
+    """The output h (the probes' view of the state): the carry's second part."""
+    return carry[1]

@@ -47,3 +47,8 @@ def step(
     new_c = jax.nn.sigmoid(f + p[1] * c) * c + jax.nn.sigmoid(i + p[0] * c) * jnp.tanh(g)
     new_h = jax.nn.sigmoid(o + p[2] * new_c) * jnp.tanh(new_c)
     return (new_c.astype(c.dtype), new_h.astype(h.dtype)), new_h
+
+
+def output_of_carry(carry: tuple[Array, Array]) -> Array:
+    """The output h (the probes' view of the state): the carry's second part."""
+    return carry[1]

@@ -61,3 +61,8 @@ def step(
     new_n = f_s * n + i_s
     new_h = jax.nn.sigmoid(o) * new_c / new_n
     return tuple(v.astype(h.dtype) for v in (new_c, new_n, new_m, new_h)), new_h
+
+
+def output_of_carry(carry: tuple[Array, Array, Array, Array]) -> Array:
+    """The output h (the probes' view of the state): the carry's last part."""
+    return carry[3]
