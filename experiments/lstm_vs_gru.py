@@ -241,20 +241,23 @@ def matched_width(config: ml_collections.ConfigDict) -> int:
 @functools.cache
 def _matched_width(config_json: str, budget: int) -> int:
     config = ml_collections.ConfigDict(json.loads(config_json))  # the sections models are built from
+    # a cell with heads (mlstm) takes widths that are multiples of them: search over those
+    unit = int(configs.parse_options(config.model.cell_options).get("heads", 1))
+    count = lambda k: parameter_count(config, k * unit)  # noqa: E731
     lo, hi = 1, 2
-    while parameter_count(config, hi) < budget:
+    while count(hi) < budget:
         lo, hi = hi, hi * 2
-        if hi > 1 << 16:
+        if hi * unit > 1 << 16:
             raise ValueError(f"study.param_budget={budget} needs a width above 65536; lower the budget")
-    while lo < hi:  # smallest width with count >= budget
+    while lo < hi:  # smallest multiple with count >= budget
         mid = (lo + hi) // 2
-        if parameter_count(config, mid) >= budget:
+        if count(mid) >= budget:
             hi = mid
         else:
             lo = mid + 1
-    if lo > 1 and budget - parameter_count(config, lo - 1) <= parameter_count(config, lo) - budget:
-        return lo - 1
-    return lo
+    if lo > 1 and budget - count(lo - 1) <= count(lo) - budget:
+        return (lo - 1) * unit
+    return lo * unit
 
 
 @functools.cache
