@@ -100,3 +100,22 @@ def test_accelerator_benchmark_smoke(tmp_path, capsys):
     assert all(r["bytes_moved"] == 2 * r["T"] * r["B"] * r["H"] * 4 for r in rep["scans"])
     assert rep["lm"]["rnnlab_tokens_per_s"] > 0 and rep["lm"]["torch_tokens_per_s"] > 0
     assert "## pytorch_example LM training step" in (tmp_path / "accelerator.md").read_text()
+
+
+@pytest.mark.slow
+def test_card_cost_benchmark_smoke(tmp_path):
+    """benchmarks/card_cost.py at the smoke budget: a row per (cell, task) at the card's own matched
+    width, the ratios against the first cell, and the Markdown table of the JSON."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import card_cost
+
+    from experiments import card
+
+    out = str(tmp_path / "cost")
+    assert card_cost.main(["--cells", "gru,mlstm:heads=4", "--budget", "smoke", "--tasks", "adding",
+                           "--repeats", "1", "--out", out]) == 0
+    rows = json.loads(open(out + ".json").read())["rows"]
+    assert [(r["cell"], r["task"]) for r in rows] == [("gru", "adding"), ("mlstm:heads=4", "adding")]
+    assert rows[1]["width"] == card.get_config("adding@smoke,cell=mlstm,cell_options=heads=4").model.d_hidden
+    assert rows[0]["step_ratio_to_gru"] == 1.0 and all(r["step_seconds"] > 0 for r in rows)
+    assert f"| mlstm:heads=4 | adding | {rows[1]['width']} |" in open(out + ".md").read()
