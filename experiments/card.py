@@ -293,8 +293,10 @@ def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = 
                             "better" if stats.separated(o["test"], mine["test"]) and (
                                 (o["test"]["mean"] < mine["test"]["mean"]) == (spec["better"] == "min")) else
                             "worse" if stats.separated(o["test"], mine["test"]) else "not separated")
+        mine_rows = [r for r in rows if r["task"] == task]
         table[task] = {"metric": spec["metric"], "better": spec["better"], "chance": spec["chance"], "cell": mine,
-                       "references": others}
+                       "references": others, "trials": len(mine_rows),
+                       "diverged": sum(bool(r["result"].get("diverged")) for r in mine_rows)}
         if "forecast" in spec:  # the classical answers on the same test origins, and the cell's sMAPE
             table[task]["baselines"] = forecast.baselines(spec["forecast"], "test")
             smape = [r["result"]["test_smape"] for r in rows if r["task"] == task and r["lr"] == mine["lr"]]
@@ -390,6 +392,8 @@ def verdict(rep: dict) -> dict:
             vs = _vs_fixed(t["baselines"]["classical"]["mase"], mine)
             row["verdict"] += {"better": "; behind the classical model", "worse": "; ahead of the classical model",
                                "not separated": "; level with the classical model"}.get(vs, "")
+        if t.get("diverged"):
+            row["verdict"] += f"; {t['diverged']} of {t['trials']} trials diverged"
         rows.append(row)
     rates = {n: float(np.exp(g["log_rate"])) for n, g in sorted(rep["gradient_flow"].items(), key=lambda kv: int(kv[0]))}
     longest = max(rates, key=int)
@@ -442,6 +446,10 @@ def markdown(rep: dict) -> str:
             label = f"{name.replace('_', '-')}" + (f": {b['model']}" if "model" in b else "")
             body.append([label, "-", "-", f"{b['mase']:.4g}", _vs_fixed(b["mase"], t["cell"]["test"])])
         lines += tables.markdown_table(["cell", "params", "lr", "test", "vs this cell"], body) + [""]
+        if t.get("diverged"):
+            lines += [f"{t['diverged']} of this cell's {t['trials']} trials were flagged diverged by the loop (the "
+                      "loss far above the task's baseline with the gradient far above the clip); they ran to the end "
+                      "and count as they ended.", ""]
         if "baselines" in t:
             smapes = [f"{cell} {tables.fmt(t['cell'].get('test_smape'))}"] + [
                 f"{r['cell']} {tables.fmt(r.get('test_smape'))}" for r in t["references"]] + [
@@ -490,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(root)
     grid = f"{a.budget}_s{a.seeds}" if a.seeds else a.budget
     outcomes = launch.run_sweep(THIS_FILE, root, grid=grid, executor=a.executor, parallel=a.parallel, cells=[token])
-    failed = [o for o in outcomes if o["state"] != "finished"]
+    failed = [o for o in outcomes if o["state"] not in ("finished", "diverged")]  # diverged: ended, a result
     if failed:
         print(f"card: {len(failed)} trials did not finish ({', '.join(o['name'] for o in failed[:5])}); "
               "rerun the same command to resume them", file=sys.stderr)
