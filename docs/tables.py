@@ -181,6 +181,21 @@ def cards_leaderboard(root: str) -> str:
     return "\n".join(lines)
 
 
+def card_cost(root: str) -> str:
+    """docs/cards/README.md: what the card costs per cell (benchmarks/results/card_cost.json)."""
+    rel = "benchmarks/results/card_cost.json"
+    r = _json(root, rel)
+    first = r["rows"][0]["cell"]
+    lines = [f"| cell | task | width | ms per step | x {first} | minutes for the task's trials (2 at a time) |",
+             "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {x['cell']} | {x['task']} | {x['width']} | {x['step_seconds'] * 1e3:.1f} | "
+              f"{x['step_ratio_to_' + first]:.1f} | {x['task_minutes_2_at_a_time']:.0f} |" for x in r["rows"]]
+    m = r["meta"]
+    lines += ["", f"`{m['command']}`, {m['date']}, {m['cpus']} cores, load {m['load_1min']:.1f}. "
+              f"Rendered from `{rel}`."]
+    return "\n".join(lines)
+
+
 IFRNN_CARD = "docs/adding_a_cell/ifrnn_card"
 
 
@@ -653,6 +668,7 @@ RENDERERS = {
     "lstm_vs_gru_converged": lstm_vs_gru_converged,
     "cards_leaderboard": cards_leaderboard,
     "ifrnn_card": ifrnn_card,
+    "card_cost": card_cost,
     "layers": layers,
     "memory_and_compile": memory_and_compile,
     "generation": generation,

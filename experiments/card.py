@@ -301,12 +301,16 @@ def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = 
             table[task]["baselines"] = forecast.baselines(spec["forecast"], "test")
             smape = [r["result"]["test_smape"] for r in rows if r["task"] == task and r["lr"] == mine["lr"]]
             mine["test_smape"] = float(np.mean(smape)) if smape else None
+    from launch import status as status_lib
     from rnnlab.train import writers
 
-    spans = []  # each trial's first to last logged time; the card's wall time is their union's length
-    for r in rows:
+    spans = []  # each trial's process, start to end (launch.json; else its logged steps); the card's wall
+    for r in rows:  # time is their union's length
+        st = status_lib.read_status(r["workdir"])
         times = [m["time"] for m in writers.read_metrics(r["workdir"]) if "time" in m]
-        if times:
+        if st.get("started") and st.get("ended"):
+            spans.append((st["started"], st["ended"]))
+        elif times:
             spans.append((min(times), max(times)))
     rep = {"cell": label, "budget": budget, "table": table, "trials_count": len(rows),
            "wall_seconds": _union_length(spans) if spans else None,
@@ -433,7 +437,7 @@ def markdown(rep: dict) -> str:
              "parameters, the rate chosen on validation, mean ± std [95% interval] over seeds; a reference row is "
              "called better or worse only where the intervals separate."
              + (f" {rep['trials_count']} trials, {rep['wall_seconds'] / 60:.1f} min of wall time on this machine "
-                "(the time during which at least one trial ran, first logged step to last)." if rep.get("wall_seconds") else ""), ""]
+                "(the time during which at least one trial's process ran)." if rep.get("wall_seconds") else ""), ""]
     lines += ["## Where it stands", ""] + verdict_markdown(rep["verdict"]) + ["", "## Tasks", ""]
     for task, t in rep["table"].items():
         chance = "" if t["chance"] is None else f"; chance {t['chance']:.4g}"

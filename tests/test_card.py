@@ -61,3 +61,48 @@ def test_the_card_wall_time_is_the_union_of_its_trials_spans():
     at least one ran, not first to last."""
     assert card._union_length([(0.0, 2.0), (1.0, 3.0), (10.0, 11.0)]) == 4.0
     assert card._union_length([(0.0, 5.0), (1.0, 2.0)]) == 5.0 and card._union_length([]) == 0.0
+
+
+@pytest.mark.slow
+def test_the_worked_example_card_comes_from_the_command_the_doc_shows(tmp_path, monkeypatch):
+    """docs/adding_a_cell.md ends with the card of its cell: the cell file and the command are
+    taken from the doc, the cell dropped into the package path as the doc says, and the
+    command run at the smoke budget (in this process, so the cell on the patched path is seen):
+    it writes a card with the verdict the doc renders."""
+    import shlex
+    import sys
+
+    from rnnlab import cells
+
+    doc = open(os.path.join(card.REPO_ROOT, "docs", "adding_a_cell.md")).read()
+    code = re.search(r"Save as `rnnlab/cells/ifrnn.py`:\n\n```python\n(.*?)```", doc, re.S).group(1)
+    (tmp_path / "ifrnn.py").write_text(code)
+    command = re.search(r"^python -m experiments\.card (ifrnn .*)$", doc, re.M).group(1)
+    argv = [a for a in shlex.split(command) if not a.startswith(("--out=", "--budget="))]
+    out = tmp_path / "card"
+    argv += ["--budget=smoke", f"--out={out}", f"--root={tmp_path / 'runs'}", "--executor=inline"]
+    monkeypatch.setattr(cells, "__path__", [*cells.__path__, str(tmp_path)])
+    monkeypatch.delitem(sys.modules, "rnnlab.cells.ifrnn", raising=False)
+    cells.spec.cache_clear()
+    try:
+        assert card.main(argv) == 0
+    finally:
+        cells.spec.cache_clear()
+        sys.modules.pop("rnnlab.cells.ifrnn", None)
+    rep = json.load(open(out / "card.json"))
+    assert rep["cell"] == "ifrnn" and set(rep["table"]) == set(card.tasks("smoke"))
+    assert {r["task"] for r in rep["verdict"]["tasks"]} == set(card.tasks("smoke"))
+    text = open(out / "README.md").read()
+    assert "## Where it stands" in text and rep["verdict"]["gradient"] in text
+
+
+def test_a_cell_with_heads_is_matched_at_a_width_its_heads_divide():
+    """mlstm with heads=4: the width is the multiple of 4 whose parameter count is closest to the budget."""
+    from experiments import lstm_vs_gru as base
+
+    c = card.get_config("adding@small,cell=mlstm,cell_options=heads=4")
+    w = c.model.d_hidden
+    assert w % 4 == 0
+    budget = c.study.param_budget
+    near = [abs(base.parameter_count(c, k) - budget) for k in (w - 4, w, w + 4)]
+    assert near[1] <= min(near[0], near[2])
