@@ -204,7 +204,7 @@ def ifrnn_card(root: str) -> str:
     (docs/adding_a_cell/ifrnn_card/card.json, written by the command the doc shows)."""
     rel = f"{IFRNN_CARD}/card.json"
     r = _json(root, rel)
-    card = _module(root, "experiments/card.py", "_card_for_docs")
+    card = _module(root, "experiments/card.py", "_card_for_docs")  # the card's own Markdown for its verdict
     lines = card.verdict_markdown(r["verdict"])
     lines += ["", f"{r['trials_count']} trials, {_minutes(r['wall_seconds'])} of wall time on this machine's 2 cores. "
               f"Rendered from `{rel}`; the whole card: [{IFRNN_CARD}/README.md](adding_a_cell/ifrnn_card/README.md)."]

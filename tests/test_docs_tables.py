@@ -22,7 +22,7 @@ def test_every_rendered_block_equals_its_artifacts():
 def _copy(tmp_path):
     root = tmp_path / "repo"
     for rel in ("README.md", os.path.join("experiments", "speech_recognition.py"),
-                os.path.join("experiments", "lstm_vs_gru.py"), os.path.join("experiments", "gradient_gallery", "__init__.py")):
+                os.path.join("experiments", "lstm_vs_gru.py"), os.path.join("experiments", "card.py"), os.path.join("experiments", "gradient_gallery", "__init__.py")):
         os.makedirs(root / os.path.dirname(rel), exist_ok=True)
         shutil.copy(os.path.join(ROOT, rel), root / rel)
     shutil.copytree(os.path.join(ROOT, "docs"), root / "docs", ignore=shutil.ignore_patterns("*.png", "*.svg"))
