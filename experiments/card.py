@@ -60,7 +60,7 @@ from rnnlab.report import stats, tables  # noqa: E402
 THIS_FILE = os.path.abspath(__file__)
 REPO_ROOT = os.path.dirname(os.path.dirname(THIS_FILE))
 BUDGETS = ("smoke", "small", "full")
-REFERENCES = ("lstm", "gru", "elman", "mingru", "lru", "mlstm")  # the rows stored under docs/cards/
+FIRST_REFERENCES = ("lstm", "gru", "elman")  # listed first; then every other card stored under docs/cards/
 
 # Per budget and task: the task section (sequence tasks) or the LM's, steps, batch, parameter budget.
 _N_SYMBOLS = {"smoke": 4, "small": 8, "full": 16}
@@ -244,7 +244,8 @@ def _summarize(rows: list[dict], budget: str) -> dict:
 
 def _references(budget: str, skip: str, refs_dir: str) -> dict[str, dict]:
     out = {}
-    for ref in REFERENCES:
+    stored = sorted(os.listdir(refs_dir)) if os.path.isdir(refs_dir) else []
+    for ref in [*FIRST_REFERENCES, *(c for c in stored if c not in FIRST_REFERENCES)]:
         path = os.path.join(refs_dir, ref, budget, "card.json")
         if ref != skip and os.path.exists(path):
             with open(path) as f:
@@ -270,7 +271,7 @@ def _vs_fixed(value: float, test: dict | None) -> str:
 
 def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = "") -> dict:
     """The card of the trials under ``root`` for ``cell_token``: card.json, README.md, figures;
-    the reference rows are read from ``refs_dir`` (default docs/cards)/REF/BUDGET/card.json."""
+    the reference rows are every card stored as ``refs_dir`` (default docs/cards)/REF/BUDGET/card.json."""
     from rnnlab.report import style
 
     cell, options = _cell_and_options(cell_token)
