@@ -186,13 +186,11 @@ def unscale(name: str, z: np.ndarray, level_B: np.ndarray) -> np.ndarray:
 
 
 def _cache_file() -> str:
-    import os
-
     import statsmodels
 
-    root = os.environ.get("RNNLAB_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "rnnlab")
-    return os.path.join(root, f"forecast_baselines-statsmodels_{statsmodels.__version__}-v1.json")
+    from rnnlab.cache import cache_dir
+
+    return str(cache_dir() / f"forecast_baselines-statsmodels_{statsmodels.__version__}-v1.json")
 
 
 def baselines(name: str, region: str) -> dict[str, dict[str, float]]:

@@ -215,10 +215,9 @@ def split_counts() -> dict[str, dict[str, int]]:
 
 def cache_path(cache_dir: str | os.PathLike | None = None) -> Path:
     if cache_dir is None:
-        if os.environ.get("RNNLAB_CACHE_DIR"):
-            cache_dir = os.environ["RNNLAB_CACHE_DIR"]
-        else:
-            cache_dir = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rnnlab"
+        from rnnlab.cache import cache_dir as default
+
+        cache_dir = default()
     version = _music21().__version__
     return Path(cache_dir).expanduser() / f"music21_bach_chorales-m21_{version}-v{PIPELINE_VERSION}.npz"
 

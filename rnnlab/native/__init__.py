@@ -67,6 +67,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rnnlab.cache import cache_dir
+
 SOURCE = Path(__file__).with_name("rnn_cpu.cc")
 CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-pthread", "-shared", "-fPIC")
 VMAP_METHOD_DEFAULT = "sequential_unrolled"
@@ -144,13 +146,6 @@ def threads() -> int:
     except AttributeError:  # not Linux
         cpus = os.cpu_count() or 1
     return max(1, cpus // current().thread_share)
-
-
-def cache_dir() -> Path:
-    if os.environ.get("RNNLAB_CACHE_DIR"):
-        return Path(os.environ["RNNLAB_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "rnnlab"
 
 
 def _compiler() -> str:
