@@ -103,7 +103,7 @@ def run(
         over the cell's linear coefficients, or a matrix-state cell's ``chunkwise``
         form; see ``rnnlab.cells``; ``unroll``/``remat`` do not apply) or 'auto':
         parallel where ``prefer_parallel`` says it is the faster (measured) path
-        (linear cells; a chunkwise form only when asked for).
+        (linear cells at lengths measured faster; a chunkwise form from T = 8).
 
     Returns:
       (final carry, outputs hs_TxBxH).
@@ -216,10 +216,15 @@ def choose_path(cell: cells_lib.Cell | str, params: Params, carry0: Carry, xs_Tx
                                           f"T in [{lo}, {hi or 'any'}] (prefer_parallel)", chunk)
             measured = f"T in [{lo}, {hi or 'any'}]" if lo is not None else "no length"
             why_not = f"path='auto': {where}, and the parallel path is measured faster for {measured}"
+    elif path == "auto" and cell.has_parallel:  # a chunkwise form (matrix state)
+        lo, hi = _PARALLEL_STEPS.get(jax.default_backend(), {}).get("chunkwise", (None, None))
+        where = f"{cell.name}'s chunkwise form on {jax.default_backend()}, T={n_steps}"
+        if h_mask_BxH is None and prefer_parallel(cell, n_steps, kind="chunkwise"):
+            return Choice("parallel", f"path='auto': {where} lies in the range measured faster, "
+                                      f"T in [{lo}, {hi or 'any'}] (prefer_parallel)", chunk)
+        why_not = f"path='auto': {where}, and the chunkwise form is measured faster for T in [{lo}, {hi or 'any'}]"
     elif path == "sequential":
         why_not = "path='sequential' (argument)"
-    elif cell.has_parallel:
-        why_not = f"path='auto': {cell.name}'s chunkwise form is taken only when asked for (path='parallel')"
     else:
         why_not = f"{cell.name} has no linear recurrence"
     if not fused:
@@ -391,9 +396,9 @@ PATHS = ("auto", "sequential", "parallel")
 # ('real': real coefficients in linear space; 'complex'; 'log': LOG_SPACE cells).
 # See prefer_parallel for the measurements behind it.
 _PARALLEL_STEPS = {
-    "cpu": {"real": (256, 2048)},
-    "gpu": {"real": (256, None), "complex": (256, None), "log": (256, None)},
-    "tpu": {"real": (256, None), "complex": (256, None), "log": (256, None)},
+    "cpu": {"real": (256, 2048), "chunkwise": (8, None)},
+    "gpu": {"real": (256, None), "complex": (256, None), "log": (256, None), "chunkwise": (8, None)},
+    "tpu": {"real": (256, None), "complex": (256, None), "log": (256, None), "chunkwise": (8, None)},
 }
 _LOG_ZERO = -1e30  # log 0 in the log-space scan: finite, since logaddexp's gradient at -inf is NaN
 
@@ -426,8 +431,19 @@ def prefer_parallel(cell: cells_lib.Cell, n_steps: int, platform: str | None = N
     sequential. GPU/TPU: parallel from T = 256 for every kind. NOT measured here
     (no accelerator was available); it is the regime the associative scan is
     for (O(log T) depth). Rerun benchmarks/parallel_scan.py there to check.
+
+    A matrix-state cell's chunkwise form (``kind='chunkwise'``), from
+    benchmarks/results/parallel_scan_mlstm.md (mLSTM, same shapes, 3 repeats):
+      T=8 7.1 | 14.3,  T=100 6.6 | 16.1,  T=256 7.3 | 13.2,  T=1024 6.7 | 12.8
+    (the scan of ``step`` keeps a d x d state per step for the backward pass; the
+    chunkwise form keeps one per chunk), so from T = 8, the shortest length
+    measured, on every platform (GPU/TPU not measured: matrix products are what
+    they are for). A single step (generation) stays sequential.
     """
-    if not cell.has_linear:
+    if kind == "chunkwise":
+        if cell.spec.chunkwise is None:
+            return False
+    elif not cell.has_linear:
         return False
     lo, hi = _PARALLEL_STEPS.get(platform or jax.default_backend(), {}).get(kind, (None, None))
     return lo is not None and n_steps >= lo and (hi is None or n_steps <= hi)

@@ -204,6 +204,8 @@ def _what_ran(cell, params, carry0, xs, **kw) -> str:
         return "native"
     if "custom_vjp_call" in text:
         return "fused"
+    if "cummax" in text:  # a chunkwise form (mLSTM): a scan over chunks, each with its last reset's cummax
+        return "parallel"
     return "scan" if "scan[" in text else "parallel"
 
 
@@ -225,6 +227,9 @@ def _native_on() -> bool:
     ("rglru", jnp.float32, 512, {"path": "sequential"}, "scan", "path='sequential' (argument)"),
     ("rglru", jnp.float32, 8, {}, "scan", "T=8"),
     ("mingru", jnp.float32, 8, {"path": "parallel"}, "parallel", "path='parallel' (argument)"),
+    ("mlstm", jnp.float32, 8, {}, "parallel", "chunkwise form on cpu, T=8"),
+    ("mlstm", jnp.float32, 4, {}, "scan", "measured faster for T in [8, any]"),
+    ("mlstm", jnp.float32, 8, {"path": "sequential"}, "scan", "path='sequential' (argument)"),
 ])
 def test_choose_path_names_the_path_and_why_and_it_is_what_runs(name, dtype, steps, kw, expected, because):
     cell = cells.get(name)

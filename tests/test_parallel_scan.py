@@ -165,6 +165,9 @@ def test_auto_path_follows_the_measured_rule():
     assert not scan.prefer_parallel(mingru, 1024, "cpu", "log")  # measured slower on CPU
     assert not scan.prefer_parallel(lru, 1024, "cpu", "complex")
     assert scan.prefer_parallel(mingru, 1024, "gpu", "log") and not scan.prefer_parallel(mingru, 16, "gpu", "log")
+    mlstm = cells.get("mlstm")  # a chunkwise form: measured faster from T = 8 (parallel_scan_mlstm.md)
+    assert scan.prefer_parallel(mlstm, 8, "cpu", "chunkwise") and not scan.prefer_parallel(mlstm, 1, "cpu", "chunkwise")
+    assert not scan.prefer_parallel(lstm, 1024, "cpu", "chunkwise") and not scan.prefer_parallel(mlstm, 1024, "cpu")
 
 
 def test_auto_takes_the_parallel_path_where_the_rule_says():

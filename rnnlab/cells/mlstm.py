@@ -163,16 +163,22 @@ def chunkwise(params: Params, carry0, xp_TxBxG: Array, reset_TxB: Array, valid_T
         m = jnp.maximum(g, jnp.max(dmat, axis=-1))
         w = jnp.exp(dmat - m[..., None])  # B x K x L x L
         w_in = jnp.exp(g - m)  # B x K x L
-        c_init = jnp.where(reset_seen[..., None, None], c0[:, :, None], c_in[:, :, None])  # B x K x L x d x d
-        n_init = jnp.where(reset_seen[..., None], n0[:, :, None], n_in[:, :, None])  # B x K x L x d
+        # the state entering step t's read-out: carry0 after a reset in the chunk, else the chunk's
+        # incoming state; read out as C q for both and then chosen, never a d x d state per step
+        c_q = jnp.where(reset_seen[..., None], jnp.einsum("bkvd,bktd->bktv", c0, qx),
+                        jnp.einsum("bkvd,bktd->bktv", c_in, qx))  # B x K x L x d
+        n_q = jnp.where(reset_seen, jnp.einsum("bkd,bktd->bkt", n0, qx), jnp.einsum("bkd,bktd->bkt", n_in, qx))
         scores = jnp.einsum("bktd,bksd->bkts", qx, kx) * w
-        num = jnp.einsum("bkts,bksv->bktv", scores, vx) + w_in[..., None] * jnp.einsum("bktvd,bktd->bktv", c_init, qx)
-        den = jnp.sum(scores, axis=-1) + w_in * jnp.einsum("bktd,bktd->bkt", n_init, qx)
+        num = jnp.einsum("bkts,bksv->bktv", scores, vx) + w_in[..., None] * c_q
+        den = jnp.sum(scores, axis=-1) + w_in * n_q
         h = ox * num / jnp.maximum(jnp.abs(den), jnp.exp(-m))[..., None]  # B x K x L x d
         # the state after the chunk's last step
         w_end, g_end, m_end = w[..., -1, :], w_in[..., -1], m[..., -1]
-        c_out = g_end[..., None, None] * c_init[:, :, -1] + jnp.einsum("bks,bksv,bksd->bkvd", w_end, vx, kx)
-        n_out = g_end[..., None] * n_init[:, :, -1] + jnp.einsum("bks,bksd->bkd", w_end, kx)
+        end_reset = reset_seen[..., -1]  # B x K: a reset in the chunk, so the chunk ends from carry0
+        c_end = jnp.where(end_reset[..., None, None], c0, c_in)
+        n_end = jnp.where(end_reset[..., None], n0, n_in)
+        c_out = g_end[..., None, None] * c_end + jnp.einsum("bks,bksv,bksd->bkvd", w_end, vx, kx)
+        n_out = g_end[..., None] * n_end + jnp.einsum("bks,bksd->bkd", w_end, kx)
         # h in the carry: the output of the chunk's last valid step, h0 if a reset came after it
         h_bl = jnp.moveaxis(h, 2, 1).reshape(batch, ell, heads * d)  # B x L x H
         last_valid = jnp.max(jnp.where(validx, t_idx, -1), axis=-1)  # B
