@@ -493,7 +493,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="local: --parallel child processes; inline: one after another in this process; slurm")
     p.add_argument("--refresh", action="store_true", help="run the trials again (a fresh ROOT/CELL/BUDGET)")
     a = p.parse_args(argv)
-    cells_lib.get(a.cell, **configs.parse_options(a.options))  # a clear error for an unknown cell or option
+    try:  # an unknown cell or option: one line that names it and the choices, not a traceback
+        cells_lib.get(a.cell, **configs.parse_options(a.options))
+    except (KeyError, TypeError, ValueError) as e:
+        p.error(str(e.args[0]) if e.args else str(e))
     token = a.cell + (":" + a.options.replace(",", ";") if a.options else "")
     label = a.cell + (f"[{a.options}]" if a.options else "")
     root = os.path.join(a.root, label.replace("=", "-").replace(",", ";"), a.budget)

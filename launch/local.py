@@ -115,9 +115,7 @@ def run_local(trials: list[Trial], parallel: int = 0, *, gpus: int | None = None
     if gpus and parallel > gpus:
         raise ValueError(f"--parallel={parallel} but this machine has {gpus} GPUs (one per trial); "
                          f"use --parallel={gpus} or fewer")
-    queue = status_lib.split_todo(trials)
-    outcomes = {t.name: {"name": t.name, "state": status_lib.trial_status(t)["state"],
-                         "skipped": True} for t in trials if t not in queue}
+    queue, outcomes = _queue_and_skipped(trials)
     running: dict[str, tuple[Trial, subprocess.Popen, int | None]] = {}
     free_gpus = list(range(gpus))
     t0, last_report = time.time(), time.time()
@@ -147,9 +145,7 @@ def run_local(trials: list[Trial], parallel: int = 0, *, gpus: int | None = None
                 del running[name]
                 if gpu is not None:
                     free_gpus.append(gpu)
-                outcomes[name] = finish_trial(t, proc.returncode)
-                o = outcomes[name]
-                print(f"{o['state']} {name}" + (f": {o['error']}" if o["error"] else ""), flush=True)
+                _record(outcomes, t, proc.returncode)
             if running and time.time() - last_report > report_every_s:
                 last_report = time.time()
                 _print_progress(trials, outcomes, running, t0)
@@ -158,7 +154,29 @@ def run_local(trials: list[Trial], parallel: int = 0, *, gpus: int | None = None
         for t, proc, _ in running.values():  # interrupted (Ctrl-C or SIGTERM): wait for the children
             proc.send_signal(signal.SIGTERM)
             outcomes[t.name] = finish_trial(t, proc.wait())
-    print(f"local sweep: {sum(o['state'] == 'finished' for o in outcomes.values())}/{len(trials)} finished "
+    return _summary("local", trials, outcomes, t0)
+
+
+def _queue_and_skipped(trials: list[Trial]) -> tuple[list[Trial], dict]:
+    """The trials still to run, and an outcome for each one skipped (it had ended)."""
+    queue = status_lib.split_todo(trials)
+    return queue, {t.name: {"name": t.name, "state": status_lib.trial_status(t)["state"], "skipped": True}
+                   for t in trials if t not in queue}
+
+
+def _record(outcomes: dict, t: Trial, returncode: int | None) -> dict:
+    """A trial's outcome from its return code and status file, kept and said."""
+    o = outcomes[t.name] = finish_trial(t, returncode)
+    print(f"{o['state']} {t.name}" + (f": {o['error']}" if o["error"] else ""), flush=True)
+    return o
+
+
+def _summary(executor: str, trials: list[Trial], outcomes: dict, t0: float) -> list[dict]:
+    """One outcome per trial, in order (a trial never started reads its status file), and the summary line."""
+    for t in trials:
+        outcomes.setdefault(t.name, {"name": t.name, "state": status_lib.trial_status(t)["state"], "returncode": None,
+                                     "error": None})
+    print(f"{executor} sweep: {sum(o['state'] == 'finished' for o in outcomes.values())}/{len(trials)} finished "
           f"in {time.time() - t0:.0f} s", flush=True)
     return [outcomes[t.name] for t in trials]
 
@@ -198,9 +216,7 @@ def run_inline(trials: list[Trial], *, echo: bool = True) -> list[dict]:
     from launch import trials as trials_lib
     from rnnlab import main as rnnlab_main
 
-    queue = status_lib.split_todo(trials)
-    outcomes = {t.name: {"name": t.name, "state": status_lib.trial_status(t)["state"],
-                         "skipped": True} for t in trials if t not in queue}
+    queue, outcomes = _queue_and_skipped(trials)
     t0, modules = time.time(), {}
     for i, t in enumerate(queue):
         if t.experiment not in modules:
@@ -224,18 +240,10 @@ def run_inline(trials: list[Trial], *, echo: bool = True) -> list[dict]:
                 except Exception:  # the trial's failure, recorded; the sweep goes on
                     traceback.print_exc()
                     returncode = 1
-        outcomes[t.name] = finish_trial(t, returncode)
-        o = outcomes[t.name]
-        print(f"{o['state']} {t.name}" + (f": {o['error']}" if o["error"] else ""), flush=True)
-        if o["state"] in ("interrupted", "stopped"):
+        if _record(outcomes, t, returncode)["state"] in ("interrupted", "stopped"):
             print("inline sweep stopped; rerun the same command to resume", flush=True)
             break
-    for t in trials:
-        outcomes.setdefault(t.name, {"name": t.name, "state": status_lib.trial_status(t)["state"], "returncode": None,
-                                     "error": None})
-    print(f"inline sweep: {sum(o['state'] == 'finished' for o in outcomes.values())}/{len(trials)} finished "
-          f"in {time.time() - t0:.0f} s", flush=True)
-    return [outcomes[t.name] for t in trials]
+    return _summary("inline", trials, outcomes, t0)
 
 
 def _print_progress(trials, outcomes, running, t0) -> None:

@@ -56,6 +56,15 @@ def test_unknown_budget_and_task_are_refused_with_the_choices():
         card.get_config("addition@smoke")
 
 
+def test_an_unknown_cell_or_option_is_one_line_that_names_it_and_the_choices(capsys):
+    for argv, said in ((["nosuchcell"], "unknown cell 'nosuchcell'; available cells: cifg"),
+                       (["gru", "--options=nope=1"], "unknown option 'nope' for cell 'gru'")):
+        with pytest.raises(SystemExit) as e:
+            card.main(argv + ["--root=/nonexistent"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and said in err and "Traceback" not in err
+
+
 def test_the_card_wall_time_is_the_union_of_its_trials_spans():
     """Trials overlap (parallel) and come in sittings (a resumed card): the time during which
     at least one ran, not first to last."""
