@@ -253,6 +253,36 @@ def _references(budget: str, skip: str, refs_dir: str) -> dict[str, dict]:
     return out
 
 
+def _reference_rows(refs: dict[str, dict], task: str, mine: dict, better: str) -> list[dict]:
+    """Each stored card's row for ``task``, marked better or worse than ``mine`` only where the
+    95% intervals separate."""
+    others = [_row(ref, r["table"].get(task, {}).get("cell")) for ref, r in refs.items()]
+    for o in others:
+        o["vs_cell"] = ("-" if not (o["test"] and mine["test"]) else
+                        "better" if stats.separated(o["test"], mine["test"]) and (
+                            (o["test"]["mean"] < mine["test"]["mean"]) == (better == "min")) else
+                        "worse" if stats.separated(o["test"], mine["test"]) else "not separated")
+    return others
+
+
+def rerender(out_dir: str, refs_dir: str = "") -> dict:
+    """Re-write a stored card (``out_dir``/card.json and README.md) with the reference rows of
+    the cards stored now, its own numbers, figures and measurements as they are: no trial and no
+    measurement is re-run. For a card made before other cells' cards were stored."""
+    with open(os.path.join(out_dir, "card.json")) as f:
+        rep = json.load(f)
+    refs = _references(rep["budget"], rep["cell"], refs_dir or os.path.join(REPO_ROOT, "docs", "cards"))
+    for task, t in rep["table"].items():
+        t["references"] = _reference_rows(refs, task, t["cell"], t["better"])
+    rep["verdict"] = verdict(rep)
+    from rnnlab.train import writers
+
+    writers.write_json_atomic(os.path.join(out_dir, "card.json"), rep)
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write(markdown(rep))
+    return rep
+
+
 def _row(cell: str, best: dict | None) -> dict:
     if not best:
         return {"cell": cell, "lr": None, "parameters": None, "d_hidden": None, "test": None}
@@ -288,15 +318,9 @@ def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = 
     table = {}
     for task, spec in tasks(budget).items():
         mine = _row(label, summary.get(task, {}).get("cells", {}).get(label, {}).get("best"))
-        others = [_row(ref, r["table"].get(task, {}).get("cell")) for ref, r in refs.items()]
-        for o in others:
-            o["vs_cell"] = ("-" if not (o["test"] and mine["test"]) else
-                            "better" if stats.separated(o["test"], mine["test"]) and (
-                                (o["test"]["mean"] < mine["test"]["mean"]) == (spec["better"] == "min")) else
-                            "worse" if stats.separated(o["test"], mine["test"]) else "not separated")
         mine_rows = [r for r in rows if r["task"] == task]
         table[task] = {"metric": spec["metric"], "better": spec["better"], "chance": spec["chance"], "cell": mine,
-                       "references": others, "trials": len(mine_rows),
+                       "references": _reference_rows(refs, task, mine, spec["better"]), "trials": len(mine_rows),
                        "diverged": sum(bool(r["result"].get("diverged")) for r in mine_rows)}
         if "forecast" in spec:  # the classical answers on the same test origins, and the cell's sMAPE
             table[task]["baselines"] = forecast.baselines(spec["forecast"], "test")
@@ -492,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--executor", default="local", choices=("local", "inline", "slurm"),
                    help="local: --parallel child processes; inline: one after another in this process; slurm")
     p.add_argument("--refresh", action="store_true", help="run the trials again (a fresh ROOT/CELL/BUDGET)")
+    p.add_argument("--rerender", action="store_true",
+                   help="only re-write the stored card at --out with the reference cards stored now (no runs)")
     a = p.parse_args(argv)
     try:  # an unknown cell or option: one line that names it and the choices, not a traceback
         cells_lib.get(a.cell, **configs.parse_options(a.options))
@@ -504,6 +530,13 @@ def main(argv: list[str] | None = None) -> int:
         import shutil
 
         shutil.rmtree(root)
+    out = a.out or os.path.join(REPO_ROOT, "docs", "cards", label, a.budget)
+    if a.rerender:
+        if not os.path.exists(os.path.join(out, "card.json")):
+            p.error(f"--rerender: no card at {out}/card.json; run the card first (without --rerender)")
+        rerender(out)
+        print(f"card: {out}/README.md re-written with the reference cards stored now", flush=True)
+        return 0
     grid = f"{a.budget}_s{a.seeds}" if a.seeds else a.budget
     outcomes = launch.run_sweep(THIS_FILE, root, grid=grid, executor=a.executor, parallel=a.parallel, cells=[token])
     failed = [o for o in outcomes if o["state"] not in ("finished", "diverged")]  # diverged: ended, a result
@@ -511,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"card: {len(failed)} trials did not finish ({', '.join(o['name'] for o in failed[:5])}); "
               "rerun the same command to resume them", file=sys.stderr)
         return 1
-    card(root, token, a.budget, a.out or os.path.join(REPO_ROOT, "docs", "cards", label, a.budget))
+    card(root, token, a.budget, out)
     return 0
 
 

@@ -47,6 +47,14 @@ def test_a_smoke_card_for_gru_has_every_section_and_its_tables_are_its_json(tmp_
     ref_row = rep2["table"]["adding"]["references"][0]
     assert ref_row["cell"] == "lstm" and ref_row["vs_cell"] == "not separated"  # one seed: no interval
     assert re.search(r"\| lstm \| \d+ \| 0.01 \|", open(tmp_path / "card2" / "README.md").read())
+    # --rerender: the stored card re-read with the reference cards stored now; its own numbers and
+    # measurements as they were (nothing re-run), the references as a fresh card gets them
+    rep3 = card.rerender(out, refs_dir=str(tmp_path / "refs"))
+    assert rep3["speed"] == rep["speed"] and rep3["gradient_flow"] == rep["gradient_flow"]
+    assert all(rep3["table"][t]["cell"] == rep["table"][t]["cell"] for t in rep["table"])
+    assert rep3["table"]["adding"]["references"] == rep2["table"]["adding"]["references"]
+    assert json.load(open(os.path.join(out, "card.json")))["table"] == rep3["table"]
+    assert re.search(r"\| lstm \| \d+ \| 0.01 \|", open(os.path.join(out, "README.md")).read())
 
 
 def test_unknown_budget_and_task_are_refused_with_the_choices():
