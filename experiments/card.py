@@ -307,9 +307,7 @@ def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = 
     cell, options = _cell_and_options(cell_token)
     label = cell + (f"[{options.replace(';', ',')}]" if options else "")
     # lstm_vs_gru's gather labels trials as that study does (elman with tanh: 'tanh'); the card uses the cell's name
-    study_label = "tanh" if cell == "elman" and not options else label
-    rows = [{**r, "cell": label} for r in base.gather(root)
-            if r["cell"] in (label, study_label) and r["task"] in tasks(budget)]
+    rows = [{**r, "cell": label} for r in base.gather(root) if _is_cell(r, cell, options) and r["task"] in tasks(budget)]
     if not rows:
         raise ValueError(f"no trials of {label} at budget {budget} under {root}; run them first")
     summary = _summarize(rows, budget)
@@ -373,6 +371,16 @@ def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = 
         f.write(text)
     print(text, flush=True)
     return rep
+
+
+def _is_cell(row: dict, cell: str, options: str) -> bool:
+    """Whether a gathered trial is the card's cell with the card's options, no more and no fewer
+    (the study labels a trial by its cell's name: the options are read from its config.json)."""
+    with open(os.path.join(row["workdir"], "config.json")) as f:
+        model = json.load(f)["model"]
+    mine = {k: str(v) for k, v in configs.parse_options(options.replace(";", ",")).items()}
+    theirs = {k: str(v) for k, v in configs.parse_options(model.get("cell_options", "")).items()}
+    return model["cell"] == cell and theirs == mine
 
 
 def _union_length(spans: list[tuple[float, float]]) -> float:

@@ -123,3 +123,22 @@ def test_a_cell_with_heads_is_matched_at_a_width_its_heads_divide():
     budget = c.study.param_budget
     near = [abs(base.parameter_count(c, k) - budget) for k in (w - 4, w, w + 4)]
     assert near[1] <= min(near[0], near[2])
+
+
+def test_a_card_with_options_takes_its_own_trials_only(tmp_path):
+    """The study labels a trial by its cell's name; a card with options (mlstm heads=4) takes the
+    trials whose config has those options, not another mlstm's."""
+    rows = []
+    for name, opts in (("a", "heads=4"), ("b", ""), ("c", "heads=4,chunk_size=32")):
+        wd = tmp_path / name
+        wd.mkdir()
+        (wd / "config.json").write_text(json.dumps({"model": {"cell": "mlstm", "cell_options": opts}}))
+        rows.append({"cell": "mlstm", "workdir": str(wd)})
+    picked = [os.path.basename(r["workdir"]) for r in rows
+              if card._is_cell(r, "mlstm", "heads=4")]
+    assert picked == ["a"]
+    both = [os.path.basename(r["workdir"]) for r in rows
+            if card._is_cell(r, "mlstm", "heads=4;chunk_size=32")]
+    assert both == ["c"]
+    assert [card._is_cell(r, "mlstm", "") for r in rows] == [False, True, False]
+    assert not any(card._is_cell(r, "gru", "") for r in rows)

@@ -3,6 +3,7 @@ coefficients) equals the sequential path of the same cell: outputs, final carry
 and gradients, with document resets, variable lengths and both directions, in
 float32 up to T = 4096; and in float64 it equals a plain Python loop of ``step``."""
 
+import functools
 import json
 import os
 import pathlib
@@ -201,3 +202,28 @@ def test_benchmark_script_smoke(tmp_path):
     for r in data["rows"]:
         assert r["max_rel_err"] < 1e-5 and r["median_ms"]["parallel"] > 0 and r["median_ms"]["sequential"] > 0
     assert "| mingru | 8 | fwd |" in (tmp_path / "ps.md").read_text()
+
+
+def test_mlstm_one_chunk_from_constant_zeros_under_jit_equals_the_sequential_path():
+    """A model starts from a constant zero carry, and a short sequence is one chunk: XLA:CPU
+    miscompiled that case of the chunkwise form under jit (outputs off by up to 1e30, right op by
+    op), which put the mLSTM's card at chance on pixel digits. The parameters are those of an
+    mLSTM (heads=4) trained 300 steps on digits (tests/fixtures/mlstm_digits_trained.npz), the
+    inputs the digits' validation images, the reference the jitted scan of ``step``."""
+    from rnnlab.data import digits
+
+    fixture = np.load(pathlib.Path(__file__).parent / "fixtures" / "mlstm_digits_trained.npz")
+    params = {k: jnp.asarray(fixture[k]) for k in ("w_x_DxG", "b_G")}
+    cell = cells.get("mlstm", heads=4)
+    d_h = params["w_x_DxG"].shape[1] // 4 - 2
+    xs_all = jnp.asarray(digits.digits_split("valid", order="pixel").xs_TxBxD)
+    for batch, steps in ((32, 64), (16, 48)):  # one chunk of 64, padded or not
+        xs = xs_all[:steps, :batch]
+
+        def run(p, x, path, batch=batch):
+            return scan.run(cell, p, cell.initial_carry(batch, d_h), x, path=path)[1]  # carry0: constant zeros
+
+        chunkwise = jax.jit(functools.partial(run, path="parallel"))(params, xs)
+        sequential = jax.jit(functools.partial(run, path="sequential"))(params, xs)
+        assert scan.choose_path(cell, params, cell.initial_carry(batch, d_h), xs).path == "parallel"
+        np.testing.assert_allclose(chunkwise, sequential, rtol=1e-5, atol=1e-5)

@@ -121,7 +121,11 @@ def chunkwise(params: Params, carry0, xp_TxBxG: Array, reset_TxB: Array, valid_T
     r <= t) has log-weight g_t = m_in + b_t (or m0 + b_t - b_{r-1}). m_t is the maximum of
     these, the recurrence's running maximum, and every weight enters as exp(. - m_t) <= 1."""
     n_steps, batch = xp_TxBxG.shape[:2]
-    c0, n0, m0, h0 = carry0
+    # The barrier hides carry0's values from the compiler. XLA:CPU (jax 0.10.2) miscompiled this
+    # function under jit when carry0 was a constant (the zeros a model starts from) and the chunk
+    # loop ran once (T <= chunk_size): outputs off by up to 1e30, right op by op and with carry0 an
+    # argument (tests/test_parallel_scan.py::test_mlstm_one_chunk_from_constant_zeros_under_jit).
+    c0, n0, m0, h0 = jax.lax.optimization_barrier(tuple(carry0))
     q, k, v, o, li, lf = _split(xp_TxBxG, heads)  # T x B x K x d, T x B x K
     d = q.shape[-1]
     ell = max(1, min(chunk_size, n_steps))
