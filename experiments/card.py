@@ -306,7 +306,8 @@ def card(root: str, cell_token: str, budget: str, out_dir: str, refs_dir: str = 
 
     cell, options = _cell_and_options(cell_token)
     label = cell + (f"[{options.replace(';', ',')}]" if options else "")
-    # lstm_vs_gru's gather labels trials as that study does (elman with tanh: 'tanh'); the card uses the cell's name
+    # the card's own trials, picked by the cell and options in their config (the study's gather labels them
+    # its own way, elman as 'tanh'), relabelled with the card's label
     rows = [{**r, "cell": label} for r in base.gather(root) if _is_cell(r, cell, options) and r["task"] in tasks(budget)]
     if not rows:
         raise ValueError(f"no trials of {label} at budget {budget} under {root}; run them first")
